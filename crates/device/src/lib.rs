@@ -1,1 +1,28 @@
-//! placeholder
+//! gpuswap's virtio-gpu device model.
+//!
+//! [`GpuDevice`] owns the resource table and the exact backing state
+//! machine of `../shared/DESIGN.md`:
+//!
+//! ```text
+//!            ATTACH(entries)             DETACH / evict
+//!  Detached ────────────────► Attached(g) ───────────────► Detached
+//!     ▲   (generation g+1)                                    │
+//!     └──────────────────────── UNREF (implicit detach) ◄─────┘
+//! ```
+//!
+//! Double attach, detach while detached, and use of a detached resource
+//! are answered with an error, change nothing, and are recorded as
+//! violations in the [`trace`]. Rendering goes through the [`Renderer`]
+//! seam (rutabaga's 2D component in production) and pixels leave through
+//! the [`Display`] seam; the device knows nothing of vhost-user.
+
+mod device;
+pub mod display;
+pub mod edid;
+pub mod memory;
+pub mod renderer;
+pub mod trace;
+
+pub use device::{hex, DeviceConfig, Faults, GpuDevice, ResourceInfo, ResourceKind};
+pub use display::{Display, DisplayMode};
+pub use renderer::{HostIovec, Rect2d, Renderer, RendererError, RutabagaRenderer};

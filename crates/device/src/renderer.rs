@@ -1,0 +1,244 @@
+//! The renderer seam: what the device model needs from a 2D renderer, and
+//! its implementation over `rutabaga_gfx`'s 2D component.
+
+use std::io::IoSliceMut;
+
+use rutabaga_gfx::{
+    ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType,
+    RutabagaHandler, RutabagaIovec, Transfer3D, RUTABAGA_BLOB_MEM_GUEST,
+};
+
+/// One host-virtual extent of a resource's backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostIovec {
+    pub base: *mut u8,
+    pub len: usize,
+}
+
+/// A renderer error. The device model maps every one of them to an error
+/// response; the message goes to the log.
+#[derive(Debug, thiserror::Error)]
+#[error("renderer: {0}")]
+pub struct RendererError(pub String);
+
+pub type RendererResult<T> = Result<T, RendererError>;
+
+/// What the device model asks of a renderer. Resource ids, sizes and rects
+/// have been validated by the device model before any call.
+pub trait Renderer {
+    /// Creates a 2D resource with a zeroed host copy of `width * height * 4` bytes.
+    fn create_2d(&mut self, id: u32, format: u32, width: u32, height: u32) -> RendererResult<()>;
+
+    /// Creates a guest-memory blob of `size` bytes with no backing yet.
+    fn create_guest_blob(&mut self, id: u32, blob_flags: u32, size: u64) -> RendererResult<()>;
+
+    /// Attaches `iovecs` as the backing of resource `id`.
+    ///
+    /// # Safety
+    /// Every iovec must stay valid for reads and writes until the backing
+    /// is detached or the resource is unreferenced: the renderer keeps the
+    /// pointers and dereferences them on later transfers.
+    unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> RendererResult<()>;
+
+    /// Forgets the backing of resource `id`; its host copy is kept.
+    fn detach_backing(&mut self, id: u32) -> RendererResult<()>;
+
+    /// Copies `rect` from the backing into the host copy. The rect's first
+    /// pixel is `offset` bytes into the backing and its rows are `stride`
+    /// (the resource's `width * 4`) apart: the layout QEMU and the Linux
+    /// driver use.
+    fn transfer_to_host_2d(
+        &mut self,
+        id: u32,
+        rect: Rect2d,
+        offset: u64,
+        stride: u32,
+    ) -> RendererResult<()>;
+
+    /// Copies `rect` of the host copy into `dst`, rows `dst_stride` apart.
+    fn read_host_copy(
+        &mut self,
+        id: u32,
+        rect: Rect2d,
+        dst: &mut [u8],
+        dst_stride: u32,
+    ) -> RendererResult<()>;
+
+    /// Drops the resource and its host copy.
+    fn unref(&mut self, id: u32) -> RendererResult<()>;
+}
+
+/// A rectangle in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Rect2d {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl From<gpuswap_protocol::wire::Rect> for Rect2d {
+    fn from(r: gpuswap_protocol::wire::Rect) -> Self {
+        Rect2d {
+            x: r.x,
+            y: r.y,
+            width: r.width,
+            height: r.height,
+        }
+    }
+}
+
+/// `rutabaga_gfx`'s 2D component behind the [`Renderer`] seam.
+pub struct RutabagaRenderer {
+    rutabaga: Rutabaga,
+}
+
+// SAFETY: `Rutabaga` is not `Send` only because it stores its components
+// and contexts as trait objects without a `Send` bound. `new` builds it
+// with capset mask 0 and the 2D component as default, which creates no
+// context-capable component: what remains is the 2D component (holding a
+// `Send + Sync` fence handler) and resources made of heap memory and
+// `RutabagaIovec`s (declared `Send` by rutabaga). None of it has thread
+// affinity, so moving the renderer between threads is sound; the device
+// model is used by one thread at a time behind the daemon's lock.
+unsafe impl Send for RutabagaRenderer {}
+
+impl RutabagaRenderer {
+    /// A renderer with only rutabaga's 2D component (no capsets).
+    pub fn new() -> RendererResult<Self> {
+        let rutabaga = RutabagaBuilder::new(0, RutabagaHandler::new(|_| {}))
+            .set_default_component(RutabagaComponentType::Rutabaga2D)
+            .build()
+            .map_err(|e| RendererError(format!("cannot build rutabaga 2D: {e}")))?;
+        Ok(RutabagaRenderer { rutabaga })
+    }
+}
+
+fn err(what: &str, id: u32) -> impl FnOnce(rutabaga_gfx::RutabagaError) -> RendererError + '_ {
+    move |e| RendererError(format!("{what} of resource {id}: {e}"))
+}
+
+impl Renderer for RutabagaRenderer {
+    fn create_2d(&mut self, id: u32, format: u32, width: u32, height: u32) -> RendererResult<()> {
+        // Gallium's PIPE_TEXTURE_2D and PIPE_BIND_RENDER_TARGET, which is
+        // what a 2D resource is to rutabaga.
+        const PIPE_TEXTURE_2D: u32 = 2;
+        const PIPE_BIND_RENDER_TARGET: u32 = 2;
+        let args = ResourceCreate3D {
+            target: PIPE_TEXTURE_2D,
+            format,
+            bind: PIPE_BIND_RENDER_TARGET,
+            width,
+            height,
+            depth: 1,
+            array_size: 1,
+            last_level: 0,
+            nr_samples: 0,
+            flags: 0,
+        };
+        self.rutabaga
+            .resource_create_3d(id, args)
+            .map_err(err("create", id))
+    }
+
+    fn create_guest_blob(&mut self, id: u32, blob_flags: u32, size: u64) -> RendererResult<()> {
+        let args = ResourceCreateBlob {
+            blob_mem: RUTABAGA_BLOB_MEM_GUEST,
+            blob_flags,
+            blob_id: 0,
+            size,
+        };
+        self.rutabaga
+            .resource_create_blob(0, id, args, None, None)
+            .map_err(err("create blob", id))
+    }
+
+    unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> RendererResult<()> {
+        let vecs = iovecs
+            .iter()
+            .map(|v| RutabagaIovec {
+                base: v.base.cast(),
+                len: v.len,
+            })
+            .collect();
+        self.rutabaga
+            .attach_backing(id, vecs)
+            .map_err(err("attach", id))
+    }
+
+    fn detach_backing(&mut self, id: u32) -> RendererResult<()> {
+        self.rutabaga.detach_backing(id).map_err(err("detach", id))
+    }
+
+    fn transfer_to_host_2d(
+        &mut self,
+        id: u32,
+        rect: Rect2d,
+        offset: u64,
+        stride: u32,
+    ) -> RendererResult<()> {
+        // Rutabaga adds the rect's own position to the offset; take it off
+        // so the offset means what it does in QEMU and the Linux driver.
+        let position = u64::from(rect.y) * u64::from(stride) + u64::from(rect.x) * 4;
+        let base = offset.checked_sub(position).ok_or_else(|| {
+            RendererError(format!(
+                "transfer of resource {id}: offset {offset} is before the rect at {position}"
+            ))
+        })?;
+        let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, base);
+        self.rutabaga
+            .transfer_write(0, id, transfer, None)
+            .map_err(err("transfer", id))
+    }
+
+    fn read_host_copy(
+        &mut self,
+        id: u32,
+        rect: Rect2d,
+        dst: &mut [u8],
+        dst_stride: u32,
+    ) -> RendererResult<()> {
+        let mut transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
+        transfer.stride = dst_stride;
+        self.rutabaga
+            .transfer_read(0, id, transfer, Some(IoSliceMut::new(dst)))
+            .map_err(err("read", id))
+    }
+
+    fn unref(&mut self, id: u32) -> RendererResult<()> {
+        self.rutabaga.unref_resource(id).map_err(err("unref", id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_and_read_back_through_rutabaga() {
+        let mut r = RutabagaRenderer::new().unwrap();
+        r.create_2d(1, gpuswap_protocol::format::B8G8R8X8_UNORM, 4, 2)
+            .unwrap();
+        let mut backing: Vec<u8> = (0..32).collect();
+        let iov = [HostIovec {
+            base: backing.as_mut_ptr(),
+            len: backing.len(),
+        }];
+        // SAFETY: `backing` outlives the attachment: it is detached below.
+        unsafe { r.attach_backing(1, &iov).unwrap() };
+        let full = Rect2d {
+            x: 0,
+            y: 0,
+            width: 4,
+            height: 2,
+        };
+        r.transfer_to_host_2d(1, full, 0, 16).unwrap();
+        r.detach_backing(1).unwrap();
+        // Detached: the host copy stays, transfers fail.
+        assert!(r.transfer_to_host_2d(1, full, 0, 16).is_err());
+        let mut out = vec![0u8; 32];
+        r.read_host_copy(1, full, &mut out, 16).unwrap();
+        assert_eq!(out, backing);
+        r.unref(1).unwrap();
+    }
+}

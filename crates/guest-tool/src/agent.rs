@@ -1,0 +1,440 @@
+//! The agent: finds the virtio-serial port, reads requests line by line,
+//! dispatches them to the GPU session and writes one response line each.
+//! See [`crate::proto`] for the wire format.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::devnode;
+use crate::error::{Error, Result};
+use crate::gpu::{Bo, Gpu, RegionArgs, DEFAULT_FORMAT};
+use crate::proto::{self, Request};
+use crate::sysinfo;
+use crate::uapi;
+
+/// Default virtio-serial port name of the agent channel.
+pub const DEFAULT_PORT: &str = "org.gpuswap.agent";
+
+/// Find the virtio-serial port called `name` (`/sys/class/virtio-ports/vport*/name`)
+/// and return its `/dev/vportNpM` node, creating the node if udev is absent.
+pub fn find_port(name: &str) -> Result<PathBuf> {
+    let dir = Path::new("/sys/class/virtio-ports");
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir.display(), &e))?;
+    let mut seen = Vec::new();
+    let mut ports: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    ports.sort();
+    for port in ports {
+        let Ok(port_name) = fs::read_to_string(port.join("name")) else {
+            continue;
+        };
+        let port_name = port_name.trim();
+        if port_name == name {
+            let vport = port.file_name().expect("read_dir entries have names");
+            let node = Path::new("/dev").join(vport);
+            devnode::ensure_char_dev(&node, &port.join("dev"))?;
+            return Ok(node);
+        }
+        seen.push(port_name.to_owned());
+    }
+    Err(Error::with_errno(
+        format!(
+            "no virtio-serial port named {name:?} (found: [{}])",
+            seen.join(", ")
+        ),
+        nix::errno::Errno::ENOENT,
+    ))
+}
+
+/// What to do after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    Exit(i32),
+}
+
+/// What to do when the input reports end-of-file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEof {
+    /// Stop serving (stdio, or `--exit-on-eof`).
+    Stop,
+    /// Keep polling: a virtio-serial port reads 0 while no host is connected.
+    Retry(Duration),
+}
+
+/// The request dispatcher. The device is optional so the protocol works (and
+/// can be tested) without one: device ops then fail with the open error.
+#[derive(Debug)]
+pub struct Agent {
+    gpu: std::result::Result<Gpu, Error>,
+}
+
+impl Agent {
+    /// Open the virtio-gpu device (`card` or auto-detected); a failure is kept
+    /// and reported by `hello` and every device op.
+    pub fn new(card: Option<&Path>) -> Agent {
+        Agent {
+            gpu: Gpu::open(card),
+        }
+    }
+
+    /// An agent with no device (device ops fail with `err`).
+    pub fn without_device(err: Error) -> Agent {
+        Agent { gpu: Err(err) }
+    }
+
+    fn gpu(&mut self) -> Result<&mut Gpu> {
+        self.gpu
+            .as_mut()
+            .map_err(|e| e.clone().context("no virtio-gpu device"))
+    }
+
+    /// Handle one request line; returns the response line (no newline).
+    pub fn handle_line(&mut self, line: &str) -> (String, Outcome) {
+        let (id, req) = proto::parse_request(line);
+        let result = req.and_then(|req| self.dispatch(req));
+        match (id, result) {
+            (Some(id), Ok((results, outcome))) => (proto::ok_response(id, results), outcome),
+            (id, Err(e)) => (proto::err_response(id, &e), Outcome::Continue),
+            (None, Ok(_)) => unreachable!("a request without an id is never dispatched"),
+        }
+    }
+
+    /// Run one request.
+    pub fn dispatch(&mut self, req: Request) -> Result<(Map<String, Value>, Outcome)> {
+        let mut outcome = Outcome::Continue;
+        let v = match req {
+            Request::Hello => self.hello(),
+            Request::Create2d {
+                width,
+                height,
+                format,
+            } => created(
+                self.gpu()?
+                    .create_2d(width, height, format.unwrap_or(DEFAULT_FORMAT))?,
+            ),
+            Request::CreateBlob { size, blob_flags } => created(self.gpu()?.create_blob(
+                size,
+                blob_flags.unwrap_or(uapi::VIRTGPU_BLOB_FLAG_USE_MAPPABLE),
+            )?),
+            Request::CreateDumb { width, height } => {
+                created(self.gpu()?.create_dumb(width, height)?)
+            }
+            Request::Write {
+                handle,
+                seed,
+                bo,
+                version,
+            } => hashes(self.gpu()?.write(handle, seed, bo, version)?),
+            Request::TransferToHost {
+                handle,
+                x,
+                y,
+                w,
+                h,
+                offset,
+                barrier,
+            } => {
+                let args = RegionArgs { x, y, w, h, offset };
+                let barrier_res_id = self.gpu()?.transfer_to_host(handle, args, barrier)?;
+                json!({ "barrier_res_id": barrier_res_id })
+            }
+            Request::TransferFromHost {
+                handle,
+                x,
+                y,
+                w,
+                h,
+                offset,
+            } => {
+                let args = RegionArgs { x, y, w, h, offset };
+                self.gpu()?.transfer_from_host(handle, args)?;
+                json!({})
+            }
+            Request::Wait { handle, nowait } => {
+                self.gpu()?.wait(handle, nowait.unwrap_or(false))?;
+                json!({})
+            }
+            Request::Hash { handle } => hashes(self.gpu()?.hash(handle)?),
+            Request::Verify {
+                handle,
+                seed,
+                bo,
+                version,
+            } => match self.gpu()?.verify(handle, seed, bo, version)? {
+                None => json!({ "ok_content": true }),
+                Some(off) => json!({ "ok_content": false, "first_bad_offset": off }),
+            },
+            Request::Info { handle } => {
+                let info = self.gpu()?.info(handle)?;
+                json!({ "res_id": info.res_id, "size": info.size, "blob_mem": info.blob_mem })
+            }
+            Request::Close { handle } => {
+                self.gpu()?.close(handle)?;
+                json!({})
+            }
+            Request::List => {
+                let gpu = self.gpu()?;
+                let bos: Vec<_> = gpu.bos().map(Bo::summary).collect();
+                json!({ "bos": bos, "scanout": gpu.current_scanout() })
+            }
+            Request::Meminfo => Value::Object(sysinfo::meminfo()?),
+            Request::Scanout { handle } => serde_json::to_value(self.gpu()?.scanout(handle)?)
+                .map_err(|e| Error::msg(e.to_string()))?,
+            Request::ScanoutOff => json!({ "was_on": self.gpu()?.scanout_off()? }),
+            Request::Exit { status } => {
+                outcome = Outcome::Exit(status.unwrap_or(0));
+                json!({})
+            }
+        };
+        match v {
+            Value::Object(m) => Ok((m, outcome)),
+            other => unreachable!("results are always objects, got {other}"),
+        }
+    }
+
+    fn hello(&self) -> Value {
+        let mut v = json!({
+            "kernel": sysinfo::kernel_release().ok(),
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        match &self.gpu {
+            Ok(gpu) => {
+                v["card"] = json!(gpu.card_path().display().to_string());
+                v["driver"] = json!({
+                    "name": gpu.driver.name,
+                    "version": format!(
+                        "{}.{}.{}",
+                        gpu.driver.major, gpu.driver.minor, gpu.driver.patchlevel
+                    ),
+                });
+                v["device"] = json!(gpu.params);
+            }
+            Err(e) => {
+                v["card"] = Value::Null;
+                v["driver"] = Value::Null;
+                v["device"] = Value::Null;
+                v["device_error"] = json!(e.to_string());
+            }
+        }
+        v
+    }
+
+    /// Serve requests from `input`, writing responses to `output`, until EOF
+    /// (with [`OnEof::Stop`]) or an `exit` request. Returns the exit status.
+    pub fn serve(
+        &mut self,
+        mut input: impl Read,
+        mut output: impl Write,
+        on_eof: OnEof,
+    ) -> Result<i32> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut discarding = false;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match input.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("agent read", &e)),
+            };
+            if n == 0 {
+                match on_eof {
+                    OnEof::Stop => {
+                        // A last line without a newline still counts.
+                        if !discarding && !buf.is_empty() {
+                            let line = String::from_utf8_lossy(&buf).into_owned();
+                            buf.clear();
+                            if let Some(status) = self.reply(&line, &mut output)? {
+                                return Ok(status);
+                            }
+                        }
+                        return Ok(0);
+                    }
+                    OnEof::Retry(delay) => {
+                        if !buf.is_empty() {
+                            eprintln!(
+                                "gpuswap-guest: host disconnected, dropping a partial request"
+                            );
+                        }
+                        buf.clear();
+                        discarding = false;
+                        std::thread::sleep(delay);
+                        continue;
+                    }
+                }
+            }
+            let mut data = &chunk[..n];
+            while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+                let (head, rest) = data.split_at(pos);
+                data = &rest[1..];
+                if discarding {
+                    discarding = false;
+                    buf.clear();
+                    continue;
+                }
+                buf.extend_from_slice(head);
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                buf.clear();
+                if let Some(status) = self.reply(&line, &mut output)? {
+                    return Ok(status);
+                }
+            }
+            if !discarding {
+                buf.extend_from_slice(data);
+                if buf.len() > proto::MAX_LINE {
+                    buf.clear();
+                    discarding = true;
+                    let err = Error::msg(format!(
+                        "request line longer than {} bytes",
+                        proto::MAX_LINE
+                    ));
+                    write_line(&mut output, &proto::err_response(None, &err))?;
+                }
+            }
+        }
+    }
+
+    /// Answer one line (blank lines are ignored). `Some(status)` on exit.
+    fn reply(&mut self, line: &str, output: &mut impl Write) -> Result<Option<i32>> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let (response, outcome) = self.handle_line(line);
+        write_line(output, &response)?;
+        Ok(match outcome {
+            Outcome::Continue => None,
+            Outcome::Exit(status) => Some(status),
+        })
+    }
+}
+
+fn write_line(output: &mut impl Write, line: &str) -> Result<()> {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    output
+        .write_all(&bytes)
+        .and_then(|()| output.flush())
+        .map_err(|e| Error::io("agent write", &e))
+}
+
+fn created(bo: &Bo) -> Value {
+    let stride = match bo.kind {
+        crate::gpu::BoKind::TwoD { stride, .. } | crate::gpu::BoKind::Dumb { stride, .. } => stride,
+        crate::gpu::BoKind::Blob { .. } => 0,
+    };
+    json!({
+        "handle": bo.handle,
+        "res_id": bo.res_id,
+        "size": bo.size,
+        "stride": stride,
+        "content_size": bo.content_size,
+    })
+}
+
+fn hashes(h: crate::gpu::Hashes) -> Value {
+    json!({
+        "hash": crate::pattern::hex(h.hash),
+        "hash_full": crate::pattern::hex(h.hash_full),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> Agent {
+        Agent::without_device(Error::with_errno(
+            "open /dev/dri/card0",
+            nix::errno::Errno::ENOENT,
+        ))
+    }
+
+    fn run(input: &str) -> (Vec<Value>, i32) {
+        let mut out = Vec::new();
+        let status = agent()
+            .serve(input.as_bytes(), &mut out, OnEof::Stop)
+            .unwrap();
+        let lines = String::from_utf8(out).unwrap();
+        (
+            lines
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            status,
+        )
+    }
+
+    #[test]
+    fn hello_without_device() {
+        let (r, status) = run("{\"id\":1,\"op\":\"hello\"}\n");
+        assert_eq!(status, 0);
+        assert_eq!(r[0]["id"], 1);
+        assert_eq!(r[0]["ok"], true);
+        assert_eq!(r[0]["pid"], std::process::id());
+        assert_eq!(r[0]["device"], Value::Null);
+        assert!(r[0]["device_error"].as_str().unwrap().contains("card0"));
+    }
+
+    #[test]
+    fn errors_and_exit() {
+        let input = concat!(
+            "{\"id\":1,\"op\":\"nope\"}\n",
+            "\n",
+            "garbage\n",
+            "{\"id\":2,\"op\":\"create_2d\",\"width\":1}\n",
+            "{\"id\":3,\"op\":\"create_2d\",\"width\":4,\"height\":4}\n",
+            "{\"id\":4,\"op\":\"meminfo\"}\n",
+            "{\"id\":5,\"op\":\"exit\",\"status\":3}\n",
+            "{\"id\":6,\"op\":\"hello\"}\n",
+        );
+        let (r, status) = run(input);
+        assert_eq!(status, 3);
+        assert_eq!(r.len(), 5, "{r:?}");
+        assert_eq!(r[0]["id"], 1);
+        assert_eq!(r[0]["ok"], false);
+        assert_eq!(r[0]["errno"], Value::Null);
+        assert!(r[0]["error"].as_str().unwrap().starts_with("unknown op"));
+        assert_eq!(r[1]["id"], Value::Null);
+        assert_eq!(r[1]["ok"], false);
+        assert_eq!(r[2]["id"], 2);
+        assert!(r[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `height`"));
+        // Device op without a device: the open error, with its errno.
+        assert_eq!(r[3]["id"], 3);
+        assert_eq!(r[3]["ok"], false);
+        assert_eq!(r[3]["errno"], 2);
+        assert!(r[3]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no virtio-gpu device"));
+        // meminfo works anywhere Linux is.
+        assert_eq!(r[4]["id"], 4);
+        assert_eq!(r[4]["ok"], true);
+        assert!(r[4]["MemTotal"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn last_line_without_newline_and_long_lines() {
+        let (r, status) = run("{\"id\":9,\"op\":\"exit\"}");
+        assert_eq!((r.len(), status), (1, 0));
+        assert_eq!(r[0]["ok"], true);
+
+        let long = format!(
+            "{}\n{{\"id\":1,\"op\":\"hello\"}}\n",
+            "x".repeat(proto::MAX_LINE + 10)
+        );
+        let (r, _) = run(&long);
+        assert_eq!(r.len(), 2);
+        assert!(r[0]["error"].as_str().unwrap().contains("longer than"));
+        assert_eq!(r[1]["id"], 1);
+        assert_eq!(r[1]["ok"], true);
+    }
+}

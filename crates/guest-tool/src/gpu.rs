@@ -1,0 +1,439 @@
+//! A virtio-gpu session: the open card, its parameters, and the buffer objects
+//! created through it (with their mappings). Everything is released on drop.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use nix::errno::Errno;
+use serde::Serialize;
+
+use crate::drm::{Card, DriverVersion, Mapping};
+use crate::error::{Error, Result};
+use crate::virtgpu::{self, Params, Region};
+use crate::{kms, pattern, uapi};
+
+/// Default 2D format: VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM (= DRM XRGB8888 on LE).
+pub const DEFAULT_FORMAT: u32 = uapi::VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM;
+
+/// What kind of BO and the geometry needed to transfer / scan it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BoKind {
+    #[serde(rename = "2d")]
+    TwoD {
+        width: u32,
+        height: u32,
+        format: u32,
+        stride: u32,
+    },
+    Blob {
+        blob_flags: u32,
+    },
+    Dumb {
+        width: u32,
+        height: u32,
+        stride: u32,
+    },
+}
+
+/// A buffer object held by this session.
+#[derive(Debug)]
+pub struct Bo {
+    pub handle: u32,
+    pub res_id: u32,
+    pub kind: BoKind,
+    /// GEM object size (page aligned): what is mapped, written and verified.
+    pub size: u64,
+    /// Bytes that make up the resource's content: stride * height for 2D and
+    /// dumb BOs (= the host's copy), the whole size for blobs. `hash` covers these.
+    pub content_size: u64,
+    map: Option<Mapping>,
+}
+
+/// Summary of a BO, as the agent reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoSummary {
+    pub handle: u32,
+    pub res_id: u32,
+    pub size: u64,
+    pub content_size: u64,
+    pub mapped: bool,
+    #[serde(flatten)]
+    pub kind: BoKind,
+}
+
+impl Bo {
+    pub fn summary(&self) -> BoSummary {
+        BoSummary {
+            handle: self.handle,
+            res_id: self.res_id,
+            size: self.size,
+            content_size: self.content_size,
+            mapped: self.map.is_some(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// `hash` over the content bytes, `hash_full` over the whole BO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashes {
+    pub hash: u64,
+    pub hash_full: u64,
+}
+
+/// Optional transfer box; missing fields default to the whole resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionArgs {
+    pub x: Option<u32>,
+    pub y: Option<u32>,
+    pub w: Option<u32>,
+    pub h: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+/// The framebuffer currently kept on scanout.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scanout {
+    pub handle: u32,
+    pub fb_id: u32,
+    pub crtc_id: u32,
+    pub connector_id: u32,
+    pub mode: String,
+}
+
+/// An open virtio-gpu device plus the BOs created through it.
+#[derive(Debug)]
+pub struct Gpu {
+    card: Card,
+    pub driver: DriverVersion,
+    pub params: Params,
+    bos: BTreeMap<u32, Bo>,
+    scanout: Option<Scanout>,
+}
+
+impl Gpu {
+    /// Open the virtio-gpu card (see [`Card::open_virtio_gpu`]) and query it.
+    pub fn open(card: Option<&Path>) -> Result<Gpu> {
+        let card = Card::open_virtio_gpu(card)?;
+        let driver = card.version()?;
+        let params = Params::query(&card);
+        Ok(Gpu {
+            card,
+            driver,
+            params,
+            bos: BTreeMap::new(),
+            scanout: None,
+        })
+    }
+
+    /// The open card (for KMS queries and ioctls not wrapped here).
+    pub fn card(&self) -> &Card {
+        &self.card
+    }
+
+    pub fn card_path(&self) -> &Path {
+        self.card.path()
+    }
+
+    pub fn bos(&self) -> impl Iterator<Item = &Bo> {
+        self.bos.values()
+    }
+
+    pub fn bo(&self, handle: u32) -> Result<&Bo> {
+        self.bos
+            .get(&handle)
+            .ok_or_else(|| Error::msg(format!("unknown handle {handle}")))
+    }
+
+    /// Register a new handle: read RESOURCE_INFO; on failure close the handle.
+    fn adopt(&mut self, handle: u32, kind: BoKind, content_size: Option<u64>) -> Result<&Bo> {
+        let info = match virtgpu::resource_info(&self.card, handle) {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = self.card.gem_close(handle);
+                return Err(e);
+            }
+        };
+        let size = u64::from(info.size);
+        let bo = Bo {
+            handle,
+            res_id: info.res_id,
+            kind,
+            size,
+            content_size: content_size.unwrap_or(size).min(size),
+            map: None,
+        };
+        self.bos.insert(handle, bo);
+        Ok(&self.bos[&handle])
+    }
+
+    /// DRM_IOCTL_VIRTGPU_RESOURCE_CREATE (2D path), `format` a VIRTIO_GPU_FORMAT_*.
+    pub fn create_2d(&mut self, width: u32, height: u32, format: u32) -> Result<&Bo> {
+        let (stride, size) = virtgpu::layout_2d(width, height, format)?;
+        let created = virtgpu::resource_create_2d(&self.card, width, height, format, size)?;
+        let kind = BoKind::TwoD {
+            width,
+            height,
+            format,
+            stride,
+        };
+        self.adopt(created.handle, kind, Some(u64::from(size)))
+    }
+
+    /// A mappable guest-memory blob; a clear EOPNOTSUPP error if the device
+    /// does not offer blob resources.
+    pub fn create_blob(&mut self, size: u64, blob_flags: u32) -> Result<&Bo> {
+        if self.params.resource_blob != Some(true) {
+            return Err(Error::with_errno(
+                "blob resources not offered by this device (VIRTGPU_PARAM_RESOURCE_BLOB is 0: \
+                 VIRTIO_GPU_F_RESOURCE_BLOB not negotiated)",
+                Errno::EOPNOTSUPP,
+            ));
+        }
+        let created = virtgpu::resource_create_blob_guest(&self.card, size, blob_flags)?;
+        self.adopt(created.handle, BoKind::Blob { blob_flags }, None)
+    }
+
+    /// DRM_IOCTL_MODE_CREATE_DUMB (32 bpp). On a blob-capable 2D device the
+    /// kernel makes it a guest blob.
+    pub fn create_dumb(&mut self, width: u32, height: u32) -> Result<&Bo> {
+        let dumb = kms::create_dumb(&self.card, width, height)?;
+        let kind = BoKind::Dumb {
+            width,
+            height,
+            stride: dumb.pitch,
+        };
+        let content = u64::from(dumb.pitch) * u64::from(height);
+        self.adopt(dumb.handle, kind, Some(content))
+    }
+
+    /// The BO's mapping, created on first use and kept until close (so the
+    /// shrinker's zap + refault path is exercised by later accesses).
+    fn mapping(&mut self, handle: u32) -> Result<(&mut Mapping, u64)> {
+        let card = &self.card;
+        let bo = self
+            .bos
+            .get_mut(&handle)
+            .ok_or_else(|| Error::msg(format!("unknown handle {handle}")))?;
+        if bo.map.is_none() {
+            let offset = match bo.kind {
+                BoKind::Dumb { .. } => kms::map_dumb(card, handle)?,
+                _ => virtgpu::map_offset(card, handle)?,
+            };
+            let len = usize::try_from(bo.size)
+                .map_err(|_| Error::msg(format!("BO size {} too large to map", bo.size)))?;
+            bo.map = Some(card.map(offset, len)?);
+        }
+        let content = bo.content_size;
+        let map = bo.map.as_mut().expect("mapping just ensured");
+        Ok((map, content))
+    }
+
+    fn hashes(bytes: &[u8], content: u64) -> Hashes {
+        let content = usize::try_from(content)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        Hashes {
+            hash: pattern::content_hash(&bytes[..content]),
+            hash_full: pattern::content_hash(bytes),
+        }
+    }
+
+    /// Fill the whole BO with the pattern for (seed, bo, version).
+    pub fn write(&mut self, handle: u32, seed: u64, bo: u64, version: u64) -> Result<Hashes> {
+        let (map, content) = self.mapping(handle)?;
+        let bytes = map.as_mut_slice();
+        pattern::fill(bytes, seed, bo, version);
+        Ok(Self::hashes(bytes, content))
+    }
+
+    /// Hash the BO's current content through its mapping.
+    pub fn hash(&mut self, handle: u32) -> Result<Hashes> {
+        let (map, content) = self.mapping(handle)?;
+        Ok(Self::hashes(map.as_slice(), content))
+    }
+
+    /// Compare the whole BO with the pattern; the first differing byte offset.
+    pub fn verify(
+        &mut self,
+        handle: u32,
+        seed: u64,
+        bo: u64,
+        version: u64,
+    ) -> Result<Option<usize>> {
+        let (map, _) = self.mapping(handle)?;
+        Ok(pattern::first_mismatch(map.as_slice(), seed, bo, version))
+    }
+
+    fn region(&self, handle: u32, args: RegionArgs) -> Result<Region> {
+        let (width, height) = match self.bo(handle)?.kind {
+            BoKind::TwoD { width, height, .. } | BoKind::Dumb { width, height, .. } => {
+                (width, height)
+            }
+            BoKind::Blob { .. } => (0, 0),
+        };
+        let x = args.x.unwrap_or(0);
+        let y = args.y.unwrap_or(0);
+        Ok(Region {
+            x,
+            y,
+            w: args.w.unwrap_or(width.saturating_sub(x)),
+            h: args.h.unwrap_or(height.saturating_sub(y)),
+            offset: args.offset.unwrap_or(0),
+        })
+    }
+
+    /// TRANSFER_TO_HOST, WAIT on the BO, then optionally a fence barrier.
+    ///
+    /// Without virgl the 6.12 kernel sends TRANSFER_TO_HOST_2D unfenced, so
+    /// WAIT returns at once. The barrier makes the reply mean "the host has
+    /// processed the transfer": it creates a 1x1 2D resource (whose
+    /// RESOURCE_CREATE_2D *is* fenced), waits for that fence and closes it; the
+    /// control queue is FIFO and hosts process it in order. Default: barrier
+    /// when the device has no 3D. Returns the barrier resource id if one ran.
+    pub fn transfer_to_host(
+        &mut self,
+        handle: u32,
+        args: RegionArgs,
+        barrier: Option<bool>,
+    ) -> Result<Option<u32>> {
+        let region = self.region(handle, args)?;
+        virtgpu::transfer_to_host(&self.card, handle, region)?;
+        virtgpu::wait(&self.card, handle, false)?;
+        if barrier.unwrap_or(self.params.three_d_features != Some(true)) {
+            return self.fence_barrier().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// See [`Gpu::transfer_to_host`]: a fenced 1x1 create, waited for, closed.
+    pub fn fence_barrier(&mut self) -> Result<u32> {
+        let created = virtgpu::resource_create_2d(&self.card, 1, 1, DEFAULT_FORMAT, 4)
+            .map_err(|e| e.context("fence barrier"))?;
+        let waited = virtgpu::wait(&self.card, created.handle, false);
+        let closed = self.card.gem_close(created.handle);
+        waited.and(closed).map_err(|e| e.context("fence barrier"))?;
+        Ok(created.res_id)
+    }
+
+    /// TRANSFER_FROM_HOST then WAIT (ENOSYS from the kernel without virgl).
+    pub fn transfer_from_host(&mut self, handle: u32, args: RegionArgs) -> Result<()> {
+        let region = self.region(handle, args)?;
+        virtgpu::transfer_from_host(&self.card, handle, region)?;
+        virtgpu::wait(&self.card, handle, false)
+    }
+
+    /// DRM_IOCTL_VIRTGPU_WAIT.
+    pub fn wait(&mut self, handle: u32, nowait: bool) -> Result<()> {
+        self.bo(handle)?;
+        virtgpu::wait(&self.card, handle, nowait)
+    }
+
+    /// DRM_IOCTL_VIRTGPU_RESOURCE_INFO for a held BO.
+    pub fn info(&self, handle: u32) -> Result<virtgpu::ResourceInfo> {
+        self.bo(handle)?;
+        virtgpu::resource_info(&self.card, handle)
+    }
+
+    /// Unmap and close a BO (turning the scanout off first if it shows it).
+    pub fn close(&mut self, handle: u32) -> Result<()> {
+        self.bo(handle)?;
+        let mut first_err = None;
+        if self.scanout.as_ref().is_some_and(|s| s.handle == handle) {
+            first_err = self.scanout_off().err();
+        }
+        let mut bo = self.bos.remove(&handle).expect("checked above");
+        drop(bo.map.take());
+        let closed = match bo.kind {
+            BoKind::Dumb { .. } => kms::destroy_dumb(&self.card, handle),
+            _ => self.card.gem_close(handle),
+        };
+        match (first_err, closed) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
+    }
+
+    /// Show a 2D (XRGB/ARGB-compatible) or dumb BO on the first usable
+    /// connector/CRTC, replacing any previous scanout.
+    pub fn scanout(&mut self, handle: u32) -> Result<Scanout> {
+        let (width, height, stride) = match self.bo(handle)?.kind {
+            BoKind::TwoD {
+                width,
+                height,
+                stride,
+                format: DEFAULT_FORMAT | uapi::VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+            }
+            | BoKind::Dumb {
+                width,
+                height,
+                stride,
+            } => (width, height, stride),
+            other => {
+                return Err(Error::msg(format!(
+                    "handle {handle} cannot be scanned out as XRGB8888 ({other:?})"
+                )))
+            }
+        };
+        let pipe = kms::pick_pipe(&self.card, width, height)?;
+        let fb_id = kms::add_fb2_xrgb8888(&self.card, handle, width, height, stride)?;
+        if let Err(e) = kms::set_crtc(
+            &self.card,
+            pipe.crtc_id,
+            fb_id,
+            Some(pipe.connector_id),
+            Some(pipe.mode),
+        ) {
+            let _ = kms::rm_fb(&self.card, fb_id);
+            return Err(e);
+        }
+        let new = Scanout {
+            handle,
+            fb_id,
+            crtc_id: pipe.crtc_id,
+            connector_id: pipe.connector_id,
+            mode: kms::mode_name(&pipe.mode),
+        };
+        if let Some(old) = self.scanout.replace(new.clone()) {
+            kms::rm_fb(&self.card, old.fb_id)?;
+        }
+        Ok(new)
+    }
+
+    /// Turn the scanout CRTC off and remove its framebuffer. Returns whether
+    /// there was a scanout.
+    pub fn scanout_off(&mut self) -> Result<bool> {
+        let Some(s) = self.scanout.take() else {
+            return Ok(false);
+        };
+        let off = kms::set_crtc(&self.card, s.crtc_id, 0, None, None);
+        let rm = kms::rm_fb(&self.card, s.fb_id);
+        off.and(rm).map(|()| true)
+    }
+
+    /// The current scanout, if any.
+    pub fn current_scanout(&self) -> Option<&Scanout> {
+        self.scanout.as_ref()
+    }
+
+    /// Release everything (also done on drop); returns how many BOs were closed.
+    pub fn close_all(&mut self) -> usize {
+        if let Err(e) = self.scanout_off() {
+            eprintln!("gpuswap-guest: cleanup: {e}");
+        }
+        let handles: Vec<u32> = self.bos.keys().copied().collect();
+        for &h in &handles {
+            if let Err(e) = self.close(h) {
+                eprintln!("gpuswap-guest: cleanup: {e}");
+            }
+        }
+        handles.len()
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}

@@ -1,0 +1,352 @@
+//! The agent protocol: line-delimited JSON, one request line -> one response line.
+//!
+//! Request:  `{"id":<u64>,"op":"<name>", ...args}`
+//! Success:  `{"id":<same>,"ok":true, ...results}`
+//! Failure:  `{"id":<same or null>,"ok":false,"error":"<message>","errno":<int or null>}`
+//!
+//! `errno` is the positive Linux errno when a syscall/ioctl failed, `null` for
+//! protocol and argument errors. `id` is `null` only when the request line
+//! could not be parsed far enough to find a u64 `id`. Unknown argument names
+//! are rejected, so typos do not silently fall back to defaults.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Upper bound on one request line (bytes, without the newline).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Every request, tagged by `op`. Optional arguments may be omitted or null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// -> `{kernel, pid, version, card, driver, device, device_error?}`
+    Hello,
+    /// 2D resource (RESOURCE_CREATE_2D + backing); `format` is a
+    /// VIRTIO_GPU_FORMAT_* value, default 2 (B8G8R8X8_UNORM).
+    #[serde(rename = "create_2d")]
+    Create2d {
+        width: u32,
+        height: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<u32>,
+    },
+    /// Guest-memory blob; `blob_flags` default 1 (USE_MAPPABLE).
+    CreateBlob {
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blob_flags: Option<u32>,
+    },
+    /// KMS dumb buffer (32 bpp).
+    CreateDumb { width: u32, height: u32 },
+    /// Fill the whole BO through its mmap with the pattern.
+    Write {
+        handle: u32,
+        seed: u64,
+        bo: u64,
+        version: u64,
+    },
+    /// TRANSFER_TO_HOST (default: whole resource), then WAIT, then (by default
+    /// when the device has no 3D) a fence barrier.
+    TransferToHost {
+        handle: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        y: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        w: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        barrier: Option<bool>,
+    },
+    /// TRANSFER_FROM_HOST (default: whole resource), then WAIT.
+    TransferFromHost {
+        handle: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        y: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        w: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u32>,
+    },
+    /// DRM_IOCTL_VIRTGPU_WAIT on the BO.
+    Wait {
+        handle: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nowait: Option<bool>,
+    },
+    /// Hash of the current mmap content.
+    Hash { handle: u32 },
+    /// Compare the mmap content with the pattern.
+    Verify {
+        handle: u32,
+        seed: u64,
+        bo: u64,
+        version: u64,
+    },
+    /// DRM_IOCTL_VIRTGPU_RESOURCE_INFO.
+    Info { handle: u32 },
+    /// munmap + GEM_CLOSE.
+    Close { handle: u32 },
+    /// Every BO the agent holds.
+    List,
+    /// /proc/meminfo.
+    Meminfo,
+    /// Put a 2D/dumb BO on a CRTC (ADDFB2 + SETCRTC).
+    Scanout { handle: u32 },
+    /// Turn the scanout off and remove its framebuffer.
+    ScanoutOff,
+    /// Reply, clean up, exit with `status` (default 0).
+    Exit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<i32>,
+    },
+}
+
+/// The `op` names, in protocol order.
+pub const OPS: &[&str] = &[
+    "hello",
+    "create_2d",
+    "create_blob",
+    "create_dumb",
+    "write",
+    "transfer_to_host",
+    "transfer_from_host",
+    "wait",
+    "hash",
+    "verify",
+    "info",
+    "close",
+    "list",
+    "meminfo",
+    "scanout",
+    "scanout_off",
+    "exit",
+];
+
+/// Parse one request line into its id (when one could be read) and request.
+pub fn parse_request(line: &str) -> (Option<u64>, Result<Request>) {
+    let value: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(Error::msg(format!("invalid JSON: {e}")))),
+    };
+    let Value::Object(mut obj) = value else {
+        return (None, Err(Error::msg("request must be a JSON object")));
+    };
+    let id = match obj.remove("id") {
+        Some(v) => match v.as_u64() {
+            Some(id) => id,
+            None => {
+                return (
+                    None,
+                    Err(Error::msg(format!("\"id\" must be a u64, got {v}"))),
+                )
+            }
+        },
+        None => return (None, Err(Error::msg("missing \"id\""))),
+    };
+    let op = match obj.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(v) => {
+            return (
+                Some(id),
+                Err(Error::msg(format!("\"op\" must be a string, got {v}"))),
+            )
+        }
+        None => return (Some(id), Err(Error::msg("missing \"op\""))),
+    };
+    if !OPS.contains(&op.as_str()) {
+        return (
+            Some(id),
+            Err(Error::msg(format!(
+                "unknown op \"{op}\" (known: {})",
+                OPS.join(", ")
+            ))),
+        );
+    }
+    let req = serde_json::from_value::<Request>(Value::Object(obj))
+        .map_err(|e| Error::msg(format!("bad arguments for op \"{op}\": {e}")));
+    (Some(id), req)
+}
+
+/// Serialise a request line (no trailing newline), for host-side users and tests.
+pub fn request_line(id: u64, req: &Request) -> String {
+    let mut v = serde_json::to_value(req).expect("Request always serialises");
+    if let Value::Object(obj) = &mut v {
+        obj.insert("id".into(), Value::from(id));
+    }
+    v.to_string()
+}
+
+/// `{"id":id,"ok":true, ...results}` (no trailing newline). `results` must not
+/// use the keys `id` or `ok`; they are overwritten if it does.
+pub fn ok_response(id: u64, mut results: Map<String, Value>) -> String {
+    results.insert("id".into(), Value::from(id));
+    results.insert("ok".into(), Value::Bool(true));
+    Value::Object(results).to_string()
+}
+
+/// `{"id":id,"ok":false,"error":..,"errno":..}` (no trailing newline).
+pub fn err_response(id: Option<u64>, err: &Error) -> String {
+    serde_json::json!({
+        "id": id,
+        "ok": false,
+        "error": err.message,
+        "errno": err.errno,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> (Option<u64>, Result<Request>) {
+        parse_request(line)
+    }
+
+    #[test]
+    fn parses_ops_and_args() {
+        assert_eq!(
+            parse(r#"{"id":1,"op":"hello"}"#),
+            (Some(1), Ok(Request::Hello))
+        );
+        assert_eq!(
+            parse(r#"{"op":"create_2d","id":2,"width":64,"height":32}"#),
+            (
+                Some(2),
+                Ok(Request::Create2d {
+                    width: 64,
+                    height: 32,
+                    format: None
+                })
+            )
+        );
+        assert_eq!(
+            parse(
+                r#"{"id":3,"op":"write","handle":1,"seed":18446744073709551615,"bo":0,"version":2}"#
+            )
+            .1,
+            Ok(Request::Write {
+                handle: 1,
+                seed: u64::MAX,
+                bo: 0,
+                version: 2
+            })
+        );
+        assert_eq!(
+            parse(r#"{"id":4,"op":"exit","status":null}"#).1,
+            Ok(Request::Exit { status: None })
+        );
+        assert_eq!(
+            parse(r#"{"id":5,"op":"transfer_to_host","handle":7,"barrier":false}"#).1,
+            Ok(Request::TransferToHost {
+                handle: 7,
+                x: None,
+                y: None,
+                w: None,
+                h: None,
+                offset: None,
+                barrier: Some(false)
+            })
+        );
+    }
+
+    #[test]
+    fn every_op_name_is_a_variant() {
+        for op in OPS {
+            let (_, r) = parse(&format!(r#"{{"id":1,"op":"{op}"}}"#));
+            // Either it parses (no required args) or fails on a *missing field*,
+            // never on an unknown variant.
+            if let Err(e) = r {
+                assert!(e.message.contains("missing field"), "{op}: {}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn protocol_errors() {
+        let (id, r) = parse("not json");
+        assert_eq!(id, None);
+        assert!(r.unwrap_err().message.starts_with("invalid JSON"));
+        assert_eq!(parse("[1,2]").0, None);
+        assert!(parse(r#"{"op":"hello"}"#)
+            .1
+            .unwrap_err()
+            .message
+            .contains("missing \"id\""));
+        assert_eq!(parse(r#"{"id":-1,"op":"hello"}"#).0, None);
+        let (id, r) = parse(r#"{"id":9,"op":"frobnicate"}"#);
+        assert_eq!(id, Some(9));
+        assert!(r
+            .unwrap_err()
+            .message
+            .starts_with("unknown op \"frobnicate\""));
+        let (id, r) = parse(r#"{"id":10}"#);
+        assert_eq!(id, Some(10));
+        assert!(r.unwrap_err().message.contains("missing \"op\""));
+        // Bad argument type / missing / unknown argument.
+        let e = parse(r#"{"id":11,"op":"create_2d","width":"big","height":1}"#)
+            .1
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("bad arguments for op \"create_2d\""),
+            "{}",
+            e.message
+        );
+        assert!(parse(r#"{"id":12,"op":"create_2d","width":1}"#).1.is_err());
+        let e = parse(r#"{"id":13,"op":"hash","handle":1,"hadnle":2}"#)
+            .1
+            .unwrap_err();
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        assert!(parse(r#"{"id":14,"op":"hello","extra":1}"#).1.is_err());
+        assert!(parse(r#"{"id":15,"op":"close","handle":-1}"#).1.is_err());
+        assert!(parse(r#"{"id":16,"op":"close","handle":4294967296}"#)
+            .1
+            .is_err());
+    }
+
+    #[test]
+    fn round_trip_and_responses() {
+        let req = Request::Verify {
+            handle: 3,
+            seed: 1,
+            bo: 2,
+            version: 3,
+        };
+        let line = request_line(42, &req);
+        assert_eq!(parse(&line), (Some(42), Ok(req)));
+
+        let mut m = Map::new();
+        m.insert("hash".into(), Value::from("00000000000000ab"));
+        let v: Value = serde_json::from_str(&ok_response(7, m)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":7,"ok":true,"hash":"00000000000000ab"})
+        );
+
+        let v: Value = serde_json::from_str(&err_response(
+            Some(8),
+            &Error::with_errno("boom", nix::errno::Errno::ENOENT),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":8,"ok":false,"error":"boom","errno":2})
+        );
+        let v: Value = serde_json::from_str(&err_response(None, &Error::msg("bad"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":null,"ok":false,"error":"bad","errno":null})
+        );
+    }
+}
