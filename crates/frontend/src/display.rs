@@ -16,11 +16,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gpuswap_protocol::ctrl_type;
-use gpuswap_protocol::wire::{CtrlHeader, DisplayOne, Rect, RespDisplayInfo, RespEdid, MAX_SCANOUTS};
+use gpuswap_protocol::wire::{
+    CtrlHeader, DisplayOne, Rect, RespDisplayInfo, RespEdid, MAX_SCANOUTS,
+};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuDMABUFScanout, VhostUserGpuScanout,
-    VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuDMABUFScanout,
+    VhostUserGpuScanout, VhostUserGpuUpdate,
 };
 use vm_memory::ByteValued;
 
@@ -161,7 +163,7 @@ pub enum DisplayEvent {
     DmabufScanout {
         scanout: VhostUserGpuDMABUFScanout,
         modifier: Option<u64>,
-        fd: Option<Arc<OwnedFd>>,
+        fd: Option<SharedFd>,
     },
     /// DMABUF_UPDATE (acknowledged at once).
     DmabufUpdate {
@@ -178,6 +180,19 @@ pub enum DisplayEvent {
         payload: Vec<u8>,
     },
 }
+
+/// A file descriptor the backend passed (e.g. a dmabuf), shared between
+/// copies of an event. Compares by descriptor number.
+#[derive(Clone, Debug)]
+pub struct SharedFd(pub Arc<OwnedFd>);
+
+impl PartialEq for SharedFd {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_raw_fd() == other.0.as_raw_fd()
+    }
+}
+
+impl Eq for SharedFd {}
 
 /// What a scanout currently shows, assembled from SCANOUT and UPDATE.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -400,7 +415,8 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<b
         let mut cmsg = nix::cmsg_space!([RawFd; 8]);
         let n = {
             let mut iov = [IoSliceMut::new(&mut buf[done..])];
-            let msg = match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            let msg = match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -422,7 +438,10 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<b
             if done == 0 {
                 return Ok(false);
             }
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short message"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short message",
+            ));
         }
         done += n;
     }
@@ -462,7 +481,8 @@ fn serve_loop(mut sock: UnixStream, config: DisplayConfig, handle: DisplayHandle
             if !recv_exact(sock.as_raw_fd(), &mut hdr, &mut fds)? {
                 return Ok(());
             }
-            let (request, flags, size) = (u32_at(&hdr, 0), u32_at(&hdr, 4), u32_at(&hdr, 8) as usize);
+            let (request, flags, size) =
+                (u32_at(&hdr, 0), u32_at(&hdr, 4), u32_at(&hdr, 8) as usize);
             if size > MAX_PAYLOAD {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -471,7 +491,10 @@ fn serve_loop(mut sock: UnixStream, config: DisplayConfig, handle: DisplayHandle
             }
             let mut payload = vec![0u8; size];
             if size > 0 && !recv_exact(sock.as_raw_fd(), &mut payload, &mut fds)? {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "missing payload"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "missing payload",
+                ));
             }
             handle_message(&mut sock, &config, &handle, request, flags, payload, fds)?;
         }
@@ -497,7 +520,7 @@ fn handle_message(
     payload: Vec<u8>,
     mut fds: Vec<OwnedFd>,
 ) -> io::Result<()> {
-    use request as r;
+    use crate::display::request as r;
     let malformed = |payload: Vec<u8>| DisplayEvent::Unknown {
         request,
         flags,
@@ -601,22 +624,24 @@ fn handle_message(
                 _ => malformed(payload),
             }
         }
-        r::DMABUF_SCANOUT | r::DMABUF_SCANOUT2 => match read_obj::<VhostUserGpuDMABUFScanout>(&payload) {
-            Some(scanout) => {
-                let n = std::mem::size_of::<VhostUserGpuDMABUFScanout>();
-                let modifier = if request == r::DMABUF_SCANOUT2 {
-                    read_obj::<u64>(&payload[n..])
-                } else {
-                    None
-                };
-                DisplayEvent::DmabufScanout {
-                    scanout,
-                    modifier,
-                    fd: fds.pop().map(Arc::new),
+        r::DMABUF_SCANOUT | r::DMABUF_SCANOUT2 => {
+            match read_obj::<VhostUserGpuDMABUFScanout>(&payload) {
+                Some(scanout) => {
+                    let n = std::mem::size_of::<VhostUserGpuDMABUFScanout>();
+                    let modifier = if request == r::DMABUF_SCANOUT2 {
+                        read_obj::<u64>(&payload[n..])
+                    } else {
+                        None
+                    };
+                    DisplayEvent::DmabufScanout {
+                        scanout,
+                        modifier,
+                        fd: fds.pop().map(|f| SharedFd(Arc::new(f))),
+                    }
                 }
+                None => malformed(payload),
             }
-            None => malformed(payload),
-        },
+        }
         r::DMABUF_UPDATE => {
             // The backend blocks until this is acknowledged.
             reply(sock, request, &[])?;
@@ -679,7 +704,8 @@ fn apply_to_framebuffers(st: &mut DisplayState, event: &DisplayEvent) {
             ref data,
         } => {
             let Some(Some(fb)) = st.framebuffers.get_mut(scanout_id as usize) else {
-                st.errors.push(format!("UPDATE for unconfigured scanout {scanout_id}"));
+                st.errors
+                    .push(format!("UPDATE for unconfigured scanout {scanout_id}"));
                 return;
             };
             let (x, y, w, h) = (x as usize, y as usize, width as usize, height as usize);
@@ -704,7 +730,8 @@ pub fn make_edid(width: u32, height: u32, serial: u32) -> [u8; 128] {
     let mut e = [0u8; 128];
     e[..8].copy_from_slice(&[0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]);
     // Manufacturer "GSW": three 5-bit letters, big endian.
-    let id = ((u16::from(b'G' - b'@')) << 10) | ((u16::from(b'S' - b'@')) << 5) | u16::from(b'W' - b'@');
+    let id =
+        ((u16::from(b'G' - b'@')) << 10) | ((u16::from(b'S' - b'@')) << 5) | u16::from(b'W' - b'@');
     e[8..10].copy_from_slice(&id.to_be_bytes());
     e[10..12].copy_from_slice(&1u16.to_le_bytes()); // product code
     e[12..16].copy_from_slice(&serial.to_le_bytes());
@@ -717,7 +744,7 @@ pub fn make_edid(width: u32, height: u32, serial: u32) -> [u8; 128] {
     e[22] = (height / 40).clamp(1, 255) as u8;
     e[23] = 120; // gamma 2.2
     e[24] = 0x0a; // RGB, preferred timing in the first descriptor
-    // Chromaticity (sRGB-ish).
+                  // Chromaticity (sRGB-ish).
     e[25..35].copy_from_slice(&[0xee, 0x91, 0xa3, 0x54, 0x4c, 0x99, 0x26, 0x0f, 0x50, 0x54]);
     // No established timings; standard timings unused.
     for i in 0..8 {
@@ -727,7 +754,9 @@ pub fn make_edid(width: u32, height: u32, serial: u32) -> [u8; 128] {
     // Detailed timing descriptor.
     let (w, h) = (width.min(4095), height.min(4095));
     let (hblank, vblank) = (160u32, 30u32);
-    let clock_10khz = (u64::from(w + hblank) * u64::from(h + vblank) * 60 / 10_000).min(65535) as u16;
+    let clock_10khz =
+        (u64::from(w + hblank) * u64::from(h + vblank) * 60 / 10_000).min(65535) as u16;
+    let width_mm = u32::from(e[21]) * 10;
     let d = &mut e[54..72];
     d[0..2].copy_from_slice(&clock_10khz.max(1).to_le_bytes());
     d[2] = (w & 0xff) as u8;
@@ -740,10 +769,9 @@ pub fn make_edid(width: u32, height: u32, serial: u32) -> [u8; 128] {
     d[9] = 32; // hsync width
     d[10] = (3 << 4) | 6; // vsync offset 3, width 6
     d[11] = 0;
-    d[12] = (u32::from(e[21]) * 10 & 0xff) as u8;
-    let d = &mut e[54..72];
+    d[12] = (width_mm & 0xff) as u8;
     d[17] = 0x1e; // digital separate sync, positive polarities
-    // Monitor name descriptor.
+                  // Monitor name descriptor.
     let name = &mut e[72..90];
     name[3] = 0xfc;
     name[5..18].copy_from_slice(b"gpuswap\n     ");
@@ -794,8 +822,15 @@ mod tests {
         let h = server.handle().clone();
         send(&mut backend, request::GET_PROTOCOL_FEATURES, &[]);
         let f = recv_reply(&mut backend, request::GET_PROTOCOL_FEATURES);
-        assert_eq!(f, (protocol_features::EDID | protocol_features::DMABUF2).to_ne_bytes());
-        send(&mut backend, request::SET_PROTOCOL_FEATURES, &1u64.to_ne_bytes());
+        assert_eq!(
+            f,
+            (protocol_features::EDID | protocol_features::DMABUF2).to_ne_bytes()
+        );
+        send(
+            &mut backend,
+            request::SET_PROTOCOL_FEATURES,
+            &1u64.to_ne_bytes(),
+        );
         assert_eq!(h.wait_protocol_features(Duration::from_secs(5)), Some(1));
 
         send(&mut backend, request::GET_DISPLAY_INFO, &[]);
@@ -803,7 +838,14 @@ mod tests {
         let mut di = RespDisplayInfo::default();
         di.as_mut_slice().copy_from_slice(&info);
         assert_eq!(di.hdr.type_, ctrl_type::RESP_OK_DISPLAY_INFO);
-        assert_eq!((di.pmodes[0].r.width, di.pmodes[0].r.height, di.pmodes[0].enabled), (1280, 800, 1));
+        assert_eq!(
+            (
+                di.pmodes[0].r.width,
+                di.pmodes[0].r.height,
+                di.pmodes[0].enabled
+            ),
+            (1280, 800, 1)
+        );
 
         send(&mut backend, request::GET_EDID, &0u32.to_ne_bytes());
         assert_eq!(recv_reply(&mut backend, request::GET_EDID).len(), 1056);
@@ -825,11 +867,18 @@ mod tests {
         p.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         send(&mut backend, request::UPDATE, &p);
         let ev = h
-            .wait_for(0, Duration::from_secs(5), |e| matches!(e, DisplayEvent::Update { .. }))
+            .wait_for(0, Duration::from_secs(5), |e| {
+                matches!(e, DisplayEvent::Update { .. })
+            })
             .unwrap();
-        assert!(matches!(ev, DisplayEvent::Update { ref data, .. } if data == &[1, 2, 3, 4, 5, 6, 7, 8]));
+        assert!(
+            matches!(ev, DisplayEvent::Update { ref data, .. } if data == &[1, 2, 3, 4, 5, 6, 7, 8])
+        );
         let fb = h.framebuffer(0).unwrap();
-        assert_eq!(&fb.data[(4 + 1) * 4..(4 + 3) * 4], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            &fb.data[(4 + 1) * 4..(4 + 3) * 4],
+            &[1, 2, 3, 4, 5, 6, 7, 8]
+        );
         assert!(h.errors().is_empty());
 
         // A bogus header size closes the channel with an error, no panic.
@@ -840,7 +889,10 @@ mod tests {
         bad.extend_from_slice(&u32::MAX.to_ne_bytes());
         backend.write_all(&bad).unwrap();
         assert!(h
-            .wait_for(0, Duration::from_secs(5), |e| matches!(e, DisplayEvent::Unknown { request: 99, .. }))
+            .wait_for(0, Duration::from_secs(5), |e| matches!(
+                e,
+                DisplayEvent::Unknown { request: 99, .. }
+            ))
             .is_some());
         let deadline = Instant::now() + Duration::from_secs(5);
         while !h.is_closed() && Instant::now() < deadline {

@@ -88,6 +88,10 @@ pub enum Error {
         waited: Duration,
         in_flight: usize,
     },
+    /// The backend closed the vhost-user connection (or died) while a
+    /// completion was awaited.
+    #[error("{queue:?} queue: backend disconnected ({in_flight} in flight)")]
+    Disconnected { queue: QueueId, in_flight: usize },
     /// The queue has nothing in flight to wait for.
     #[error("{0:?} queue: nothing in flight")]
     NothingInFlight(QueueId),

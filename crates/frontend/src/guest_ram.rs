@@ -112,7 +112,9 @@ impl Pages {
         let mut out: Vec<MemEntry> = Vec::new();
         for &a in &self.addrs {
             if let Some(last) = out.last_mut() {
-                if last.addr + u64::from(last.length) == a && last.length as u64 + PAGE_SIZE <= u32::MAX as u64 {
+                if last.addr + u64::from(last.length) == a
+                    && last.length as u64 + PAGE_SIZE <= u32::MAX as u64
+                {
                     last.length += PAGE_SIZE as u32;
                     continue;
                 }
@@ -308,14 +310,13 @@ fn create_region(spec: RegionSpec) -> Result<Arc<GuestRegionMmap>> {
     let fd = memfd_create(c"gpuswap-guest-ram", MFdFlags::MFD_CLOEXEC)
         .map_err(Error::nix("memfd_create"))?;
     let file = File::from(fd);
-    file.set_len(spec.size).map_err(Error::io("ftruncate memfd"))?;
-    let size = usize::try_from(spec.size).map_err(|_| Error::Region(format!("{spec:?} too large")))?;
-    let region = GuestRegionMmap::from_range(
-        GuestAddress(spec.gpa),
-        size,
-        Some(FileOffset::new(file, 0)),
-    )
-    .map_err(|e| Error::Memory(format!("mapping {spec:?}: {e}")))?;
+    file.set_len(spec.size)
+        .map_err(Error::io("ftruncate memfd"))?;
+    let size =
+        usize::try_from(spec.size).map_err(|_| Error::Region(format!("{spec:?} too large")))?;
+    let region =
+        GuestRegionMmap::from_range(GuestAddress(spec.gpa), size, Some(FileOffset::new(file, 0)))
+            .map_err(|e| Error::Memory(format!("mapping {spec:?}: {e}")))?;
     Ok(Arc::new(region))
 }
 
@@ -335,8 +336,9 @@ impl GuestRam {
             });
         }
         regions.sort_by_key(|r| r.spec.gpa);
-        let mem = GuestMemoryMmap::from_arc_regions(regions.iter().map(|r| r.region.clone()).collect())
-            .map_err(|e| Error::Region(format!("{specs:?}: {e}")))?;
+        let mem =
+            GuestMemoryMmap::from_arc_regions(regions.iter().map(|r| r.region.clone()).collect())
+                .map_err(|e| Error::Region(format!("{specs:?}: {e}")))?;
         Ok(GuestRam {
             mem,
             regions,
@@ -367,7 +369,10 @@ impl GuestRam {
     /// vhost-user descriptions of all regions (file descriptors stay owned
     /// by `self`).
     pub(crate) fn region_infos(&self) -> Vec<VhostUserMemoryRegionInfo> {
-        self.regions.iter().map(|r| region_info(&r.region)).collect()
+        self.regions
+            .iter()
+            .map(|r| region_info(&r.region))
+            .collect()
     }
 
     pub(crate) fn region_info_at(&self, gpa: u64) -> Option<VhostUserMemoryRegionInfo> {
@@ -388,8 +393,14 @@ impl GuestRam {
     /// Adds a region. The backend is not told; use
     /// [`crate::GpuFrontend::add_region`] for that.
     pub fn add_region(&mut self, spec: RegionSpec) -> Result<()> {
-        if self.regions.iter().any(|r| r.spec.gpa < spec.end() && spec.gpa < r.spec.end()) {
-            return Err(Error::Region(format!("{spec:?} overlaps an existing region")));
+        if self
+            .regions
+            .iter()
+            .any(|r| r.spec.gpa < spec.end() && spec.gpa < r.spec.end())
+        {
+            return Err(Error::Region(format!(
+                "{spec:?} overlaps an existing region"
+            )));
         }
         let region = create_region(spec)?;
         let mem = self
@@ -431,10 +442,7 @@ impl GuestRam {
     /// Takes `n` pages at `gpa` out of the allocator for good (rings, bounce
     /// buffers).
     pub(crate) fn reserve(&mut self, gpa: u64, n: u64) -> Result<()> {
-        match self.alloc(n, Placement::At(gpa)) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.alloc(n as usize, Placement::At(gpa)).map(|_| ())
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -460,7 +468,12 @@ impl GuestRam {
         self.alloc_filtered(n, placement, Some(region_gpa))
     }
 
-    fn alloc_filtered(&mut self, n: usize, placement: Placement, only: Option<u64>) -> Result<Pages> {
+    fn alloc_filtered(
+        &mut self,
+        n: usize,
+        placement: Placement,
+        only: Option<u64>,
+    ) -> Result<Pages> {
         let n64 = n as u64;
         let free: u64 = self
             .regions
@@ -730,13 +743,16 @@ mod tests {
         let mut back = vec![0u8; data.len() - 100];
         r.read_entries(&p.entries(), 100, &mut back).unwrap();
         assert_eq!(&back[..], &data[100..]);
-        assert!(r.read_entries(&p.entries(), 1, &mut vec![0; data.len()]).is_err());
+        assert!(r
+            .read_entries(&p.entries(), 1, &mut vec![0; data.len()])
+            .is_err());
     }
 
     #[test]
     fn regions_come_and_go() {
         let mut r = ram();
-        r.add_region(RegionSpec::new(1 << 33, 4 * PAGE_SIZE)).unwrap();
+        r.add_region(RegionSpec::new(1 << 33, 4 * PAGE_SIZE))
+            .unwrap();
         assert!(r.add_region(RegionSpec::new(1 << 33, PAGE_SIZE)).is_err());
         let p = r.alloc_in(1 << 33, 4, Placement::Contiguous).unwrap();
         r.write(1 << 33, b"hi").unwrap();

@@ -117,7 +117,9 @@ impl SplitRing {
     /// A ring with this layout. Call [`SplitRing::init`] before use.
     pub fn new(layout: RingLayout) -> Result<Self> {
         if layout.size == 0 || !layout.size.is_power_of_two() || layout.size > 32768 {
-            return Err(Error::InvalidChain("queue size must be a power of two <= 32768"));
+            return Err(Error::InvalidChain(
+                "queue size must be a power of two <= 32768",
+            ));
         }
         let mut r = SplitRing {
             layout,
@@ -191,7 +193,9 @@ impl SplitRing {
                 free: self.free.len(),
             });
         }
-        let idxs: Vec<u16> = (0..descs.len()).map(|_| self.free.pop().unwrap_or(0)).collect();
+        let idxs: Vec<u16> = (0..descs.len())
+            .map(|_| self.free.pop().unwrap_or(0))
+            .collect();
         for (i, d) in descs.iter().enumerate() {
             let mut flags = d.extra_flags & !(DESC_F_NEXT | DESC_F_WRITE);
             if d.writable {
@@ -293,9 +297,12 @@ mod tests {
     /// Plays the device: takes avail entry `i` and completes it with `len`.
     fn device_complete(mem: &GuestMemoryMmap, l: &RingLayout, used_idx: u16, head: u32, len: u32) {
         let slot = u64::from(used_idx % l.size);
-        mem.write_obj(head, GuestAddress(l.used + 4 + 8 * slot)).unwrap();
-        mem.write_obj(len, GuestAddress(l.used + 8 + 8 * slot)).unwrap();
-        mem.write_obj(used_idx.wrapping_add(1), GuestAddress(l.used + 2)).unwrap();
+        mem.write_obj(head, GuestAddress(l.used + 4 + 8 * slot))
+            .unwrap();
+        mem.write_obj(len, GuestAddress(l.used + 8 + 8 * slot))
+            .unwrap();
+        mem.write_obj(used_idx.wrapping_add(1), GuestAddress(l.used + 2))
+            .unwrap();
     }
 
     #[test]
@@ -306,15 +313,22 @@ mod tests {
         let mut r = SplitRing::new(l).unwrap();
         r.init(&m).unwrap();
         let head = r
-            .add_chain(&m, &[RawDesc::readable(0x8000, 24), RawDesc::writable(0x9000, 24)])
+            .add_chain(
+                &m,
+                &[RawDesc::readable(0x8000, 24), RawDesc::writable(0x9000, 24)],
+            )
             .unwrap();
         assert_eq!(r.num_free(), 2);
         let avail_idx: u16 = m.read_obj(GuestAddress(l.avail + 2)).unwrap();
         assert_eq!(avail_idx, 1);
-        let d: Descriptor = m.read_obj(GuestAddress(l.desc + 16 * u64::from(head))).unwrap();
+        let d: Descriptor = m
+            .read_obj(GuestAddress(l.desc + 16 * u64::from(head)))
+            .unwrap();
         assert!(d.has_next());
         assert!(!d.is_write_only());
-        let d2: Descriptor = m.read_obj(GuestAddress(l.desc + 16 * u64::from(d.next()))).unwrap();
+        let d2: Descriptor = m
+            .read_obj(GuestAddress(l.desc + 16 * u64::from(d.next())))
+            .unwrap();
         assert!(d2.is_write_only() && !d2.has_next());
         assert_eq!(r.pop_used(&m).unwrap(), None);
         device_complete(&m, &l, 0, u32::from(head), 24);

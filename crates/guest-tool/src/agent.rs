@@ -107,7 +107,7 @@ impl Agent {
     pub fn dispatch(&mut self, req: Request) -> Result<(Map<String, Value>, Outcome)> {
         let mut outcome = Outcome::Continue;
         let v = match req {
-            Request::Hello => self.hello(),
+            Request::Hello {} => self.hello(),
             Request::Create2d {
                 width,
                 height,
@@ -176,15 +176,15 @@ impl Agent {
                 self.gpu()?.close(handle)?;
                 json!({})
             }
-            Request::List => {
+            Request::List {} => {
                 let gpu = self.gpu()?;
                 let bos: Vec<_> = gpu.bos().map(Bo::summary).collect();
                 json!({ "bos": bos, "scanout": gpu.current_scanout() })
             }
-            Request::Meminfo => Value::Object(sysinfo::meminfo()?),
+            Request::Meminfo {} => Value::Object(sysinfo::meminfo()?),
             Request::Scanout { handle } => serde_json::to_value(self.gpu()?.scanout(handle)?)
                 .map_err(|e| Error::msg(e.to_string()))?,
-            Request::ScanoutOff => json!({ "was_on": self.gpu()?.scanout_off()? }),
+            Request::ScanoutOff {} => json!({ "was_on": self.gpu()?.scanout_off()? }),
             Request::Exit { status } => {
                 outcome = Outcome::Exit(status.unwrap_or(0));
                 json!({})
@@ -218,7 +218,8 @@ impl Agent {
                 v["card"] = Value::Null;
                 v["driver"] = Value::Null;
                 v["device"] = Value::Null;
-                v["device_error"] = json!(e.to_string());
+                v["device_error"] = json!(e.message);
+                v["device_errno"] = json!(e.errno);
             }
         }
         v
@@ -277,6 +278,11 @@ impl Agent {
                     continue;
                 }
                 buf.extend_from_slice(head);
+                if buf.len() > proto::MAX_LINE {
+                    buf.clear();
+                    write_line(&mut output, &too_long())?;
+                    continue;
+                }
                 let line = String::from_utf8_lossy(&buf).into_owned();
                 buf.clear();
                 if let Some(status) = self.reply(&line, &mut output)? {
@@ -288,11 +294,7 @@ impl Agent {
                 if buf.len() > proto::MAX_LINE {
                     buf.clear();
                     discarding = true;
-                    let err = Error::msg(format!(
-                        "request line longer than {} bytes",
-                        proto::MAX_LINE
-                    ));
-                    write_line(&mut output, &proto::err_response(None, &err))?;
+                    write_line(&mut output, &too_long())?;
                 }
             }
         }
@@ -311,6 +313,14 @@ impl Agent {
             Outcome::Exit(status) => Some(status),
         })
     }
+}
+
+fn too_long() -> String {
+    let err = Error::msg(format!(
+        "request line longer than {} bytes",
+        proto::MAX_LINE
+    ));
+    proto::err_response(None, &err)
 }
 
 fn write_line(output: &mut impl Write, line: &str) -> Result<()> {
@@ -395,7 +405,7 @@ mod tests {
         );
         let (r, status) = run(input);
         assert_eq!(status, 3);
-        assert_eq!(r.len(), 5, "{r:?}");
+        assert_eq!(r.len(), 6, "{r:?}");
         assert_eq!(r[0]["id"], 1);
         assert_eq!(r[0]["ok"], false);
         assert_eq!(r[0]["errno"], Value::Null);
@@ -419,6 +429,7 @@ mod tests {
         assert_eq!(r[4]["id"], 4);
         assert_eq!(r[4]["ok"], true);
         assert!(r[4]["MemTotal"].as_u64().unwrap() > 0);
+        assert_eq!(r[5], json!({"id": 5, "ok": true}));
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Card {
             match card {
                 Ok((card, v)) if v.name == VIRTIO_GPU_DRIVER => return Ok(card),
                 Ok((_, v)) => tried.push(format!("{}: driver {}", node.display(), v.name)),
-                Err(e) => tried.push(e.to_string()),
+                Err(e) => tried.push(e.message),
             }
         }
         let detail = if tried.is_empty() {

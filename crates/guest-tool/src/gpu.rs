@@ -267,21 +267,7 @@ impl Gpu {
     }
 
     fn region(&self, handle: u32, args: RegionArgs) -> Result<Region> {
-        let (width, height) = match self.bo(handle)?.kind {
-            BoKind::TwoD { width, height, .. } | BoKind::Dumb { width, height, .. } => {
-                (width, height)
-            }
-            BoKind::Blob { .. } => (0, 0),
-        };
-        let x = args.x.unwrap_or(0);
-        let y = args.y.unwrap_or(0);
-        Ok(Region {
-            x,
-            y,
-            w: args.w.unwrap_or(width.saturating_sub(x)),
-            h: args.h.unwrap_or(height.saturating_sub(y)),
-            offset: args.offset.unwrap_or(0),
-        })
+        region_for(self.bo(handle)?.kind, args)
     }
 
     /// TRANSFER_TO_HOST, WAIT on the BO, then optionally a fence barrier.
@@ -432,8 +418,90 @@ impl Gpu {
     }
 }
 
+/// The transfer box: missing x/y default to 0, w/h to the rest of the
+/// resource, and `offset` to where (x, y) lies in the backing
+/// (`y * stride + x * 4`, as the kernel computes it for dumb BOs).
+fn region_for(kind: BoKind, args: RegionArgs) -> Result<Region> {
+    let (width, height, stride) = match kind {
+        BoKind::TwoD {
+            width,
+            height,
+            stride,
+            ..
+        }
+        | BoKind::Dumb {
+            width,
+            height,
+            stride,
+        } => (width, height, stride),
+        BoKind::Blob { .. } => (0, 0, 0),
+    };
+    let x = args.x.unwrap_or(0);
+    let y = args.y.unwrap_or(0);
+    let offset = match args.offset {
+        Some(offset) => offset,
+        None => y
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(x.checked_mul(4)?))
+            .ok_or_else(|| Error::msg("transfer offset overflows u32"))?,
+    };
+    Ok(Region {
+        x,
+        y,
+        w: args.w.unwrap_or(width.saturating_sub(x)),
+        h: args.h.unwrap_or(height.saturating_sub(y)),
+        offset,
+    })
+}
+
 impl Drop for Gpu {
     fn drop(&mut self) {
         self.close_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_region_defaults() {
+        let kind = BoKind::TwoD {
+            width: 64,
+            height: 32,
+            format: DEFAULT_FORMAT,
+            stride: 256,
+        };
+        let whole = region_for(kind, RegionArgs::default()).unwrap();
+        assert_eq!(
+            whole,
+            Region {
+                x: 0,
+                y: 0,
+                w: 64,
+                h: 32,
+                offset: 0
+            }
+        );
+        let part = RegionArgs {
+            x: Some(3),
+            y: Some(2),
+            h: Some(4),
+            ..Default::default()
+        };
+        let r = region_for(kind, part).unwrap();
+        assert_eq!((r.w, r.h, r.offset), (61, 4, 2 * 256 + 3 * 4));
+        let explicit = RegionArgs {
+            offset: Some(5),
+            ..part
+        };
+        assert_eq!(region_for(kind, explicit).unwrap().offset, 5);
+        let huge = RegionArgs {
+            y: Some(u32::MAX),
+            ..Default::default()
+        };
+        assert!(region_for(kind, huge).is_err());
+        let blob = region_for(BoKind::Blob { blob_flags: 1 }, RegionArgs::default()).unwrap();
+        assert_eq!((blob.w, blob.h, blob.offset), (0, 0, 0));
     }
 }

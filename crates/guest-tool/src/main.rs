@@ -242,7 +242,7 @@ fn main() -> ExitCode {
         Command::Info { card } => run_info(card).map(|()| 0),
     };
     match result {
-        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        Ok(status) => ExitCode::from((status & 0xff) as u8),
         Err(e) => {
             eprintln!("gpuswap-guest: {e}");
             ExitCode::FAILURE

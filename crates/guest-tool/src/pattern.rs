@@ -149,5 +149,5 @@ mod tests {
     }
 
     /// hex(content_hash(fill(4096 bytes, seed 1, bo 0, version 0))).
-    const GOLDEN_1_0_0_4096: &str = "PLACEHOLDER";
+    const GOLDEN_1_0_0_4096: &str = "51e3b1a3eaeac249";
 }

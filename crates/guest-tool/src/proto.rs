@@ -22,7 +22,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// -> `{kernel, pid, version, card, driver, device, device_error?}`
-    Hello,
+    Hello {},
     /// 2D resource (RESOURCE_CREATE_2D + backing); `format` is a
     /// VIRTIO_GPU_FORMAT_* value, default 2 (B8G8R8X8_UNORM).
     #[serde(rename = "create_2d")]
@@ -98,13 +98,13 @@ pub enum Request {
     /// munmap + GEM_CLOSE.
     Close { handle: u32 },
     /// Every BO the agent holds.
-    List,
+    List {},
     /// /proc/meminfo.
-    Meminfo,
+    Meminfo {},
     /// Put a 2D/dumb BO on a CRTC (ADDFB2 + SETCRTC).
     Scanout { handle: u32 },
     /// Turn the scanout off and remove its framebuffer.
-    ScanoutOff,
+    ScanoutOff {},
     /// Reply, clean up, exit with `status` (default 0).
     Exit {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +218,7 @@ mod tests {
     fn parses_ops_and_args() {
         assert_eq!(
             parse(r#"{"id":1,"op":"hello"}"#),
-            (Some(1), Ok(Request::Hello))
+            (Some(1), Ok(Request::Hello {}))
         );
         assert_eq!(
             parse(r#"{"op":"create_2d","id":2,"width":64,"height":32}"#),
