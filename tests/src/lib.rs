@@ -1,1 +1,450 @@
-//! End-to-end test support.
+//! End-to-end test support: the real daemon, a real guest under QEMU (via
+//! `qemu-scripts/gpuswap-vm`), and clients for the daemon's control socket
+//! and the guest agent channel. Used by the tests in `tests/tests/` and by
+//! the `gpuswap-run` main job.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// What a guest run needs. Taken from `GPUSWAP_DAEMON`, `GPUSWAP_KERNEL`
+/// and `GPUSWAP_INITRD` (set by `cargo xtask test`); when they are unset,
+/// built here with `cargo xtask images`, which is cached. A build failure
+/// is a test failure, never a skip.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub daemon: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl Images {
+    pub fn get() -> Images {
+        let from_env = |name: &str| std::env::var_os(name).map(PathBuf::from);
+        if let (Some(daemon), Some(kernel), Some(initrd)) = (
+            from_env("GPUSWAP_DAEMON"),
+            from_env("GPUSWAP_KERNEL"),
+            from_env("GPUSWAP_INITRD"),
+        ) {
+            return Images {
+                daemon,
+                kernel,
+                initrd,
+            };
+        }
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["xtask", "images"])
+            .current_dir(root())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo xtask images: {e}"));
+        assert!(
+            out.status.success(),
+            "building the guest images failed ({}); see the output above",
+            out.status
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("cargo xtask images printed no {name} path"))
+        };
+        Images {
+            daemon: field("daemon"),
+            kernel: field("kernel"),
+            initrd: field("initrd"),
+        }
+    }
+}
+
+/// Serialises guest boots within one test binary: two TCG guests on a
+/// two-core machine would only slow each other into timeouts.
+pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A scratch directory for one run's sockets and logs, kept on failure.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new(name: &str) -> RunDir {
+        let dir = std::env::temp_dir().join(format!("gpuswap-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        RunDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+/// Waits until `path` exists.
+pub fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return Err(format!("{} did not appear within {timeout:?}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A running gpuswap daemon, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(binary: &Path, dir: &RunDir, extra: &[&str]) -> Result<Daemon> {
+        let socket = dir.path("gpu.sock");
+        let control = dir.path("control.sock");
+        let log = dir.path("daemon.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--control-socket")
+            .arg(&control)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let daemon = Daemon {
+            child,
+            socket,
+            control,
+            log,
+        };
+        wait_for_path(&daemon.socket, Duration::from_secs(10))?;
+        wait_for_path(&daemon.control, Duration::from_secs(10))?;
+        Ok(daemon)
+    }
+
+    pub fn control(&self) -> Result<Control> {
+        Control::connect(&self.control)
+    }
+
+    /// Whether the daemon is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> Result<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
+        wait_timeout(&mut self.child, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("process did not exit within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A JSON-lines client for the daemon's control socket.
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    pub fn connect(path: &Path) -> Result<Control> {
+        let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Control {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends one request and returns its response; `ok: false` is an error.
+    pub fn request(&mut self, request: Value) -> Result<Value> {
+        writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        let value: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
+        if value["ok"] != json!(true) {
+            return Err(format!("control request {request} failed: {value}"));
+        }
+        Ok(value)
+    }
+
+    pub fn resources(&mut self) -> Result<Vec<Value>> {
+        let v = self.request(json!({"cmd": "resources"}))?;
+        Ok(v["resources"].as_array().cloned().unwrap_or_default())
+    }
+
+    pub fn resource(&mut self, id: u64) -> Result<Option<Value>> {
+        let v = self.request(json!({"cmd": "resources", "id": id}))?;
+        Ok(v["resources"].as_array().and_then(|r| r.first().cloned()))
+    }
+
+    pub fn counters(&mut self) -> Result<Value> {
+        self.request(json!({"cmd": "counters"}))
+    }
+
+    pub fn trace(&mut self, after: u64, resource: Option<u64>) -> Result<Vec<Value>> {
+        let v = self.request(json!({"cmd": "trace", "after": after, "resource": resource}))?;
+        Ok(v["events"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every violation event in the retained trace.
+    pub fn violations(&mut self) -> Result<Vec<Value>> {
+        Ok(self
+            .trace(0, None)?
+            .into_iter()
+            .filter(|e| e["event"] == "violation")
+            .collect())
+    }
+}
+
+/// Options for one guest boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Kernel command line additions, e.g. `gpuswap.cmd=agent`.
+    pub append: String,
+    /// QEMU binary; `None` lets the launcher choose.
+    pub qemu: Option<PathBuf>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            memory_mib: 512,
+            cpus: 2,
+            append: "gpuswap.cmd=agent".into(),
+            qemu: None,
+        }
+    }
+}
+
+/// A guest running under QEMU, launched by `qemu-scripts/gpuswap-vm`.
+pub struct Vm {
+    child: Child,
+    pub serial_log: PathBuf,
+    pub agent_socket: PathBuf,
+    pub qmp_socket: PathBuf,
+}
+
+impl Vm {
+    pub fn start(images: &Images, gpu_socket: &Path, dir: &RunDir, config: &VmConfig) -> Result<Vm> {
+        let serial_log = dir.path("serial.log");
+        let agent_socket = dir.path("agent.sock");
+        let qmp_socket = dir.path("qmp.sock");
+        let mut cmd = Command::new(root().join("qemu-scripts/gpuswap-vm"));
+        cmd.arg("--kernel")
+            .arg(&images.kernel)
+            .arg("--initrd")
+            .arg(&images.initrd)
+            .args(["--memory", &config.memory_mib.to_string()])
+            .args(["--cpus", &config.cpus.to_string()])
+            .arg("--gpu-socket")
+            .arg(gpu_socket)
+            .arg("--serial-log")
+            .arg(&serial_log)
+            .arg("--agent-socket")
+            .arg(&agent_socket)
+            .arg("--qmp-socket")
+            .arg(&qmp_socket)
+            .args(["--append", &config.append]);
+        if let Some(qemu) = &config.qemu {
+            cmd.arg("--qemu").arg(qemu);
+        }
+        let qemu_log = std::fs::File::create(dir.path("qemu.log")).map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(qemu_log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(qemu_log)
+            .spawn()
+            .map_err(|e| format!("cannot start the VM launcher: {e}"))?;
+        Ok(Vm {
+            child,
+            serial_log,
+            agent_socket,
+            qmp_socket,
+        })
+    }
+
+    /// Connects to the guest agent once the guest tool is up.
+    pub fn agent(&mut self, timeout: Duration) -> Result<Agent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "QEMU exited ({status}) before the agent answered; serial log:\n{}",
+                    tail(&self.serial_log, 40)
+                ));
+            }
+            if let Ok(mut agent) = Agent::connect(&self.agent_socket) {
+                // The chardev accepts before the guest opens its port: only
+                // a hello answered proves the agent is there.
+                if agent.request(json!({"op": "hello"})).is_ok() {
+                    return Ok(agent);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no guest agent within {timeout:?}; serial log:\n{}",
+                    tail(&self.serial_log, 40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest reboots, QEMU runs -no-reboot).
+    pub fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
+        wait_timeout(&mut self.child, timeout)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JSON-lines client for the guest agent (`gpuswap-guest agent`).
+pub struct Agent {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Agent {
+    pub fn connect(path: &Path) -> Result<Agent> {
+        let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Agent {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    /// Sets how long a request may take (TCG guests are slow).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        let _ = self.reader.get_ref().set_read_timeout(Some(timeout));
+    }
+
+    /// Sends `request` (an object with `op`) and returns the response;
+    /// `ok: false` is an error.
+    pub fn request(&mut self, mut request: Value) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        request["id"] = json!(id);
+        writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).map_err(|e| format!("agent: {e}"))?;
+            if n == 0 {
+                return Err("agent closed the channel".into());
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if value["id"] != json!(id) {
+                continue;
+            }
+            if value["ok"] != json!(true) {
+                return Err(format!("agent request {request} failed: {value}"));
+            }
+            return Ok(value);
+        }
+    }
+}
+
+/// The last `lines` lines of a file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Lines of a guest kernel log that report a kernel problem: WARN, BUG,
+/// Oops, panic, lockdep, KASAN, UBSAN, hung tasks, RCU stalls.
+pub fn kernel_problems(log: &str) -> Vec<String> {
+    const MARKERS: &[&str] = &[
+        "WARNING:",
+        "BUG:",
+        "Oops",
+        "Kernel panic",
+        "kernel BUG",
+        "possible circular locking",
+        "possible recursive locking",
+        "inconsistent lock state",
+        "turning off the locking correctness validator",
+        "KASAN:",
+        "UBSAN:",
+        "blocked for more than",
+        "rcu_sched self-detected stall",
+        "Call Trace:",
+    ];
+    log.lines()
+        .filter(|line| MARKERS.iter().any(|m| line.contains(m)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_problems_are_found() {
+        let log = "[    1.0] virtio_gpu: ok\n[    2.0] WARNING: CPU: 0 PID: 1 at mm/x.c:1\n\
+                   [    3.0] ======================================================\n\
+                   [    3.1] WARNING: possible circular locking dependency detected\n";
+        assert_eq!(kernel_problems(log).len(), 2);
+        assert!(kernel_problems("[ 1.0] all fine\n[ 2.0] gpuswap_shrinker: loaded\n").is_empty());
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use clap::Parser;
 use gpuswap_device::DeviceConfig;
-use log::{error, info};
+use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -159,7 +159,10 @@ fn run(args: Args) -> Result<(), String> {
         drop(daemon);
         match result {
             Ok(()) => info!("frontend disconnected"),
-            Err(e) => info!("frontend connection ended: {e}"),
+            Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+                info!("frontend disconnected")
+            }
+            Err(e) => warn!("frontend connection ended: {e}"),
         }
         if let Ok(mut backend) = backend.write() {
             backend.disconnected();

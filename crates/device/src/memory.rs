@@ -5,6 +5,8 @@
 //! Backings are stored as guest addresses and resolved again whenever the
 //! memory table changes; host pointers are never kept across a change.
 
+use std::collections::BTreeMap;
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -182,6 +184,10 @@ pub fn read_backing<M: GuestMemoryBackend>(
 #[derive(Debug, Default)]
 pub struct PageOwners {
     regions: Vec<RegionOwners>,
+    /// Further owners of pages claimed by more than one live resource
+    /// (only after an overlap violation), so that releasing the first
+    /// owner does not hide an overlap between the ones still holding it.
+    shared: BTreeMap<u64, Vec<u32>>,
 }
 
 #[derive(Debug)]
@@ -201,29 +207,39 @@ impl PageOwners {
             })
             .collect();
         regions.sort_by_key(|r| r.start);
-        PageOwners { regions }
+        PageOwners {
+            regions,
+            shared: BTreeMap::new(),
+        }
     }
 
-    fn slot(&mut self, page_addr: u64) -> Option<&mut u32> {
-        let i = self.regions.partition_point(|r| r.start <= page_addr);
-        let region = self.regions.get_mut(i.checked_sub(1)?)?;
+    fn slot(regions: &mut [RegionOwners], page_addr: u64) -> Option<&mut u32> {
+        let i = regions.partition_point(|r| r.start <= page_addr);
+        let region = regions.get_mut(i.checked_sub(1)?)?;
         let index = ((page_addr - region.start) / PAGE_SIZE) as usize;
         region.owners.get_mut(index)
     }
 
     /// Marks the pages of `extents` as owned by `id`. Returns the other
-    /// live resources that already own one of those pages; their pages
-    /// keep their first owner.
+    /// live resources that already own one of those pages.
     pub fn claim(&mut self, id: u32, extents: &[GuestExtent]) -> Vec<u32> {
         let mut conflicts = Vec::new();
         for e in extents {
             let mut page = e.addr & !(PAGE_SIZE - 1);
             while page < e.end() {
-                if let Some(owner) = self.slot(page) {
+                if let Some(owner) = Self::slot(&mut self.regions, page) {
                     if *owner == 0 {
                         *owner = id;
-                    } else if *owner != id && !conflicts.contains(owner) {
-                        conflicts.push(*owner);
+                    } else if *owner != id {
+                        let others = self.shared.entry(page).or_default();
+                        for &other in std::iter::once(&*owner).chain(others.iter()) {
+                            if other != id && !conflicts.contains(&other) {
+                                conflicts.push(other);
+                            }
+                        }
+                        if !others.contains(&id) {
+                            others.push(id);
+                        }
                     }
                 }
                 page += PAGE_SIZE;
@@ -232,13 +248,22 @@ impl PageOwners {
         conflicts
     }
 
-    /// Releases the pages of `extents` that `id` owns.
+    /// Releases the pages of `extents` that `id` owns; a page another
+    /// resource also claimed passes to that one.
     pub fn release(&mut self, id: u32, extents: &[GuestExtent]) {
         for e in extents {
             let mut page = e.addr & !(PAGE_SIZE - 1);
             while page < e.end() {
-                if let Some(owner) = self.slot(page) {
-                    if *owner == id {
+                if let Some(owner) = Self::slot(&mut self.regions, page) {
+                    if let Some(others) = self.shared.get_mut(&page) {
+                        others.retain(|&o| o != id);
+                        if *owner == id {
+                            *owner = others.pop().unwrap_or(0);
+                        }
+                        if others.is_empty() {
+                            self.shared.remove(&page);
+                        }
+                    } else if *owner == id {
                         *owner = 0;
                     }
                 }

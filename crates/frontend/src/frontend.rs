@@ -701,9 +701,11 @@ impl GpuFrontend {
         self.queues[queue.index()].ring.next_avail()
     }
 
-    /// Chains in flight on `queue`.
+    /// Chains submitted on `queue` whose completion has not been returned
+    /// yet (owned by the backend, or completed and not yet waited for).
     pub fn in_flight(&self, queue: QueueId) -> usize {
-        self.queues[queue.index()].ring.in_flight()
+        let q = &self.queues[queue.index()];
+        q.ring.in_flight() + q.ready.len()
     }
 
     fn add(

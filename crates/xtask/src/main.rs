@@ -1,1 +1,196 @@
-fn main() {}
+//! gpuswap's project commands. `cargo xtask test` is what CI runs;
+//! `cargo xtask run` is the main job. Both set the host up first.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "gpuswap project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install host packages and tools (idempotent).
+    Setup,
+    /// Build the daemon, the guest kernel and the initramfs (cached).
+    Images {
+        /// Kernel variant: debug (lockdep; what tests use) or release.
+        #[arg(long, default_value = "debug")]
+        variant: String,
+    },
+    /// The whole test suite: lints, unit and integration tests, and the
+    /// end-to-end tests on a real guest under QEMU.
+    Test,
+    /// The main job: boot the guest on the daemon, run the guest workload
+    /// and print a report (see the README).
+    Run {
+        /// Arguments passed to the end-to-end runner.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command from the repository root, echoing it; fails with its
+/// status.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("\x1b[1m[xtask] {shown}\x1b[0m");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed: {status}"))
+    }
+}
+
+/// Runs a command and returns the last line of its stdout (the build
+/// scripts print their output path there).
+fn output_path(cmd: &mut Command) -> Result<PathBuf, String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("\x1b[1m[xtask] {shown}\x1b[0m");
+    let out = cmd
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{shown} failed: {}", out.status));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .ok_or_else(|| format!("{shown} printed no path"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn setup() -> Result<(), String> {
+    run(Command::new("bash").arg("images/setup-host.sh"))
+}
+
+/// Paths of everything a guest run needs, exported to the tests.
+struct Images {
+    daemon: PathBuf,
+    kernel_out: PathBuf,
+    initrd: PathBuf,
+}
+
+/// Builds the daemon (release or the test profile), the static guest tool,
+/// the kernel and the initramfs.
+fn images(variant: &str, release: bool) -> Result<Images, String> {
+    let profile = if release { "release" } else { "debug" };
+    run(cargo().args(["build", "--profile", if release { "release" } else { "dev" }, "-p", "gpuswap-daemon"]))?;
+    // Static, so it runs in a busybox initramfs; its own target dir keeps
+    // the RUSTFLAGS change from rebuilding the host artifacts.
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "gpuswap-guest",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+            "target/guest",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let guest_tool = root().join("target/guest/x86_64-unknown-linux-gnu/release/gpuswap-guest");
+    let kernel_out = output_path(
+        Command::new("bash")
+            .arg("images/build-kernel.sh")
+            .args(["--variant", variant]),
+    )?;
+    let initrd = output_path(
+        Command::new("bash")
+            .arg("images/build-initramfs.sh")
+            .arg("--kernel-out")
+            .arg(&kernel_out)
+            .arg("--guest-tool")
+            .arg(&guest_tool),
+    )?;
+    Ok(Images {
+        daemon: root().join("target").join(profile).join("gpuswap-daemon"),
+        kernel_out,
+        initrd,
+    })
+}
+
+fn with_images(cmd: &mut Command, images: &Images) {
+    cmd.env("GPUSWAP_DAEMON", &images.daemon)
+        .env("GPUSWAP_KERNEL", images.kernel_out.join("bzImage"))
+        .env("GPUSWAP_INITRD", &images.initrd);
+}
+
+fn test() -> Result<(), String> {
+    let started = Instant::now();
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let images = images("debug", false)?;
+    let mut tests = cargo();
+    tests.args(["test", "--workspace"]);
+    with_images(&mut tests, &images);
+    run(&mut tests)?;
+    eprintln!(
+        "[xtask] test suite passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main_job(args: &[String]) -> Result<(), String> {
+    setup()?;
+    let images = images("debug", true)?;
+    let mut job = cargo();
+    job.args(["run", "--release", "-q", "-p", "gpuswap-tests", "--bin", "gpuswap-run", "--"])
+        .args(args);
+    with_images(&mut job, &images);
+    run(&mut job)
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup(),
+        Cmd::Images { variant } => images(&variant, true).map(|i| {
+            println!("daemon: {}", i.daemon.display());
+            println!("kernel: {}", i.kernel_out.join("bzImage").display());
+            println!("initrd: {}", i.initrd.display());
+        }),
+        Cmd::Test => test(),
+        Cmd::Run { args } => main_job(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("[xtask] error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
