@@ -100,7 +100,10 @@ pub fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !path.exists() {
         if Instant::now() > deadline {
-            return Err(format!("{} did not appear within {timeout:?}", path.display()));
+            return Err(format!(
+                "{} did not appear within {timeout:?}",
+                path.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -127,7 +130,10 @@ impl Daemon {
             .arg("--control-socket")
             .arg(&control)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file)
             .spawn()
@@ -155,7 +161,8 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> Result<ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| e.to_string())?;
         wait_timeout(&mut self.child, Duration::from_secs(10))
     }
 }
@@ -204,7 +211,9 @@ impl Control {
     pub fn request(&mut self, request: Value) -> Result<Value> {
         writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
         let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
         let value: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
         if value["ok"] != json!(true) {
             return Err(format!("control request {request} failed: {value}"));
@@ -272,7 +281,12 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn start(images: &Images, gpu_socket: &Path, dir: &RunDir, config: &VmConfig) -> Result<Vm> {
+    pub fn start(
+        images: &Images,
+        gpu_socket: &Path,
+        dir: &RunDir,
+        config: &VmConfig,
+    ) -> Result<Vm> {
         let serial_log = dir.path("serial.log");
         let agent_socket = dir.path("agent.sock");
         let qmp_socket = dir.path("qmp.sock");
@@ -385,7 +399,10 @@ impl Agent {
         writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
         loop {
             let mut line = String::new();
-            let n = self.reader.read_line(&mut line).map_err(|e| format!("agent: {e}"))?;
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| format!("agent: {e}"))?;
             if n == 0 {
                 return Err("agent closed the channel".into());
             }

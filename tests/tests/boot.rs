@@ -12,7 +12,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Creates a 2D BO, fills it with a pattern, transfers it; returns
 /// (res_id, handle, guest hash).
-fn write_and_transfer(agent: &mut gpuswap_tests::Agent, width: u32, height: u32) -> (u64, u64, String) {
+fn write_and_transfer(
+    agent: &mut gpuswap_tests::Agent,
+    width: u32,
+    height: u32,
+) -> (u64, u64, String) {
     let bo = agent
         .request(json!({"op": "create_2d", "width": width, "height": height}))
         .expect("create a 2D BO");
@@ -31,7 +35,11 @@ fn write_and_transfer(agent: &mut gpuswap_tests::Agent, width: u32, height: u32)
 fn assert_clean_guest_log(vm_log: &std::path::Path) {
     let log = std::fs::read_to_string(vm_log).expect("serial log");
     let problems = kernel_problems(&log);
-    assert!(problems.is_empty(), "guest kernel reported problems:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "guest kernel reported problems:\n{}",
+        problems.join("\n")
+    );
     assert!(
         log.contains("GPUSWAP-INIT-EXIT status=0"),
         "guest workload did not finish cleanly:\n{}",
@@ -45,7 +53,8 @@ fn guest_transfer_reaches_the_gpuswap_host_copy() {
     let images = Images::get();
     let dir = RunDir::new("boot");
     let mut daemon = Daemon::start(&images.daemon, &dir, &[]).expect("start the daemon");
-    let mut vm = Vm::start(&images, &daemon.socket, &dir, &VmConfig::default()).expect("start QEMU");
+    let mut vm =
+        Vm::start(&images, &daemon.socket, &dir, &VmConfig::default()).expect("start QEMU");
     let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");
     agent.set_timeout(Duration::from_secs(60));
 
@@ -62,10 +71,20 @@ fn guest_transfer_reaches_the_gpuswap_host_copy() {
         .unwrap_or_else(|| panic!("resource {res_id} is not live on the host"));
     assert_eq!(res["kind"], "2d");
     assert_eq!(res["backing"], "attached");
-    assert_eq!(res["host_hash"], json!(hash), "host copy differs from what the guest wrote");
-    assert_eq!(res["backing_hash"], json!(hash), "attached backing differs from the guest's view");
+    assert_eq!(
+        res["host_hash"],
+        json!(hash),
+        "host copy differs from what the guest wrote"
+    );
+    assert_eq!(
+        res["backing_hash"],
+        json!(hash),
+        "attached backing differs from the guest's view"
+    );
 
-    agent.request(json!({"op": "close", "handle": handle})).expect("close");
+    agent
+        .request(json!({"op": "close", "handle": handle}))
+        .expect("close");
     // The guest frees the resource asynchronously: wait for the UNREF.
     let mut gone = false;
     for _ in 0..100 {
@@ -79,11 +98,20 @@ fn guest_transfer_reaches_the_gpuswap_host_copy() {
 
     let _ = agent.request(json!({"op": "exit", "status": 0}));
     let serial = vm.serial_log.clone();
-    let status = vm.wait(EXIT_TIMEOUT).expect("QEMU exits after the guest reboots");
-    assert!(status.success(), "QEMU exited with {status}:\n{}", tail(&serial, 40));
+    let status = vm
+        .wait(EXIT_TIMEOUT)
+        .expect("QEMU exits after the guest reboots");
+    assert!(
+        status.success(),
+        "QEMU exited with {status}:\n{}",
+        tail(&serial, 40)
+    );
     assert_clean_guest_log(&serial);
 
-    assert!(daemon.alive(), "the daemon must survive the frontend going away");
+    assert!(
+        daemon.alive(),
+        "the daemon must survive the frontend going away"
+    );
     let mut control = daemon.control().expect("control socket after disconnect");
     // Disconnect frees everything; give the daemon a moment to notice.
     let mut counters = control.counters().expect("counters");
@@ -94,7 +122,11 @@ fn guest_transfer_reaches_the_gpuswap_host_copy() {
         std::thread::sleep(Duration::from_millis(50));
         counters = control.counters().expect("counters");
     }
-    assert_eq!(counters["resources"], json!(0), "resources left after disconnect: {counters}");
+    assert_eq!(
+        counters["resources"],
+        json!(0),
+        "resources left after disconnect: {counters}"
+    );
     assert_eq!(counters["host_memory_used"], json!(0));
     assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
     assert!(counters["counters"]["attaches"].as_u64().unwrap_or(0) >= 1);
@@ -127,13 +159,21 @@ fn guest_boots_on_the_reference_c_backend() {
     let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");
     agent.set_timeout(Duration::from_secs(60));
     let (_, handle, hash) = write_and_transfer(&mut agent, 256, 128);
-    let reread = agent.request(json!({"op": "hash", "handle": handle})).expect("hash");
+    let reread = agent
+        .request(json!({"op": "hash", "handle": handle}))
+        .expect("hash");
     assert_eq!(reread["hash"], json!(hash));
-    agent.request(json!({"op": "close", "handle": handle})).expect("close");
+    agent
+        .request(json!({"op": "close", "handle": handle}))
+        .expect("close");
     let _ = agent.request(json!({"op": "exit", "status": 0}));
     let serial = vm.serial_log.clone();
     let status = vm.wait(EXIT_TIMEOUT).expect("QEMU exits");
-    assert!(status.success(), "QEMU exited with {status}:\n{}", tail(&serial, 40));
+    assert!(
+        status.success(),
+        "QEMU exited with {status}:\n{}",
+        tail(&serial, 40)
+    );
     assert_clean_guest_log(&serial);
     let _ = backend.kill();
     let _ = backend.wait();
