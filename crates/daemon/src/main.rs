@@ -159,7 +159,9 @@ fn run(args: Args) -> Result<(), String> {
         drop(daemon);
         match result {
             Ok(()) => info!("frontend disconnected"),
-            Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected,
+            )) => {
                 info!("frontend disconnected")
             }
             Err(e) => warn!("frontend connection ended: {e}"),

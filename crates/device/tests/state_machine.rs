@@ -140,10 +140,7 @@ fn double_attach_is_unspec_and_changes_nothing() {
     let second = pages(&[9]);
     b.scatter(&second, &pattern(3, 4096));
     assert_eq!(b.send(&attach(1, &second)), UNSPEC);
-    assert_eq!(
-        b.violations(),
-        vec![(1, Violation::DoubleAttach, ATTACH)]
-    );
+    assert_eq!(b.violations(), vec![(1, Violation::DoubleAttach, ATTACH)]);
     let after = b.info(1);
     assert_eq!(after.generation, before.generation);
     assert_eq!(after.backing_hash, before.backing_hash);
@@ -165,10 +162,7 @@ fn detach_while_detached_is_unspec_and_recorded_as_double_detach() {
     b.ok(&create_2d(1, XRGB, 16, 16));
     b.events();
     assert_eq!(b.send(&detach(1)), UNSPEC);
-    assert_eq!(
-        b.violations(),
-        vec![(1, Violation::DoubleDetach, DETACH)]
-    );
+    assert_eq!(b.violations(), vec![(1, Violation::DoubleDetach, DETACH)]);
 
     b.ok(&attach(1, &pages(&[1])));
     b.ok(&detach(1));
@@ -332,7 +326,10 @@ fn blob_backing_shorter_than_its_size_is_refused() {
         b.send(&create_blob(1, blob_mem::GUEST, 8192, &short)),
         INVALID_PARAMETER
     );
-    assert!(b.dev.resources().is_empty(), "a refused blob is not created");
+    assert!(
+        b.dev.resources().is_empty(),
+        "a refused blob is not created"
+    );
     assert_eq!(b.dev.host_memory_used(), 0);
 
     b.ok(&create_blob(1, blob_mem::GUEST, 8192, &[]));
@@ -361,10 +358,7 @@ fn host_memory_blobs_are_refused() {
     };
     let body = &create_blob(1, blob_mem::GUEST, 4096, &[])[24..];
     let bytes = with_header(in_context, t::RESOURCE_CREATE_BLOB, body);
-    assert_eq!(
-        b.send(&bytes),
-        Response::Err(ErrorCode::InvalidContextId)
-    );
+    assert_eq!(b.send(&bytes), Response::Err(ErrorCode::InvalidContextId));
     assert!(b.dev.resources().is_empty());
     assert_eq!(b.dev.host_memory_used(), 0);
 }
@@ -373,7 +367,12 @@ fn host_memory_blobs_are_refused() {
 fn set_scanout_blob_checks_scanout_format_and_bounds() {
     let mut b = Bench::simple();
     let size = 16384u32;
-    b.ok(&create_blob(1, blob_mem::GUEST, u64::from(size), &pages(&[1, 2, 3, 4])));
+    b.ok(&create_blob(
+        1,
+        blob_mem::GUEST,
+        u64::from(size),
+        &pages(&[1, 2, 3, 4]),
+    ));
     b.ok(&create_2d(2, XRGB, 16, 16));
     b.ok(&attach(2, &pages(&[8])));
     b.ok(&create_blob(3, blob_mem::GUEST, 4096, &[]));
@@ -393,8 +392,14 @@ fn set_scanout_blob_checks_scanout_format_and_bounds() {
         ("one byte past the end", blob(1, full, 128, last_fit + 1)),
         ("offset past the end", blob(1, full, 128, size)),
         ("overflowing layout", blob(1, full, u32::MAX, u32::MAX)),
-        ("rect wider than the image", blob(1, rect(1, 0, 16, 16), 128, 0)),
-        ("rect overflowing u32", blob(1, rect(u32::MAX, 0, 2, 1), 128, 0)),
+        (
+            "rect wider than the image",
+            blob(1, rect(1, 0, 16, 16), 128, 0),
+        ),
+        (
+            "rect overflowing u32",
+            blob(1, rect(u32::MAX, 0, 2, 1), 128, 0),
+        ),
         ("a 2D resource", blob(2, full, 128, 0)),
     ];
     for (what, bytes) in invalid {
@@ -557,10 +562,7 @@ fn overlap_is_still_recorded_after_the_first_owner_detaches() {
 #[test]
 fn entries_outside_guest_ram_are_invalid_parameter() {
     // RAM at [0, 64K) and [128K, 192K), a hole between.
-    let mut b = Bench::new(
-        DeviceConfig::default(),
-        &[(0, 0x10000), (0x20000, 0x10000)],
-    );
+    let mut b = Bench::new(DeviceConfig::default(), &[(0, 0x10000), (0x20000, 0x10000)]);
     b.ok(&create_2d(1, XRGB, 32, 32));
     let used = b.dev.host_memory_used();
     b.events();
@@ -587,10 +589,7 @@ fn entries_outside_guest_ram_are_invalid_parameter() {
 #[test]
 fn entries_crossing_two_memory_regions_transfer_correctly() {
     // Two adjacent regions: contiguous for the guest, not on the host.
-    let mut b = Bench::new(
-        DeviceConfig::default(),
-        &[(0, 0x10000), (0x10000, 0x10000)],
-    );
+    let mut b = Bench::new(DeviceConfig::default(), &[(0, 0x10000), (0x10000, 0x10000)]);
     let (w, h) = (64u32, 32u32);
     let stride = (w * 4) as usize;
     let extents = [(0xf800u64, 8192u32)];
@@ -605,7 +604,11 @@ fn entries_crossing_two_memory_regions_transfer_correctly() {
     b.scatter(&extents, &second);
     let r = rect2d(10, 5, 30, 10);
     let offset = (r.y as usize) * stride + (r.x as usize) * 4;
-    b.ok(&transfer(1, rect(r.x, r.y, r.width, r.height), offset as u64));
+    b.ok(&transfer(
+        1,
+        rect(r.x, r.y, r.width, r.height),
+        offset as u64,
+    ));
     let mut expected = first.clone();
     for y in r.y..r.y + r.height {
         let start = y as usize * stride + r.x as usize * 4;
@@ -685,10 +688,7 @@ fn a_memory_table_without_a_backing_detaches_it_as_a_violation() {
 
     b.dev.set_memory(guest_memory(&[(0, 0x10000)]));
     let events = b.events();
-    assert_eq!(
-        detaches_of(&events),
-        vec![(2, DetachReason::MemoryRemoved)]
-    );
+    assert_eq!(detaches_of(&events), vec![(2, DetachReason::MemoryRemoved)]);
     assert_eq!(
         violations_of(&events),
         vec![(2, Violation::BackingLeftGuestRam, "set_mem_table")]
@@ -760,7 +760,12 @@ fn unknown_formats_are_refused() {
         );
     }
     assert!(b.dev.resources().is_empty());
-    b.ok(&create_2d(1, gpuswap_protocol::format::R8G8B8X8_UNORM, 16, 16));
+    b.ok(&create_2d(
+        1,
+        gpuswap_protocol::format::R8G8B8X8_UNORM,
+        16,
+        16,
+    ));
 }
 
 #[test]
@@ -795,7 +800,10 @@ fn a_duplicate_resource_id_is_refused_and_the_live_one_kept() {
         ]
     );
     let info = b.info(1);
-    assert_eq!((info.kind, info.width, info.height), ("2d", Some(32), Some(32)));
+    assert_eq!(
+        (info.kind, info.width, info.height),
+        ("2d", Some(32), Some(32))
+    );
     assert_eq!((info.backing, info.generation), ("attached", 1));
     assert_eq!(info.host_hash, Some(hash(&content)));
     assert_eq!(b.dev.host_memory_used(), used);
@@ -815,7 +823,10 @@ fn host_memory_exhaustion_is_out_of_memory_until_memory_is_freed() {
     }
     assert_eq!(b.dev.host_memory_used(), 3 * each);
     assert_eq!(b.send(&create_2d(4, XRGB, 64, 64)), OUT_OF_MEMORY);
-    assert_eq!(b.send(&create_blob(4, blob_mem::GUEST, 4096, &[])), OUT_OF_MEMORY);
+    assert_eq!(
+        b.send(&create_blob(4, blob_mem::GUEST, 4096, &[])),
+        OUT_OF_MEMORY
+    );
     // Entries are charged too: four do not fit, three do.
     assert_eq!(b.send(&attach(1, &pages(&[1, 3, 5, 7]))), OUT_OF_MEMORY);
     assert_eq!(b.info(1).backing, "detached");
@@ -838,9 +849,18 @@ fn more_entries_than_the_limit_is_a_decode_error() {
     let mut b = Bench::new(config, &[(0, 1 << 20)]);
     b.ok(&create_2d(1, XRGB, 64, 64));
     let five = pages(&[1, 2, 3, 4, 5]);
-    for bytes in [attach(1, &five), create_blob(2, blob_mem::GUEST, 20480, &five)] {
+    for bytes in [
+        attach(1, &five),
+        create_blob(2, blob_mem::GUEST, 20480, &five),
+    ] {
         let (hdr, err) = b.decode(&bytes).unwrap_err();
-        assert_eq!(err, DecodeError::TooManyEntries { nr_entries: 5, max: 4 });
+        assert_eq!(
+            err,
+            DecodeError::TooManyEntries {
+                nr_entries: 5,
+                max: 4
+            }
+        );
         b.dev.record_malformed(hdr.map(|h| h.type_), &err);
     }
     // A hostile count with no entries behind it is refused the same way.
@@ -994,7 +1014,10 @@ fn fenced_responses_echo_fence_id_context_and_ring() {
     let mut out = Vec::new();
     b.dev.process(&req).encode(&req.hdr, &mut out);
     let hdr = decode_hdr(&out);
-    assert_eq!((hdr.type_, hdr.flags, hdr.fence_id), (t::RESP_OK_NODATA, 0, 0));
+    assert_eq!(
+        (hdr.type_, hdr.flags, hdr.fence_id),
+        (t::RESP_OK_NODATA, 0, 0)
+    );
 }
 
 // ---- Cursor -------------------------------------------------------------
@@ -1031,7 +1054,12 @@ fn a_cursor_must_be_64x64() {
             INVALID_PARAMETER
         );
     }
-    b.ok(&create_blob(3, blob_mem::GUEST, 16384, &pages(&[4, 5, 6, 7])));
+    b.ok(&create_blob(
+        3,
+        blob_mem::GUEST,
+        16384,
+        &pages(&[4, 5, 6, 7]),
+    ));
     assert_eq!(
         b.send_cursor(&cursor(t::UPDATE_CURSOR, 0, 0, 0, 3, (0, 0))),
         INVALID_PARAMETER
@@ -1074,7 +1102,10 @@ fn get_display_info_reports_the_configured_modes() {
     let Response::OkDisplayInfo(pmodes) = b.send(&request(t::GET_DISPLAY_INFO, &[])) else {
         panic!("not display info");
     };
-    assert_eq!((pmodes[0].r.width, pmodes[0].r.height, pmodes[0].enabled), (1280, 800, 1));
+    assert_eq!(
+        (pmodes[0].r.width, pmodes[0].r.height, pmodes[0].enabled),
+        (1280, 800, 1)
+    );
     assert!(pmodes[1..].iter().all(|m| m.enabled == 0 && m.r.width == 0));
 
     let config = DeviceConfig {
@@ -1155,7 +1186,10 @@ fn context_3d_and_map_blob_commands_are_unspec() {
         padding: 0,
         offset: 0,
     };
-    assert_eq!(b.send(&request(t::RESOURCE_MAP_BLOB, map.as_slice())), UNSPEC);
+    assert_eq!(
+        b.send(&request(t::RESOURCE_MAP_BLOB, map.as_slice())),
+        UNSPEC
+    );
     assert_eq!(
         b.send(&request(t::RESOURCE_UNMAP_BLOB, &[1, 0, 0, 0, 0, 0, 0, 0])),
         UNSPEC

@@ -37,8 +37,8 @@ pub struct FrontendConfig {
     /// Guest RAM regions. The first (lowest) one holds the rings and the
     /// request buffers and cannot be removed.
     pub regions: Vec<RegionSpec>,
-    /// `VIRTIO_GPU_F_*` bits to ask for, as a mask (`1 << bit`); only those
-    /// the backend offers are acked.
+    /// `VIRTIO_GPU_F_*` bits to ask for, as a mask (`1 << bit`, bits 0 to
+    /// 23); only those the backend offers are acked.
     pub gpu_features: u64,
     /// The display channel; `None` for a headless backend (no
     /// GPU_SET_SOCKET is sent).
@@ -155,7 +155,6 @@ struct Slot {
 }
 
 struct VirtQueue {
-    id: QueueId,
     ring: SplitRing,
     call: EventFd,
     kick: EventFd,
@@ -165,9 +164,8 @@ struct VirtQueue {
 }
 
 impl VirtQueue {
-    fn new(id: QueueId, layout: RingLayout) -> Result<Self> {
+    fn new(layout: RingLayout) -> Result<Self> {
         Ok(VirtQueue {
-            id,
             ring: SplitRing::new(layout)?,
             call: EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?,
             kick: EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?,
@@ -260,10 +258,7 @@ impl GpuFrontend {
         }
         ram.reserve(base.gpa, (rings_end - base.gpa) / PAGE_SIZE + bounce_pages)?;
         let bounce = PagePool::new(rings_end, bounce_pages);
-        let queues = [
-            VirtQueue::new(QueueId::Control, ctrl_layout)?,
-            VirtQueue::new(QueueId::Cursor, cursor_layout)?,
-        ];
+        let queues = [VirtQueue::new(ctrl_layout)?, VirtQueue::new(cursor_layout)?];
 
         let mut fe = GpuFrontend {
             vu,
@@ -301,7 +296,8 @@ impl GpuFrontend {
             return Err(Error::Unsupported("VIRTIO_F_VERSION_1"));
         }
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let gpu_mask = self.config.gpu_features & 0xffff_ffff & !(1 << gpu_f::VIRTIO_GPU_F_VIRGL);
+        // Device-specific feature bits are 0..=23.
+        let gpu_mask = self.config.gpu_features & 0x00ff_ffff;
         let mut acked = VIRTIO_F_VERSION_1 | (offered & gpu_mask);
         if offered & proto_bit != 0 {
             acked |= proto_bit;
@@ -754,6 +750,11 @@ impl GpuFrontend {
         if request.is_empty() && response_capacity == 0 {
             return Err(Error::InvalidChain("empty request and no response buffer"));
         }
+        if u32::try_from(request.len()).is_err() || u32::try_from(response_capacity).is_err() {
+            return Err(Error::InvalidChain(
+                "buffer longer than a descriptor can describe",
+            ));
+        }
         let req_len = (request.len() as u64).next_multiple_of(64);
         let total = req_len + response_capacity as u64;
         let pages = total.div_ceil(PAGE_SIZE).max(1);
@@ -954,13 +955,15 @@ impl GpuFrontend {
             let call_fd = unsafe { BorrowedFd::borrow_raw(q.call.as_raw_fd()) };
             let mut fds = [
                 PollFd::new(call_fd, PollFlags::POLLIN),
-                PollFd::new(self.sock.as_fd(), rdhup()),
+                // POLLHUP and POLLERR are always reported: the backend went
+                // away. (Asking for POLLRDHUP would make nix drop revents.)
+                PollFd::new(self.sock.as_fd(), PollFlags::empty()),
             ];
             match poll(&mut fds, ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(Error::nix("poll call eventfd")(e)),
             }
-            let hup = PollFlags::POLLHUP | rdhup() | PollFlags::POLLERR;
+            let hup = PollFlags::POLLHUP | PollFlags::POLLERR;
             let gone = fds[1].revents().is_some_and(|r| r.intersects(hup));
             // Reset the counter; completions are found through the ring.
             let _ = q.call.read();
@@ -980,12 +983,6 @@ impl GpuFrontend {
             }
         }
     }
-
-    /// The queue id of `self.queues[i]`.
-    #[allow(dead_code)]
-    fn queue_id(&self, i: usize) -> QueueId {
-        self.queues[i].id
-    }
 }
 
 impl Drop for GpuFrontend {
@@ -997,9 +994,4 @@ impl Drop for GpuFrontend {
             d.stop();
         }
     }
-}
-
-/// `POLLRDHUP`, which nix does not name: the peer closed its end.
-fn rdhup() -> PollFlags {
-    PollFlags::from_bits_retain(nix::libc::POLLRDHUP)
 }

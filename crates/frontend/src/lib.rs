@@ -23,6 +23,9 @@
 //! # Ok::<(), gpuswap_frontend::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod commands;
 pub mod display;
 mod error;

@@ -187,11 +187,7 @@ impl SplitRing {
             return Err(Error::InvalidChain("empty chain"));
         }
         if descs.len() > self.free.len() {
-            return Err(Error::RingFull {
-                queue: crate::QueueId::Control,
-                needed: descs.len(),
-                free: self.free.len(),
-            });
+            return Err(Error::InvalidChain("more descriptors than are free"));
         }
         let idxs: Vec<u16> = (0..descs.len())
             .map(|_| self.free.pop().unwrap_or(0))
@@ -347,7 +343,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             r.add_chain(&m, &[RawDesc::readable(0, 1)]),
-            Err(Error::RingFull { .. })
+            Err(Error::InvalidChain(_))
         ));
         assert!(r.add_chain(&m, &[]).is_err());
         device_complete(&m, &l, 0, 7, 0);

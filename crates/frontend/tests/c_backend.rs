@@ -9,8 +9,8 @@ use std::time::Duration;
 use gpuswap_frontend::display::protocol_features;
 use gpuswap_frontend::frontend::VIRTIO_F_VERSION_1;
 use gpuswap_frontend::{
-    commands, DisplayEvent, Error, Fence, FrontendConfig, GpuFrontend, Pages, Placement, QueueId, RawDesc,
-    RegionSpec,
+    commands, DisplayEvent, Error, Fence, FrontendConfig, GpuFrontend, Pages, Placement, QueueId,
+    RawDesc, RegionSpec,
 };
 use gpuswap_protocol::wire::{CtrlHeader, CursorPos, MemEntry, Rect, ResourceAttachBacking};
 use gpuswap_protocol::{ctrl_type, features, format, ErrorCode};
@@ -34,19 +34,31 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
-    Rect { x, y, width, height }
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
 }
 
 fn connect(b: &common::CBackend, config: FrontendConfig) -> GpuFrontend {
-    GpuFrontend::connect(&b.socket, config).unwrap_or_else(|e| panic!("connect: {e}\nbackend log:\n{}", b.log()))
+    GpuFrontend::connect(&b.socket, config)
+        .unwrap_or_else(|e| panic!("connect: {e}\nbackend log:\n{}", b.log()))
 }
 
 /// Pages for a `bytes`-sized backing, half scattered in the low region and
 /// half in the high one.
 fn split_backing(gpu: &mut GpuFrontend, bytes: usize) -> Pages {
     let n = bytes.div_ceil(4096);
-    let low = gpu.ram_mut().alloc_in(0, n / 2, Placement::Scattered).unwrap();
-    let high = gpu.ram_mut().alloc_in(HIGH, n - n / 2, Placement::Scattered).unwrap();
+    let low = gpu
+        .ram_mut()
+        .alloc_in(0, n / 2, Placement::Scattered)
+        .unwrap();
+    let high = gpu
+        .ram_mut()
+        .alloc_in(HIGH, n - n / 2, Placement::Scattered)
+        .unwrap();
     Pages::from_addrs(low.addrs().iter().chain(high.addrs()).copied().collect())
 }
 
@@ -74,7 +86,10 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     let Some(mut backend) = common::spawn_c_backend("end_to_end") else {
         return;
     };
-    let mut gpu = connect(&backend, FrontendConfig::default().with_high_region(64 << 20));
+    let mut gpu = connect(
+        &backend,
+        FrontendConfig::default().with_high_region(64 << 20),
+    );
 
     // Negotiation.
     let n = gpu.negotiated().clone();
@@ -95,7 +110,10 @@ fn end_to_end_2d_transfer_reaches_the_display() {
 
     // Display info and EDID come from our display channel.
     let pmodes = gpu.get_display_info().unwrap();
-    assert_eq!((pmodes[0].r.width, pmodes[0].r.height, pmodes[0].enabled), (1280, 800, 1));
+    assert_eq!(
+        (pmodes[0].r.width, pmodes[0].r.height, pmodes[0].enabled),
+        (1280, 800, 1)
+    );
     assert_eq!(pmodes[1].enabled, 0);
     let edid = gpu.get_edid(0).unwrap();
     assert_eq!(edid.len(), 128);
@@ -104,7 +122,8 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     // A 2D resource backed by scattered pages in two memory regions.
     let (w, h) = (100u32, 60u32);
     let size = (w * h * 4) as usize;
-    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, w, h).unwrap();
+    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, w, h)
+        .unwrap();
     let pages = split_backing(&mut gpu, size);
     let entries = pages.entries();
     assert_eq!(entries.len(), pages.len(), "scattered pages must not merge");
@@ -127,7 +146,10 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     gpu.resource_flush(1, rect(0, 0, w, h)).unwrap();
     let (x, y, uw, uh, data) = next_update(&gpu, mark);
     assert_eq!((x, y, uw, uh), (0, 0, w, h));
-    assert!(data == pix, "UPDATE pixels differ from what the guest wrote");
+    assert!(
+        data == pix,
+        "UPDATE pixels differ from what the guest wrote"
+    );
     assert!(display.framebuffer(0).unwrap().data == pix);
 
     // A sub-rectangle transfer with an offset (the strided path).
@@ -135,7 +157,8 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     gpu.ram().write_entries(&entries, 0, &pix2).unwrap();
     let (sx, sy, sw, sh) = (10u32, 5u32, 20u32, 10u32);
     let offset = u64::from((sy * w + sx) * 4);
-    gpu.transfer_to_host_2d(1, rect(sx, sy, sw, sh), offset).unwrap();
+    gpu.transfer_to_host_2d(1, rect(sx, sy, sw, sh), offset)
+        .unwrap();
     let mark = display.event_count();
     gpu.resource_flush(1, rect(sx, sy, sw, sh)).unwrap();
     let (x, y, uw, uh, data) = next_update(&gpu, mark);
@@ -154,7 +177,9 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     // Detach: transfers fail, a second detach fails.
     gpu.detach_backing(1).unwrap();
     assert_eq!(
-        gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0).unwrap_err().device_error(),
+        gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0)
+            .unwrap_err()
+            .device_error(),
         Some(ErrorCode::InvalidResourceId)
     );
     assert!(gpu.detach_backing(1).unwrap_err().device_error().is_some());
@@ -182,22 +207,34 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     let mark = display.event_count();
     gpu.resource_unref(1).unwrap();
     assert!(display
-        .wait_for(mark, WAIT, |e| matches!(e, DisplayEvent::Scanout { width: 0, .. }))
+        .wait_for(mark, WAIT, |e| matches!(
+            e,
+            DisplayEvent::Scanout { width: 0, .. }
+        ))
         .is_some());
-    assert_eq!(gpu.resource_unref(1).unwrap_err().device_error(), Some(ErrorCode::InvalidResourceId));
+    assert_eq!(
+        gpu.resource_unref(1).unwrap_err().device_error(),
+        Some(ErrorCode::InvalidResourceId)
+    );
     gpu.ram_mut().free(&pages2);
 
     // Bad requests get error responses.
     assert_eq!(
-        gpu.resource_create_2d(0, format::B8G8R8A8_UNORM, 4, 4).unwrap_err().device_error(),
+        gpu.resource_create_2d(0, format::B8G8R8A8_UNORM, 4, 4)
+            .unwrap_err()
+            .device_error(),
         Some(ErrorCode::InvalidResourceId)
     );
     assert_eq!(
-        gpu.resource_create_2d(2, 999, 4, 4).unwrap_err().device_error(),
+        gpu.resource_create_2d(2, 999, 4, 4)
+            .unwrap_err()
+            .device_error(),
         Some(ErrorCode::InvalidParameter)
     );
     assert_eq!(
-        gpu.set_scanout(99, 0, rect(0, 0, 1, 1)).unwrap_err().device_error(),
+        gpu.set_scanout(99, 0, rect(0, 0, 1, 1))
+            .unwrap_err()
+            .device_error(),
         Some(ErrorCode::InvalidScanoutId)
     );
     let (hdr, _) = gpu.cmd().raw(0x0999, &[], &[], 24).unwrap();
@@ -211,14 +248,17 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     assert!(matches!(gpu.get_display_info(), Err(Error::Stopped)));
     gpu.start().unwrap();
     assert_eq!(gpu.avail_index(QueueId::Control), 0);
-    gpu.resource_create_2d(3, format::B8G8R8A8_UNORM, 8, 8).unwrap();
+    gpu.resource_create_2d(3, format::B8G8R8A8_UNORM, 8, 8)
+        .unwrap();
     gpu.reset().unwrap();
     gpu.resource_unref(3).unwrap();
     assert_eq!(gpu.get_display_info().unwrap()[0].r.width, 1280);
 
     // Disconnect: the C backend serves a single connection and exits.
     drop(gpu);
-    let status = backend.wait_exit(WAIT).expect("backend did not exit after disconnect");
+    let status = backend
+        .wait_exit(WAIT)
+        .expect("backend did not exit after disconnect");
     assert!(status.success(), "{status:?}\n{}", backend.log());
 
     // Reconnect: a new backend on a new socket takes a new frontend.
@@ -226,7 +266,8 @@ fn end_to_end_2d_transfer_reaches_the_display() {
         return;
     };
     let mut gpu = connect(&backend2, FrontendConfig::default());
-    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 8, 8).unwrap();
+    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 8, 8)
+        .unwrap();
     assert_eq!(gpu.get_display_info().unwrap()[0].r.height, 800);
 }
 
@@ -240,21 +281,35 @@ fn fences_are_echoed_and_checked() {
         .resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16)
         .unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Contiguous).unwrap();
-    gpu.fenced(Fence::new(2)).attach_backing(1, &p.entries()).unwrap();
+    gpu.fenced(Fence::new(2))
+        .attach_backing(1, &p.entries())
+        .unwrap();
     gpu.fenced(Fence::new(3))
         .transfer_to_host_2d(1, rect(0, 0, 16, 16), 0)
         .unwrap();
     // Error responses echo the fence too.
     assert_eq!(
-        gpu.fenced(Fence::new(4)).detach_backing(7).unwrap_err().device_error(),
+        gpu.fenced(Fence::new(4))
+            .detach_backing(7)
+            .unwrap_err()
+            .device_error(),
         Some(ErrorCode::InvalidResourceId)
     );
-    let (hdr, _) = gpu.fenced(Fence::new(5)).raw(ctrl_type::RESOURCE_DETACH_BACKING, &[1, 0, 0, 0, 0, 0, 0, 0], &[], 24).unwrap();
+    let (hdr, _) = gpu
+        .fenced(Fence::new(5))
+        .raw(
+            ctrl_type::RESOURCE_DETACH_BACKING,
+            &[1, 0, 0, 0, 0, 0, 0, 0],
+            &[],
+            24,
+        )
+        .unwrap();
     assert_eq!((hdr.type_, hdr.fence_id), (ctrl_type::RESP_OK_NODATA, 5));
     // The C backend has no CONTEXT_INIT and does not echo ring_idx: the
     // check catches that.
     assert!(matches!(
-        gpu.fenced(Fence::on_ring(6, 0, 1)).resource_flush(1, rect(0, 0, 1, 1)),
+        gpu.fenced(Fence::on_ring(6, 0, 1))
+            .resource_flush(1, rect(0, 0, 1, 1)),
         Err(Error::FenceMismatch { .. })
     ));
 }
@@ -274,7 +329,10 @@ fn pipelined_submission() {
                 height: 8,
             };
             commands::encode_request(
-                &commands::request_header(ctrl_type::RESOURCE_CREATE_2D, Some(Fence::new(u64::from(id)))),
+                &commands::request_header(
+                    ctrl_type::RESOURCE_CREATE_2D,
+                    Some(Fence::new(u64::from(id))),
+                ),
                 body.as_slice(),
                 &[],
             )
@@ -285,7 +343,12 @@ fn pipelined_submission() {
         .unwrap();
     assert_eq!(done.len(), 100);
     for (i, c) in done.iter().enumerate() {
-        let hdr = commands::check_response(&c.response, ctrl_type::RESP_OK_NODATA, Some(Fence::new(i as u64 + 1))).unwrap();
+        let hdr = commands::check_response(
+            &c.response,
+            ctrl_type::RESP_OK_NODATA,
+            Some(Fence::new(i as u64 + 1)),
+        )
+        .unwrap();
         assert_eq!(hdr.fence_id, i as u64 + 1);
         assert_eq!(c.used_len, 24);
     }
@@ -298,13 +361,26 @@ fn pipelined_submission() {
                 resource_id: id,
                 padding: 0,
             };
-            commands::encode_request(&commands::request_header(ctrl_type::RESOURCE_UNREF, None), body.as_slice(), &[])
+            commands::encode_request(
+                &commands::request_header(ctrl_type::RESOURCE_UNREF, None),
+                body.as_slice(),
+                &[],
+            )
         })
         .collect();
     let err = gpu
         .submit_pipelined(QueueId::Control, unref.iter().map(|r| r.as_slice()), 24)
         .unwrap_err();
-    assert!(matches!(err, Error::RingFull { queue: QueueId::Control, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::RingFull {
+                queue: QueueId::Control,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let (mut ok, mut err_count) = (0, 0);
     while gpu.in_flight(QueueId::Control) > 0 {
         let c = gpu.wait(QueueId::Control).unwrap();
@@ -319,10 +395,14 @@ fn pipelined_submission() {
     // Each 2-descriptor chain takes 2 of the 256 descriptors; ids 1..=100
     // exist.
     assert_eq!((ok, err_count), (100, 28));
-    assert!(matches!(gpu.wait(QueueId::Control), Err(Error::NothingInFlight(_))));
+    assert!(matches!(
+        gpu.wait(QueueId::Control),
+        Err(Error::NothingInFlight(_))
+    ));
     // Still usable.
     gpu.resource_unref(100).unwrap_err();
-    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 8, 8).unwrap();
+    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 8, 8)
+        .unwrap();
 }
 
 #[test]
@@ -332,7 +412,8 @@ fn cursor_queue_reaches_the_display() {
     };
     let mut gpu = connect(&backend, FrontendConfig::default());
     let display = gpu.display().unwrap().clone();
-    gpu.resource_create_2d(9, format::B8G8R8A8_UNORM, 64, 64).unwrap();
+    gpu.resource_create_2d(9, format::B8G8R8A8_UNORM, 64, 64)
+        .unwrap();
     let pages = gpu.ram_mut().alloc(4, Placement::Scattered).unwrap();
     let img = pattern(64 * 64 * 4, 9);
     gpu.ram().write_entries(&pages.entries(), 0, &img).unwrap();
@@ -347,7 +428,9 @@ fn cursor_queue_reaches_the_display() {
     };
     let mark = display.event_count();
     assert_eq!(gpu.update_cursor(pos(10, 20), 9, 3, 4).unwrap(), 0);
-    match display.wait_for(mark, WAIT, |e| matches!(e, DisplayEvent::CursorUpdate { .. })) {
+    match display.wait_for(mark, WAIT, |e| {
+        matches!(e, DisplayEvent::CursorUpdate { .. })
+    }) {
         Some(DisplayEvent::CursorUpdate {
             x,
             y,
@@ -374,7 +457,10 @@ fn cursor_queue_reaches_the_display() {
     let mark = display.event_count();
     gpu.fenced(Fence::new(1)).move_cursor(pos(1, 2), 0).unwrap();
     assert!(display
-        .wait_for(mark, WAIT, |e| matches!(e, DisplayEvent::CursorPosHide { x: 1, y: 2, .. }))
+        .wait_for(mark, WAIT, |e| matches!(
+            e,
+            DisplayEvent::CursorPosHide { x: 1, y: 2, .. }
+        ))
         .is_some());
 }
 
@@ -385,11 +471,15 @@ fn hostile_chains_and_backing_limits() {
         return;
     };
     let config = FrontendConfig {
-        regions: vec![RegionSpec::new(0, 64 << 20), RegionSpec::new(64 << 20, 64 << 20)],
+        regions: vec![
+            RegionSpec::new(0, 64 << 20),
+            RegionSpec::new(64 << 20, 64 << 20),
+        ],
         ..Default::default()
     };
     let mut gpu = connect(&backend, config);
-    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16).unwrap();
+    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16)
+        .unwrap();
     let buf = gpu.ram_mut().alloc(2, Placement::Contiguous).unwrap();
     let (req, resp) = (buf.addrs()[0], buf.addrs()[1]);
     let unref_bogus = {
@@ -412,7 +502,10 @@ fn hostile_chains_and_backing_limits() {
     // Response buffer smaller than a header: truncated, used length 8.
     gpu.ram().fill(resp, 64, 0).unwrap();
     let used = gpu
-        .submit_raw(QueueId::Control, &[RawDesc::readable(req, 32), RawDesc::writable(resp, 8)])
+        .submit_raw(
+            QueueId::Control,
+            &[RawDesc::readable(req, 32), RawDesc::writable(resp, 8)],
+        )
         .unwrap();
     assert_eq!(used, 8);
     assert_eq!(resp_type(&gpu), ctrl_type::RESP_ERR_INVALID_RESOURCE_ID);
@@ -421,40 +514,68 @@ fn hostile_chains_and_backing_limits() {
     let used = gpu
         .submit_raw(
             QueueId::Control,
-            &[RawDesc::readable(req, 32), RawDesc::writable(resp, 4), RawDesc::writable(resp + 4, 60)],
+            &[
+                RawDesc::readable(req, 32),
+                RawDesc::writable(resp, 4),
+                RawDesc::writable(resp + 4, 60),
+            ],
         )
         .unwrap();
-    assert_eq!((used, resp_type(&gpu)), (24, ctrl_type::RESP_ERR_INVALID_RESOURCE_ID));
+    assert_eq!(
+        (used, resp_type(&gpu)),
+        (24, ctrl_type::RESP_ERR_INVALID_RESOURCE_ID)
+    );
     // Read-only "response" buffer, or none: nothing written.
     let used = gpu
-        .submit_raw(QueueId::Control, &[RawDesc::readable(req, 32), RawDesc::readable(resp, 24)])
+        .submit_raw(
+            QueueId::Control,
+            &[RawDesc::readable(req, 32), RawDesc::readable(resp, 24)],
+        )
         .unwrap();
     assert_eq!(used, 0);
-    assert_eq!(gpu.submit_raw(QueueId::Control, &[RawDesc::readable(req, 32)]).unwrap(), 0);
+    assert_eq!(
+        gpu.submit_raw(QueueId::Control, &[RawDesc::readable(req, 32)])
+            .unwrap(),
+        0
+    );
     // Request shorter than a header: the C backend only warns and goes on
     // with the rest of its header uninitialised, so only check that a
     // response came back.
     let used = gpu
-        .submit_raw(QueueId::Control, &[RawDesc::readable(req, 8), RawDesc::writable(resp, 24)])
+        .submit_raw(
+            QueueId::Control,
+            &[RawDesc::readable(req, 8), RawDesc::writable(resp, 24)],
+        )
         .unwrap();
     assert_eq!(used, 24);
 
     // nr_entries larger than the entries present.
-    let page = gpu.ram_mut().alloc(1, Placement::Contiguous).unwrap().entries()[0];
+    let page = gpu
+        .ram_mut()
+        .alloc(1, Placement::Contiguous)
+        .unwrap()
+        .entries()[0];
     let body = ResourceAttachBacking {
         resource_id: 1,
         nr_entries: 3,
     };
     let (hdr, _) = gpu
         .cmd()
-        .raw(ctrl_type::RESOURCE_ATTACH_BACKING, body.as_slice(), page.as_slice(), 24)
+        .raw(
+            ctrl_type::RESOURCE_ATTACH_BACKING,
+            body.as_slice(),
+            page.as_slice(),
+            24,
+        )
         .unwrap();
     assert_eq!(hdr.type_, ctrl_type::RESP_ERR_UNSPEC);
     // The C backend's entry limit is 16384.
     gpu.attach_backing(1, &vec![page; 16384]).unwrap();
     gpu.detach_backing(1).unwrap();
     assert_eq!(
-        gpu.attach_backing(1, &vec![page; 16385]).unwrap_err().device_error(),
+        gpu.attach_backing(1, &vec![page; 16385])
+            .unwrap_err()
+            .device_error(),
         Some(ErrorCode::Unspec)
     );
     // An entry spanning two adjacent regions, and one outside guest RAM:
@@ -465,13 +586,21 @@ fn hostile_chains_and_backing_limits() {
         padding: 0,
     };
     assert!(gpu.ram().write_entries(&[span], 0, &[1u8; 8192]).is_ok());
-    assert_eq!(gpu.attach_backing(1, &[span]).unwrap_err().device_error(), Some(ErrorCode::Unspec));
+    assert_eq!(
+        gpu.attach_backing(1, &[span]).unwrap_err().device_error(),
+        Some(ErrorCode::Unspec)
+    );
     let outside = MemEntry {
         addr: 1 << 40,
         length: 4096,
         padding: 0,
     };
-    assert_eq!(gpu.attach_backing(1, &[outside]).unwrap_err().device_error(), Some(ErrorCode::Unspec));
+    assert_eq!(
+        gpu.attach_backing(1, &[outside])
+            .unwrap_err()
+            .device_error(),
+        Some(ErrorCode::Unspec)
+    );
     // Still healthy.
     gpu.attach_backing(1, &[page]).unwrap();
     gpu.detach_backing(1).unwrap();
@@ -479,16 +608,27 @@ fn hostile_chains_and_backing_limits() {
     // A descriptor outside guest RAM: libvhost-user panics and the C
     // backend exits; the frontend reports the disconnect, no panic here.
     let err = gpu
-        .submit_raw(QueueId::Control, &[RawDesc::readable(1 << 40, 24), RawDesc::writable(resp, 24)])
+        .submit_raw(
+            QueueId::Control,
+            &[RawDesc::readable(1 << 40, 24), RawDesc::writable(resp, 24)],
+        )
         .unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");
     let status = backend.wait_exit(WAIT).expect("backend still running");
     assert!(!status.success());
-    assert!(backend.log().contains("invalid address"), "{}", backend.log());
+    assert!(
+        backend.log().contains("invalid address"),
+        "{}",
+        backend.log()
+    );
 }
 
 fn run_region_changes(use_mem_slots: bool) {
-    let name = if use_mem_slots { "regions_slots" } else { "regions_table" };
+    let name = if use_mem_slots {
+        "regions_slots"
+    } else {
+        "regions_table"
+    };
     let Some(backend) = common::spawn_c_backend(name) else {
         return;
     };
@@ -498,18 +638,23 @@ fn run_region_changes(use_mem_slots: bool) {
     };
     let mut gpu = connect(&backend, config);
     assert_eq!(
-        gpu.negotiated().has_protocol(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS),
+        gpu.negotiated()
+            .has_protocol(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS),
         use_mem_slots
     );
     let display = gpu.display().unwrap().clone();
     let (w, h) = (32u32, 32u32);
     let size = (w * h * 4) as usize;
-    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, w, h).unwrap();
+    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, w, h)
+        .unwrap();
     gpu.set_scanout(0, 1, rect(0, 0, w, h)).unwrap();
 
     for (round, gpa) in [(1u64, HIGH), (2, 2 * HIGH)] {
         gpu.add_region(RegionSpec::new(gpa, 16 << 20)).unwrap();
-        let pages = gpu.ram_mut().alloc_in(gpa, size / 4096, Placement::Scattered).unwrap();
+        let pages = gpu
+            .ram_mut()
+            .alloc_in(gpa, size / 4096, Placement::Scattered)
+            .unwrap();
         let pix = pattern(size, round);
         gpu.ram().write_entries(&pages.entries(), 0, &pix).unwrap();
         gpu.attach_backing(1, &pages.entries()).unwrap();
@@ -521,7 +666,9 @@ fn run_region_changes(use_mem_slots: bool) {
         gpu.remove_region(gpa).unwrap();
         // The backend forgot the region.
         assert_eq!(
-            gpu.attach_backing(1, &pages.entries()).unwrap_err().device_error(),
+            gpu.attach_backing(1, &pages.entries())
+                .unwrap_err()
+                .device_error(),
             Some(ErrorCode::Unspec)
         );
     }
@@ -547,7 +694,8 @@ fn headless_c_backend_cannot_answer_display_info() {
     };
     let mut gpu = connect(&backend, FrontendConfig::default().headless());
     assert!(gpu.display().is_none());
-    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16).unwrap();
+    gpu.resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16)
+        .unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Contiguous).unwrap();
     gpu.attach_backing(1, &p.entries()).unwrap();
     gpu.transfer_to_host_2d(1, rect(0, 0, 16, 16), 0).unwrap();

@@ -27,6 +27,9 @@ enum Cmd {
     /// The whole test suite: lints, unit and integration tests, and the
     /// end-to-end tests on a real guest under QEMU.
     Test,
+    /// Install the daemon in /usr/local/libexec and its vhost-user JSON
+    /// descriptor in /etc/qemu/vhost-user, where libvirt looks.
+    Install,
     /// The main job: boot the guest on the daemon, run the guest workload
     /// and print a report (see the README).
     Run {
@@ -99,7 +102,13 @@ struct Images {
 /// the kernel and the initramfs.
 fn images(variant: &str, release: bool) -> Result<Images, String> {
     let profile = if release { "release" } else { "debug" };
-    run(cargo().args(["build", "--profile", if release { "release" } else { "dev" }, "-p", "gpuswap-daemon"]))?;
+    run(cargo().args([
+        "build",
+        "--profile",
+        if release { "release" } else { "dev" },
+        "-p",
+        "gpuswap-daemon",
+    ]))?;
     // Static, so it runs in a busybox initramfs; its own target dir keeps
     // the RUSTFLAGS change from rebuilding the host artifacts.
     run(cargo()
@@ -169,10 +178,39 @@ fn main_job(args: &[String]) -> Result<(), String> {
     setup()?;
     let images = images("debug", true)?;
     let mut job = cargo();
-    job.args(["run", "--release", "-q", "-p", "gpuswap-tests", "--bin", "gpuswap-run", "--"])
-        .args(args);
+    job.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "gpuswap-tests",
+        "--bin",
+        "gpuswap-run",
+        "--",
+    ])
+    .args(args);
     with_images(&mut job, &images);
     run(&mut job)
+}
+
+fn install() -> Result<(), String> {
+    run(cargo().args(["build", "--release", "-p", "gpuswap-daemon"]))?;
+    let copy = |from: PathBuf, to: &str| {
+        if let Some(dir) = Path::new(to).parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::copy(&from, to).map_err(|e| format!("{} -> {to}: {e}", from.display()))?;
+        eprintln!("[xtask] installed {to}");
+        Ok::<(), String>(())
+    };
+    copy(
+        root().join("target/release/gpuswap-daemon"),
+        "/usr/local/libexec/gpuswap-daemon",
+    )?;
+    copy(
+        root().join("crates/daemon/50-gpuswap-gpu.json"),
+        "/etc/qemu/vhost-user/50-gpuswap-gpu.json",
+    )
 }
 
 fn main() -> ExitCode {
@@ -184,6 +222,7 @@ fn main() -> ExitCode {
             println!("initrd: {}", i.initrd.display());
         }),
         Cmd::Test => test(),
+        Cmd::Install => install(),
         Cmd::Run { args } => main_job(&args),
     };
     match result {

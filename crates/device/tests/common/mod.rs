@@ -286,7 +286,15 @@ impl Display for Recorder {
         });
     }
 
-    fn cursor_update(&mut self, scanout: u32, x: u32, y: u32, hot_x: u32, hot_y: u32, image: &[u8]) {
+    fn cursor_update(
+        &mut self,
+        scanout: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: &[u8],
+    ) {
         self.push(Shown::Cursor {
             scanout,
             x,
