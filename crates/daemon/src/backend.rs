@@ -268,10 +268,16 @@ fn handle_chain(
     let room = writer.available_bytes();
     if room < scratch.response.len() {
         if room < size_of::<CtrlHeader>() {
-            warn!(
-                "queue {queue}: {} request has no room for a response ({room} writable bytes)",
-                ctrl_type::name(hdr.type_)
-            );
+            // Linux sends cursor commands without a response buffer; on the
+            // control queue a missing one is a driver bug worth a warning.
+            if queue == CURSOR_QUEUE {
+                debug!("cursor {} without a response buffer", ctrl_type::name(hdr.type_));
+            } else {
+                warn!(
+                    "queue {queue}: {} request has no room for a response ({room} writable bytes)",
+                    ctrl_type::name(hdr.type_)
+                );
+            }
             return (0, delay);
         }
         warn!(

@@ -28,17 +28,29 @@ use vm_memory::ByteValued;
 
 /// Request codes of the display protocol (`VhostUserGpuRequest`).
 pub mod request {
+    /// Backend asks for the protocol features (replied).
     pub const GET_PROTOCOL_FEATURES: u32 = 1;
+    /// Backend enables protocol features.
     pub const SET_PROTOCOL_FEATURES: u32 = 2;
+    /// Backend asks for the display configuration (replied).
     pub const GET_DISPLAY_INFO: u32 = 3;
+    /// Cursor moved and is shown.
     pub const CURSOR_POS: u32 = 4;
+    /// Cursor is hidden.
     pub const CURSOR_POS_HIDE: u32 = 5;
+    /// New cursor image and position.
     pub const CURSOR_UPDATE: u32 = 6;
+    /// Scanout size set (0 disables).
     pub const SCANOUT: u32 = 7;
+    /// Scanout pixels for a rectangle.
     pub const UPDATE: u32 = 8;
+    /// Scanout set to a dmabuf (fd attached).
     pub const DMABUF_SCANOUT: u32 = 9;
+    /// Dmabuf scanout rectangle updated (replied).
     pub const DMABUF_UPDATE: u32 = 10;
+    /// Backend asks for a scanout's EDID (replied).
     pub const GET_EDID: u32 = 11;
+    /// DMABUF_SCANOUT plus modifier.
     pub const DMABUF_SCANOUT2: u32 = 12;
 }
 
@@ -120,8 +132,10 @@ impl DisplayConfig {
     }
 }
 
-/// A message the backend sent on the display channel.
+/// A message the backend sent on the display channel. Fields carry the
+/// message's payload fields under their protocol names.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
 pub enum DisplayEvent {
     /// GET_PROTOCOL_FEATURES (answered).
     GetProtocolFeatures,

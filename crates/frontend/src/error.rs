@@ -29,7 +29,9 @@ impl QueueId {
 /// A misbehaving backend shows up as an error value, never as a panic:
 /// [`Error::Device`] is a well-formed error response, every other variant is
 /// a transport, setup or protocol failure.
+/// Variant fields are described by the variant's message.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
 pub enum Error {
     /// The backend answered a request with an error response.
     #[error("device error response {0}")]

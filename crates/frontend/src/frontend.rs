@@ -347,6 +347,7 @@ impl GpuFrontend {
             .set_features(acked)
             .map_err(Error::vu("SET_FEATURES"))?;
         self.negotiated.acked_features = acked;
+        log::debug!("negotiated {:x?}", self.negotiated);
         if self
             .negotiated
             .has_protocol(VhostUserProtocolFeatures::CONFIG)
@@ -402,9 +403,12 @@ impl GpuFrontend {
         &self.config
     }
 
-    /// Changes the completion timeout.
+    /// Changes the completion timeout (and the vhost-user reply timeout).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.config.timeout = timeout;
+        if let Err(e) = self.sock.set_read_timeout(Some(timeout)) {
+            log::warn!("cannot set the socket timeout: {e}");
+        }
     }
 
     /// Guest RAM.

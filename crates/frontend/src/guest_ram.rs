@@ -230,7 +230,7 @@ impl PagePool {
 
     /// Marks pages `[gpa, gpa + n pages)` used if they all are free.
     pub fn alloc_at(&mut self, gpa: u64, n: u64) -> bool {
-        if gpa % PAGE_SIZE != 0 || !self.contains(gpa) {
+        if !gpa.is_multiple_of(PAGE_SIZE) || !self.contains(gpa) {
             return false;
         }
         let first = (gpa - self.base) / PAGE_SIZE;
@@ -299,7 +299,8 @@ impl std::fmt::Debug for GuestRam {
 }
 
 fn create_region(spec: RegionSpec) -> Result<Arc<GuestRegionMmap>> {
-    if spec.size == 0 || spec.gpa % PAGE_SIZE != 0 || spec.size % PAGE_SIZE != 0 {
+    if spec.size == 0 || !spec.gpa.is_multiple_of(PAGE_SIZE) || !spec.size.is_multiple_of(PAGE_SIZE)
+    {
         return Err(Error::Region(format!(
             "{spec:?}: base and size must be non-zero multiples of {PAGE_SIZE}"
         )));
@@ -505,7 +506,7 @@ impl GuestRam {
                 Err(out_of_pages())
             }
             Placement::At(gpa) => {
-                if gpa % PAGE_SIZE != 0 {
+                if !gpa.is_multiple_of(PAGE_SIZE) {
                     return Err(Error::Region(format!("{gpa:#x} is not page aligned")));
                 }
                 let addrs: Vec<u64> = (0..n64).map(|i| gpa + i * PAGE_SIZE).collect();

@@ -707,3 +707,10 @@ fn headless_c_backend_cannot_answer_display_info() {
     assert!(matches!(gpu.get_display_info(), Err(Error::Timeout { .. })));
     assert!(matches!(gpu.resource_unref(1), Err(Error::Timeout { .. })));
 }
+
+#[test]
+fn frontend_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<GpuFrontend>();
+    is_send::<gpuswap_frontend::DisplayHandle>();
+}
