@@ -198,11 +198,33 @@ impl Renderer for RutabagaRenderer {
         dst: &mut [u8],
         dst_stride: u32,
     ) -> RendererResult<()> {
-        let mut transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
-        transfer.stride = dst_stride;
-        self.rutabaga
-            .transfer_read(0, id, transfer, Some(IoSliceMut::new(dst)))
-            .map_err(err("read", id))
+        if rect.x == 0 && rect.y == 0 {
+            let mut transfer = Transfer3D::new_2d(0, 0, rect.width, rect.height, 0);
+            transfer.stride = dst_stride;
+            return self
+                .rutabaga
+                .transfer_read(0, id, transfer, Some(IoSliceMut::new(dst)))
+                .map_err(err("read", id));
+        }
+        // Rutabaga writes the rect where it sits in a whole image
+        // (`y * stride + x * 4` into `dst`), not at the start of `dst`. Read
+        // row by row with stride 0 instead: each row then lands `x * 4`
+        // bytes into a scratch row, and is copied from there.
+        let skip = rect.x as usize * 4;
+        let row = rect.width as usize * 4;
+        let mut scratch = vec![0u8; skip + row];
+        for y in 0..rect.height {
+            let transfer = Transfer3D::new_2d(rect.x, rect.y + y, rect.width, 1, 0);
+            self.rutabaga
+                .transfer_read(0, id, transfer, Some(IoSliceMut::new(&mut scratch)))
+                .map_err(err("read", id))?;
+            let start = y as usize * dst_stride as usize;
+            let line = dst.get_mut(start..start + row).ok_or_else(|| {
+                RendererError(format!("read of resource {id}: {rect:?} does not fit dst"))
+            })?;
+            line.copy_from_slice(&scratch[skip..]);
+        }
+        Ok(())
     }
 
     fn unref(&mut self, id: u32) -> RendererResult<()> {

@@ -20,12 +20,21 @@ const RAM_PAGES: u64 = 2 * REGION_PAGES;
 const RESOURCE_OVERHEAD: u64 = 256;
 const ENTRY_OVERHEAD: u64 = 32;
 
+/// Which resource an op names.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The n-th live resource (modulo their number; id n + 1 if none).
+    Live(usize),
+    /// This id, live or not (0 and 77 are never live).
+    Raw(u32),
+}
+
 #[derive(Debug, Clone)]
 enum Pages {
     /// `count` pages from `first`, as one entry or one entry per page.
     Fresh { first: u64, count: u64, split: bool },
-    /// The entries of another resource's backing (fresh pages if it has none).
-    Of(u32),
+    /// The entries of the n-th attached resource (fresh pages if none).
+    Of(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -41,27 +50,30 @@ enum Op {
         entries: Option<Pages>,
     },
     Attach {
-        id: u32,
+        id: Target,
         pages: Pages,
     },
     Detach {
-        id: u32,
+        id: Target,
     },
     Transfer {
-        id: u32,
-        part: bool,
+        id: Target,
+        part: Part,
     },
     Flush {
-        id: u32,
+        id: Target,
+        part: Part,
     },
     SetScanout {
-        id: u32,
+        id: Target,
+        part: Part,
     },
     SetScanoutBlob {
-        id: u32,
+        id: Target,
+        part: Part,
     },
     Unref {
-        id: u32,
+        id: Target,
     },
     /// The guest writes a page (no request).
     Scribble {
@@ -72,8 +84,36 @@ enum Op {
     Reset,
 }
 
-fn id() -> impl Strategy<Value = u32> {
+/// Which rect of an image an op names.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Full,
+    Middle,
+    Corner,
+}
+
+impl Part {
+    fn of(self, (w, h): (u32, u32)) -> Rect2d {
+        match self {
+            Part::Full => rect2d(0, 0, w, h),
+            Part::Middle => rect2d(w / 4, h / 4, w / 2, h / 2),
+            Part::Corner => rect2d(0, 0, w / 2, h / 2),
+        }
+    }
+}
+
+fn part() -> impl Strategy<Value = Part> {
+    prop_oneof![Just(Part::Full), Just(Part::Middle), Just(Part::Corner)]
+}
+
+/// Ids 1..6, with now and then one that is never live.
+fn raw_id() -> impl Strategy<Value = u32> {
     prop_oneof![10 => 1..6u32, 1 => Just(0u32), 1 => Just(77u32)]
+}
+
+/// Mostly live resources, so that most steps get past the id check.
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![3 => (0..8usize).prop_map(Target::Live), 1 => raw_id().prop_map(Target::Raw)]
 }
 
 fn pages() -> impl Strategy<Value = Pages> {
@@ -85,23 +125,25 @@ fn pages() -> impl Strategy<Value = Pages> {
                 split,
             }
         }),
-        1 => (1..6u32).prop_map(Pages::Of),
+        1 => (0..8usize).prop_map(Pages::Of),
     ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let widths = prop::sample::select(vec![16u32, 32, 64]);
+    let heights = prop::sample::select(vec![8u32, 16, 32]);
+    let sizes = prop::sample::select(vec![1000u64, 4096, 6000, 8192]);
     prop_oneof![
-        4 => (id(), prop::sample::select(vec![16u32, 32, 64]), prop::sample::select(vec![8u32, 16, 32]))
-            .prop_map(|(id, w, h)| Op::Create2d { id, w, h }),
-        3 => (id(), prop::sample::select(vec![1000u64, 4096, 6000, 8192]), prop::option::of(pages()))
+        6 => (raw_id(), widths, heights).prop_map(|(id, w, h)| Op::Create2d { id, w, h }),
+        4 => (raw_id(), sizes, prop::option::of(pages()))
             .prop_map(|(id, size, entries)| Op::CreateBlob { id, size, entries }),
-        8 => (id(), pages()).prop_map(|(id, pages)| Op::Attach { id, pages }),
-        5 => id().prop_map(|id| Op::Detach { id }),
-        5 => (id(), any::<bool>()).prop_map(|(id, part)| Op::Transfer { id, part }),
-        3 => id().prop_map(|id| Op::Flush { id }),
-        2 => id().prop_map(|id| Op::SetScanout { id }),
-        2 => id().prop_map(|id| Op::SetScanoutBlob { id }),
-        3 => id().prop_map(|id| Op::Unref { id }),
+        12 => (target(), pages()).prop_map(|(id, pages)| Op::Attach { id, pages }),
+        8 => target().prop_map(|id| Op::Detach { id }),
+        6 => (target(), part()).prop_map(|(id, part)| Op::Transfer { id, part }),
+        4 => (target(), part()).prop_map(|(id, part)| Op::Flush { id, part }),
+        2 => (target(), part()).prop_map(|(id, part)| Op::SetScanout { id, part }),
+        2 => (target(), part()).prop_map(|(id, part)| Op::SetScanoutBlob { id, part }),
+        3 => target().prop_map(|id| Op::Unref { id }),
         2 => (0..RAM_PAGES, any::<u64>()).prop_map(|(page, seed)| Op::Scribble { page, seed }),
         1 => (0..3u32).prop_map(Op::FailAttaches),
         1 => Just(Op::Reset),
@@ -325,12 +367,12 @@ impl Model {
         }
     }
 
-    fn transfer(&mut self, id: u32, part: bool, x: &mut Expect) -> Result<(), ErrorCode> {
+    fn transfer(&mut self, id: u32, part: Part, x: &mut Expect) -> Result<(), ErrorCode> {
         let r = self.attached(id, x)?;
         let Kind::TwoD { w, h } = r.kind else {
             return Ok(());
         };
-        let rect = transfer_rect(w, h, part);
+        let rect = part.of((w, h));
         let stride = u64::from(w) * 4;
         let row = u64::from(rect.width) * 4;
         let offset = u64::from(rect.y) * stride + u64::from(rect.x) * 4;
@@ -350,35 +392,43 @@ impl Model {
         Ok(())
     }
 
-    fn flush(&mut self, id: u32, x: &mut Expect) -> Result<(), ErrorCode> {
+    fn flush(&mut self, id: u32, rect: Rect2d, x: &mut Expect) -> Result<(), ErrorCode> {
         let r = self.attached(id, x)?;
         let Some(s) = self.scanout.filter(|s| s.id == id) else {
             return Ok(());
         };
-        // Flushes cover the shown rect (see `flush_rect`): all of it goes.
+        // What was flushed of what is shown goes to the display, placed
+        // relative to the shown rect.
+        let (x0, y0) = (rect.x.max(s.rect.x), rect.y.max(s.rect.y));
+        let x1 = (rect.x + rect.width).min(s.rect.x + s.rect.width);
+        let y1 = (rect.y + rect.height).min(s.rect.y + s.rect.height);
+        if x0 >= x1 || y0 >= y1 {
+            return Ok(());
+        }
+        let flushed = rect2d(x0, y0, x1 - x0, y1 - y0);
         let pixels = match (r.kind, s.blob_layout) {
-            (Kind::TwoD { w, .. }, _) => crop(&r.host, 0, w as usize * 4, s.rect),
+            (Kind::TwoD { w, .. }, _) => crop(&r.host, 0, w as usize * 4, flushed),
             (Kind::Blob { size }, Some((stride, offset))) => {
                 let image = self
                     .read(r.backing.as_ref().unwrap(), 0, size as usize)
                     .unwrap();
-                crop(&image, offset as usize, stride as usize, s.rect)
+                crop(&image, offset as usize, stride as usize, flushed)
             }
             (Kind::Blob { .. }, None) => unreachable!("blobs only show through SET_SCANOUT_BLOB"),
         };
         x.shown.push(Shown::Update {
             scanout: 0,
             rect: Rect2d {
-                x: 0,
-                y: 0,
-                ..s.rect
+                x: x0 - s.rect.x,
+                y: y0 - s.rect.y,
+                ..flushed
             },
             pixels,
         });
         Ok(())
     }
 
-    fn set_scanout(&mut self, id: u32, x: &mut Expect) -> Result<(), ErrorCode> {
+    fn set_scanout(&mut self, id: u32, part: Part, x: &mut Expect) -> Result<(), ErrorCode> {
         if id == 0 {
             self.disable(x);
             return Ok(());
@@ -387,11 +437,11 @@ impl Model {
         let Kind::TwoD { w, h } = r.kind else {
             return Err(ErrorCode::InvalidParameter);
         };
-        self.show(id, rect2d(0, 0, w, h), None, x);
+        self.show(id, part.of((w, h)), None, x);
         Ok(())
     }
 
-    fn set_scanout_blob(&mut self, id: u32, x: &mut Expect) -> Result<(), ErrorCode> {
+    fn set_scanout_blob(&mut self, id: u32, part: Part, x: &mut Expect) -> Result<(), ErrorCode> {
         if id == 0 {
             self.disable(x);
             return Ok(());
@@ -401,7 +451,7 @@ impl Model {
             return Err(ErrorCode::InvalidParameter);
         };
         let (w, h, stride, offset) = blob_layout(size);
-        self.show(id, rect2d(0, 0, w, h), Some((stride, offset)), x);
+        self.show(id, part.of((w, h)), Some((stride, offset)), x);
         Ok(())
     }
 
@@ -445,20 +495,16 @@ fn blank() -> Shown {
     }
 }
 
-/// The whole resource, or its middle quarter.
-fn transfer_rect(w: u32, h: u32, part: bool) -> Rect2d {
-    if part {
-        rect2d(w / 4, h / 4, w / 2, h / 2)
-    } else {
-        rect2d(0, 0, w, h)
-    }
-}
-
-/// A flush covering whatever the resource could show.
-fn flush_rect(kind: Option<Kind>) -> Rect2d {
+/// The size in pixels of what a resource shows: a 2D resource's own, a
+/// blob's scanout layout (anything for ids that are not live).
+fn image_size(kind: Option<Kind>) -> (u32, u32) {
     match kind {
-        Some(Kind::TwoD { w, h }) => rect2d(0, 0, w, h),
-        _ => rect2d(0, 0, 16, 16),
+        Some(Kind::TwoD { w, h }) => (w, h),
+        Some(Kind::Blob { size }) => {
+            let (w, h, _, _) = blob_layout(size);
+            (w, h)
+        }
+        None => (16, 8),
     }
 }
 
@@ -519,16 +565,34 @@ impl Run {
                 count,
                 split,
             } => fresh(first, count, split),
-            Pages::Of(other) => match self.model.res.get(&other).and_then(|r| r.backing.clone()) {
-                Some(entries) => entries,
-                None => fresh(u64::from(other) * 7, 2, false),
-            },
+            Pages::Of(n) => {
+                let attached: Vec<&MRes> = self
+                    .model
+                    .res
+                    .values()
+                    .filter(|r| r.backing.is_some())
+                    .collect();
+                match attached.len() {
+                    0 => fresh(n as u64 * 7, 2, false),
+                    len => attached[n % len].backing.clone().unwrap(),
+                }
+            }
         };
         for &(addr, len) in &entries {
             let data = pattern(self.step.wrapping_mul(1000) + addr, len as usize);
             self.write(addr, &data);
         }
         entries
+    }
+
+    fn id(&self, target: Target) -> u32 {
+        match target {
+            Target::Live(n) => match self.model.res.len() {
+                0 => n as u32 + 1,
+                len => *self.model.res.keys().nth(n % len).unwrap(),
+            },
+            Target::Raw(id) => id,
+        }
     }
 
     fn kind(&self, id: u32) -> Option<Kind> {
@@ -560,18 +624,20 @@ impl Run {
                 )
             }
             Op::Attach { id, ref pages } => {
+                let id = self.id(id);
                 let entries = self.entries(pages);
                 (
                     Some(attach(id, &entries)),
                     self.model.attach(id, &entries, &mut x),
                 )
             }
-            Op::Detach { id } => (Some(detach(id)), self.model.detach(id, &mut x)),
+            Op::Detach { id } => {
+                let id = self.id(id);
+                (Some(detach(id)), self.model.detach(id, &mut x))
+            }
             Op::Transfer { id, part } => {
-                let r = match self.kind(id) {
-                    Some(Kind::TwoD { w, h }) => transfer_rect(w, h, part),
-                    _ => rect2d(0, 0, 1, 1),
-                };
+                let id = self.id(id);
+                let r = part.of(image_size(self.kind(id)));
                 let offset = match self.kind(id) {
                     Some(Kind::TwoD { w, .. }) => {
                         u64::from(r.y) * u64::from(w) * 4 + u64::from(r.x) * 4
@@ -581,27 +647,33 @@ impl Run {
                 let bytes = transfer(id, wire(r), offset);
                 (Some(bytes), self.model.transfer(id, part, &mut x))
             }
-            Op::Flush { id } => {
-                let bytes = flush(id, wire(flush_rect(self.kind(id))));
-                (Some(bytes), self.model.flush(id, &mut x))
+            Op::Flush { id, part } => {
+                let id = self.id(id);
+                let r = part.of(image_size(self.kind(id)));
+                (Some(flush(id, wire(r))), self.model.flush(id, r, &mut x))
             }
-            Op::SetScanout { id } => {
-                let r = flush_rect(self.kind(id));
+            Op::SetScanout { id, part } => {
+                let id = self.id(id);
+                let r = part.of(image_size(self.kind(id)));
                 (
                     Some(set_scanout(0, id, wire(r))),
-                    self.model.set_scanout(id, &mut x),
+                    self.model.set_scanout(id, part, &mut x),
                 )
             }
-            Op::SetScanoutBlob { id } => {
+            Op::SetScanoutBlob { id, part } => {
+                let id = self.id(id);
                 let size = match self.kind(id) {
                     Some(Kind::Blob { size }) => size,
                     _ => 4096,
                 };
                 let (w, h, stride, offset) = blob_layout(size);
-                let bytes = set_scanout_blob(0, id, rect(0, 0, w, h), (w, h), stride, offset);
-                (Some(bytes), self.model.set_scanout_blob(id, &mut x))
+                let bytes = set_scanout_blob(0, id, wire(part.of((w, h))), (w, h), stride, offset);
+                (Some(bytes), self.model.set_scanout_blob(id, part, &mut x))
             }
-            Op::Unref { id } => (Some(unref(id)), self.model.unref(id, &mut x)),
+            Op::Unref { id } => {
+                let id = self.id(id);
+                (Some(unref(id)), self.model.unref(id, &mut x))
+            }
             Op::Scribble { page, seed } => {
                 self.write(page * PAGE, &pattern(seed, PAGE as usize));
                 (None, Ok(()))
@@ -623,24 +695,6 @@ impl Run {
             let req = self.bench.decode(&bytes).expect("request decodes");
             let name = t::name(req.cmd.type_code());
             let resp = self.bench.dev.process(&req);
-            {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open("/tmp/model_stats.txt")
-                    .unwrap();
-                let v: Vec<String> = violations_of(
-                    &self
-                        .bench
-                        .dev
-                        .events(self.bench.dev.trace().last_seq().saturating_sub(5), None),
-                )
-                .iter()
-                .map(|(_, v, _)| format!("{v:?}"))
-                .collect();
-                writeln!(f, "{name} {:?} {}", resp.type_code(), v.join(",")).unwrap();
-            }
             let expected = x.resp.map_or(Response::OkNoData, Response::Err);
             prop_assert_eq!(&resp, &expected, "response");
             let events = self.bench.events();
@@ -712,7 +766,9 @@ impl Run {
     fn finish(&mut self) -> Result<(), TestCaseError> {
         let ids: Vec<u32> = self.model.res.keys().copied().collect();
         for id in ids {
-            self.step(&Op::Unref { id })?;
+            self.step(&Op::Unref {
+                id: Target::Raw(id),
+            })?;
         }
         prop_assert!(self.bench.dev.resources().is_empty());
         prop_assert_eq!(self.bench.dev.host_memory_used(), 0);

@@ -42,13 +42,16 @@ fn transfer_after_attaching_scattered_pages_makes_host_copy_equal_the_guest_patt
     let size = (w * h * 4) as usize;
     let extents = pages(&[7, 2, 17]);
     let content = pattern(1, size);
+    let zero = hash(&vec![0; size]);
     b.ok(&create_2d(1, XRGB, w, h));
-    b.scatter(&extents, &content);
     b.ok(&attach(1, &extents));
+    assert_eq!(b.info(1).backing_hash, Some(zero.clone()));
 
-    // Attaching alone copies nothing: the host copy is still zero.
+    // The guest writes after attaching: the backing is read live, and
+    // nothing reaches the host copy before the transfer.
+    b.scatter(&extents, &content);
     let info = b.info(1);
-    assert_eq!(info.host_hash, Some(hash(&vec![0; size])));
+    assert_eq!(info.host_hash, Some(zero));
     assert_eq!(info.backing_hash, Some(hash(&content)));
 
     b.ok(&transfer(1, rect(0, 0, w, h), 0));
@@ -123,6 +126,39 @@ fn evict_restore_cycles_keep_the_host_copy_byte_exact() {
         assert_eq!(b.info(1).host_hash, Some(hash(&content)));
         assert!(b.violations().is_empty());
     }
+}
+
+#[test]
+fn flushing_part_of_a_2d_scanout_sends_just_that_part() {
+    let mut b = Bench::simple();
+    let (w, h) = (64u32, 32u32);
+    let stride = (w * 4) as usize;
+    let content = pattern(9, stride * h as usize);
+    uploaded_2d(&mut b, 1, (w, h), &pages(&[2, 4]), &content);
+    // The scanout shows the 32x16 part of the resource at (16, 8).
+    b.ok(&set_scanout(0, 1, rect(16, 8, 32, 16)));
+    b.display.take();
+
+    // Damage inside the shown part, not at its corner.
+    b.ok(&flush(1, rect(20, 10, 8, 4)));
+    assert_eq!(
+        b.display.take(),
+        vec![Shown::Update {
+            scanout: 0,
+            rect: rect2d(4, 2, 8, 4),
+            pixels: crop(&content, 0, stride, rect2d(20, 10, 8, 4)),
+        }]
+    );
+    // Damage overlapping the shown part's corner is clipped to it.
+    b.ok(&flush(1, rect(0, 0, 24, 12)));
+    assert_eq!(
+        b.display.take(),
+        vec![Shown::Update {
+            scanout: 0,
+            rect: rect2d(0, 0, 8, 4),
+            pixels: crop(&content, 0, stride, rect2d(16, 8, 8, 4)),
+        }]
+    );
 }
 
 // ---- Protocol errors: change nothing, record a violation ------------------
