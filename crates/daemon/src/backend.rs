@@ -3,7 +3,7 @@
 //! model.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,8 +13,10 @@ use gpuswap_protocol::{ctrl_type, features, DecodeError, ErrorCode, Request, Res
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
-use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_config::{
+    VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::{
@@ -44,26 +46,35 @@ pub const GPU_FEATURES: u64 = 1 << features::VIRTIO_GPU_F_EDID
     | 1 << features::VIRTIO_GPU_F_RESOURCE_BLOB;
 
 /// The vhost-user backend: the device model plus per-connection state.
+///
+/// Each piece of state has its own lock rather than one around the whole
+/// backend: the worker may block on the display socket while it holds the
+/// device, waiting for QEMU, and QEMU may at the same time wait for us to
+/// answer a config-space read. Config reads touch no lock, so that cannot
+/// deadlock.
 pub struct GpuBackendDevice {
     /// Shared with the control socket, which must reach the device while
-    /// vhost-user-backend holds this backend's lock (e.g. during an
-    /// injected delay).
+    /// a request is delayed by fault injection.
     device: Arc<Mutex<Device>>,
-    mem: Option<GuestMemoryAtomic<GuestMemory>>,
-    event_idx: bool,
+    num_scanouts: u32,
+    mem: Mutex<Option<GuestMemoryAtomic<GuestMemory>>>,
+    event_idx: AtomicBool,
     acked_features: Arc<AtomicU64>,
-    scratch: Scratch,
+    /// Used by the one worker thread only.
+    scratch: Mutex<Scratch>,
 }
 
 impl GpuBackendDevice {
     pub fn new(config: DeviceConfig) -> io::Result<Self> {
         let renderer = RutabagaRenderer::new().map_err(io::Error::other)?;
+        let device = GpuDevice::new(config, renderer);
         Ok(GpuBackendDevice {
-            device: Arc::new(Mutex::new(GpuDevice::new(config, renderer))),
-            mem: None,
-            event_idx: false,
+            num_scanouts: device.num_scanouts(),
+            device: Arc::new(Mutex::new(device)),
+            mem: Mutex::default(),
+            event_idx: AtomicBool::new(false),
             acked_features: Arc::default(),
-            scratch: Scratch::default(),
+            scratch: Mutex::default(),
         })
     }
 
@@ -82,27 +93,29 @@ impl GpuBackendDevice {
     }
 
     /// The frontend went away: free everything and forget its memory.
-    pub fn disconnected(&mut self) {
+    pub fn disconnected(&self) {
         let mut device = self.device();
         device.reset();
         device.set_display(None);
         drop(device);
-        self.mem = None;
+        *self.mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.acked_features.store(0, Ordering::Relaxed);
-        self.event_idx = false;
+        self.event_idx.store(false, Ordering::Relaxed);
     }
 
-    fn process_queue(&mut self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
-        let Some(atomic) = self.mem.clone() else {
+    fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
+        let atomic = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(atomic) = atomic else {
             warn!("queue {queue} kicked before the memory table was set");
             return Ok(());
         };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
         loop {
-            if self.event_idx {
+            if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
             self.drain_queue(vring, queue, &atomic)?;
-            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 break;
             }
         }
@@ -110,12 +123,13 @@ impl GpuBackendDevice {
     }
 
     fn drain_queue(
-        &mut self,
+        &self,
         vring: &VringRwLock,
         queue: u16,
         atomic: &GuestMemoryAtomic<GuestMemory>,
     ) -> io::Result<()> {
         let mut completed = 0;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut device = lock(&self.device);
         loop {
             let mem = atomic.memory();
@@ -127,8 +141,7 @@ impl GpuBackendDevice {
                 break;
             };
             let head = chain.head_index();
-            let (used_len, delay) =
-                handle_chain(&mut device, &mut self.scratch, &mem, chain, queue);
+            let (used_len, delay) = handle_chain(&mut device, &mut scratch, &mem, chain, queue);
             if let Some(delay) = delay {
                 // Injected delay: this completion (and every later one, the
                 // queue being FIFO) reaches the guest that much later. The
@@ -271,7 +284,10 @@ fn handle_chain(
             // Linux sends cursor commands without a response buffer; on the
             // control queue a missing one is a driver bug worth a warning.
             if queue == CURSOR_QUEUE {
-                debug!("cursor {} without a response buffer", ctrl_type::name(hdr.type_));
+                debug!(
+                    "cursor {} without a response buffer",
+                    ctrl_type::name(hdr.type_)
+                );
             } else {
                 warn!(
                     "queue {queue}: {} request has no room for a response ({room} writable bytes)",
@@ -296,7 +312,7 @@ fn handle_chain(
     }
 }
 
-impl VhostUserBackendMut for GpuBackendDevice {
+impl VhostUserBackend for GpuBackendDevice {
     type Bitmap = ();
     type Vring = VringRwLock;
 
@@ -309,7 +325,13 @@ impl VhostUserBackendMut for GpuBackendDevice {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
+        // RING_RESET: QEMU's virtio-pci offers it to the guest whatever the
+        // backend says and passes the guest's ack on in SET_FEATURES, which
+        // vhost-user-backend refuses for bits we did not offer. vhost-user
+        // has no per-queue reset message; a queue reset stays inside QEMU
+        // (and the Linux virtio-gpu driver never resets a queue).
+        1 << VIRTIO_F_RING_RESET
+            | 1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_RING_F_EVENT_IDX
@@ -317,7 +339,7 @@ impl VhostUserBackendMut for GpuBackendDevice {
             | GPU_FEATURES
     }
 
-    fn acked_features(&mut self, features: u64) {
+    fn acked_features(&self, features: u64) {
         info!("frontend acked features {features:#x}");
         self.acked_features.store(features, Ordering::Relaxed);
     }
@@ -330,20 +352,20 @@ impl VhostUserBackendMut for GpuBackendDevice {
             | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
-    fn reset_device(&mut self) {
+    fn reset_device(&self) {
         info!("device reset: freeing every resource");
         self.device().reset();
     }
 
-    fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let config = VirtioGpuConfig {
             events_read: 0,
             events_clear: 0,
-            num_scanouts: self.device().num_scanouts(),
+            num_scanouts: self.num_scanouts,
             num_capsets: 0,
         };
         let bytes = config.as_slice();
@@ -352,21 +374,22 @@ impl VhostUserBackendMut for GpuBackendDevice {
         bytes[start..end].to_vec()
     }
 
-    fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Only events_clear is writable, and this device raises no events.
         debug!("config write of {} bytes at {offset} ignored", buf.len());
         Ok(())
     }
 
-    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
-        // Called with the backend locked, so no request is in flight: the
-        // device re-resolves every backing before the next one.
-        self.device().set_memory(mem.memory().into_inner());
-        self.mem = Some(mem);
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        // Under the device lock, so no request is in flight: the device
+        // re-resolves every backing before the next one runs.
+        let mut device = self.device();
+        device.set_memory(mem.memory().into_inner());
+        *self.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }
 
-    fn set_gpu_socket(&mut self, socket: GpuBackend) -> io::Result<()> {
+    fn set_gpu_socket(&self, socket: GpuBackend) -> io::Result<()> {
         info!("display socket connected");
         self.device()
             .set_display(Some(Box::new(SocketDisplay::new(socket))));
@@ -380,7 +403,7 @@ impl VhostUserBackendMut for GpuBackendDevice {
     }
 
     fn handle_event(
-        &mut self,
+        &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],

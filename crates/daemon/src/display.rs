@@ -5,8 +5,8 @@
 use gpuswap_device::{Display, DisplayMode, Rect2d};
 use log::warn;
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest,
-    VhostUserGpuProtocolFeatures, VhostUserGpuScanout, VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
+    VhostUserGpuUpdate,
 };
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
@@ -14,32 +14,56 @@ use vhost::vhost_user::GpuBackend;
 /// The frontend's display, reached over the socket from GPU_SET_SOCKET.
 pub struct SocketDisplay {
     socket: GpuBackend,
+    /// Whether the display protocol features were negotiated yet.
+    negotiated: bool,
     edid: bool,
     /// Set after the first send error, so a dead socket logs once.
     broken: bool,
 }
 
+/// `VHOST_USER_GPU_PROTOCOL_F_EDID` is bit 0. vhost 0.18's
+/// `VhostUserGpuProtocolFeatures::EDID` is declared with the *value* 0 (and
+/// DMABUF2 with 1, EDID's bit), so it cannot serve as a mask: with it the
+/// daemon never enabled EDID yet sent GET_EDID to every display.
+const PROTOCOL_F_EDID: u64 = 1 << 0;
+
 impl SocketDisplay {
-    /// Negotiates the display protocol features on a fresh socket.
+    /// Wraps a fresh display socket. Nothing is sent yet: QEMU hands the
+    /// socket over in a GPU_SET_SOCKET it waits to be acked, and answers
+    /// display messages only after that, so negotiating here would
+    /// deadlock. The first display call negotiates instead.
     pub fn new(socket: GpuBackend) -> Self {
-        let offered = socket
+        SocketDisplay {
+            socket,
+            negotiated: false,
+            edid: false,
+            broken: false,
+        }
+    }
+
+    fn negotiate(&mut self) {
+        if self.negotiated {
+            return;
+        }
+        self.negotiated = true;
+        let offered = self
+            .socket
             .get_protocol_features()
-            .map(|f| VhostUserGpuProtocolFeatures::from_bits_truncate(f.value))
+            .map(|f| f.value)
             .unwrap_or_else(|e| {
                 warn!("display socket: cannot read protocol features: {e}");
-                VhostUserGpuProtocolFeatures::empty()
+                0
             });
         // EDID is the only display feature we use; DMABUF2 needs dma-bufs,
         // which a shmem-backed 2D renderer does not have.
-        let wanted = offered & VhostUserGpuProtocolFeatures::EDID;
-        if let Err(e) = socket.set_protocol_features(&VhostUserU64::new(wanted.bits())) {
+        let wanted = offered & PROTOCOL_F_EDID;
+        if let Err(e) = self
+            .socket
+            .set_protocol_features(&VhostUserU64::new(wanted))
+        {
             warn!("display socket: cannot set protocol features: {e}");
         }
-        SocketDisplay {
-            socket,
-            edid: wanted.contains(VhostUserGpuProtocolFeatures::EDID),
-            broken: false,
-        }
+        self.edid = wanted & PROTOCOL_F_EDID != 0;
     }
 
     fn check(&mut self, what: &str, result: std::io::Result<()>) {
@@ -54,6 +78,7 @@ impl SocketDisplay {
 
 impl Display for SocketDisplay {
     fn display_info(&mut self) -> Option<Vec<DisplayMode>> {
+        self.negotiate();
         match self.socket.get_display_info() {
             Ok(info) => Some(
                 info.pmodes
@@ -73,6 +98,7 @@ impl Display for SocketDisplay {
     }
 
     fn edid(&mut self, scanout: u32) -> Option<Vec<u8>> {
+        self.negotiate();
         if !self.edid {
             return None;
         }
@@ -92,6 +118,7 @@ impl Display for SocketDisplay {
     }
 
     fn scanout(&mut self, scanout: u32, width: u32, height: u32) {
+        self.negotiate();
         let msg = VhostUserGpuScanout {
             scanout_id: scanout,
             width,
@@ -102,6 +129,7 @@ impl Display for SocketDisplay {
     }
 
     fn update(&mut self, scanout: u32, rect: Rect2d, pixels: &[u8]) {
+        self.negotiate();
         let msg = VhostUserGpuUpdate {
             scanout_id: scanout,
             x: rect.x,
@@ -122,6 +150,7 @@ impl Display for SocketDisplay {
         hot_y: u32,
         image: &[u8],
     ) {
+        self.negotiate();
         let Ok(image) = image.try_into() else {
             warn!("display socket: cursor image of {} bytes", image.len());
             return;
@@ -140,6 +169,7 @@ impl Display for SocketDisplay {
     }
 
     fn cursor_move(&mut self, scanout: u32, x: u32, y: u32) {
+        self.negotiate();
         let msg = VhostUserGpuCursorPos {
             scanout_id: scanout,
             x,
@@ -150,6 +180,7 @@ impl Display for SocketDisplay {
     }
 
     fn cursor_hide(&mut self, scanout: u32) {
+        self.negotiate();
         let msg = VhostUserGpuCursorPos {
             scanout_id: scanout,
             x: 0,

@@ -7,7 +7,7 @@ mod display;
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use gpuswap_device::DeviceConfig;
@@ -109,9 +109,9 @@ fn run(args: Args) -> Result<(), String> {
         scanouts: args.scanouts.clone(),
         ..DeviceConfig::default()
     };
-    let backend = Arc::new(RwLock::new(
+    let backend = Arc::new(
         GpuBackendDevice::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
-    ));
+    );
 
     let cleanup: Vec<PathBuf> = args
         .socket_path
@@ -122,11 +122,7 @@ fn run(args: Args) -> Result<(), String> {
     handle_termination(cleanup)?;
 
     if let Some(path) = &args.control_socket {
-        let handle = backend
-            .read()
-            .map_err(|_| "backend lock poisoned")?
-            .control_handle();
-        control::serve(path, handle)
+        control::serve(path, backend.control_handle())
             .map_err(|e| format!("cannot serve {}: {e}", path.display()))?;
     }
 
@@ -166,10 +162,13 @@ fn run(args: Args) -> Result<(), String> {
             }
             Err(e) => warn!("frontend connection ended: {e}"),
         }
-        if let Ok(mut backend) = backend.write() {
-            backend.disconnected();
-        }
+        backend.disconnected();
         if args.once {
+            // As on a signal, leave no dead socket behind (the listener
+            // unlinks the vhost-user one when dropped).
+            if let Some(path) = &args.control_socket {
+                let _ = std::fs::remove_file(path);
+            }
             return Ok(());
         }
     }

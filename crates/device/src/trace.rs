@@ -23,7 +23,10 @@ pub enum DetachReason {
     MemoryRemoved,
 }
 
-/// A broken protocol rule. Each is also an error response.
+/// A broken protocol rule. The offending request gets an error response and
+/// changes nothing, except `OverlappingBacking` (the attach goes through: the
+/// overlap is a guest bug to report, not to refuse) and `BackingLeftGuestRam`
+/// (raised by a memory-table change, not by a request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "violation")]
 pub enum Violation {

@@ -1,0 +1,359 @@
+//! Shared helpers for the daemon's integration tests: spawning the real
+//! `gpuswap-daemon` binary on temp sockets, a control-socket client, and
+//! pixel pattern / hash helpers matching the daemon's `host_hash` and
+//! `backing_hash` strings.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use gpuswap_frontend::{DisplayEvent, DisplayHandle, FrontendConfig, GpuFrontend};
+use gpuswap_protocol::wire::Rect;
+use serde_json::{json, Value};
+
+/// How long anything in these tests may take before it counts as hung.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Host memory the device charges per resource and per backing entry on
+/// top of host copies (`RESOURCE_OVERHEAD`, `ENTRY_OVERHEAD` in
+/// crates/device/src/device.rs).
+pub const RESOURCE_OVERHEAD: u64 = 256;
+pub const ENTRY_OVERHEAD: u64 = 32;
+
+/// The daemon binary Cargo built for these tests.
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_gpuswap-daemon");
+
+/// A running `gpuswap-daemon` on temp sockets, killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub control: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Spawns the daemon with `--socket-path`, `--control-socket` and
+    /// `extra` arguments, and waits until both sockets exist.
+    pub fn spawn(name: &str, extra: &[&str]) -> Daemon {
+        static N: AtomicU32 = AtomicU32::new(0);
+        // Unix socket paths are limited to 108 bytes: keep the name short.
+        let short: String = name.chars().take(24).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "gsd-{}-{}-{short}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("gpu.sock");
+        let control = dir.join("control.sock");
+        let log = dir.join("daemon.log");
+        let out = File::create(&log).expect("log file");
+        let child = Command::new(DAEMON)
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--control-socket")
+            .arg(&control)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn gpuswap-daemon");
+        let mut d = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            control,
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        while !(d.socket.exists() && d.control.exists()) {
+            assert!(d.is_alive(), "daemon exited at start:\n{}", d.log());
+            assert!(Instant::now() < deadline, "daemon sockets never appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d
+    }
+
+    /// Connects a frontend, panicking with the daemon log on failure.
+    pub fn connect(&self, config: FrontendConfig) -> GpuFrontend {
+        GpuFrontend::connect(&self.socket, config)
+            .unwrap_or_else(|e| panic!("connect: {e}\ndaemon log:\n{}", self.log()))
+    }
+
+    /// A new control-socket connection.
+    pub fn ctl(&self) -> Control {
+        Control::connect(&self.control)
+    }
+
+    /// The daemon's stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Panics (with the log) unless the process is still running.
+    pub fn assert_alive(&mut self) {
+        assert!(self.is_alive(), "daemon died:\n{}", self.log());
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("kill");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Polls the control socket until `pred(status)` holds.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut ctl = self.ctl();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st = ctl.status();
+            if pred(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{what}: last status {st}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon log ({}):\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// A control-socket client: one JSON request line, one response line.
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    pub fn connect(path: &Path) -> Control {
+        let deadline = Instant::now() + WAIT;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("control socket {}: {e}", path.display()),
+            }
+        };
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let writer = stream.try_clone().expect("dup");
+        Control {
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    /// Sends one raw line and parses the response line.
+    pub fn raw(&mut self, line: &str) -> Value {
+        writeln!(self.writer, "{line}").expect("control write");
+        self.read_line().expect("control response")
+    }
+
+    /// The next line from the daemon, parsed; None on EOF.
+    pub fn read_line(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("control read");
+        if n == 0 {
+            return None;
+        }
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}")))
+    }
+
+    /// Changes the read timeout (for streams).
+    pub fn set_read_timeout(&mut self, t: Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(t))
+            .expect("timeout");
+    }
+
+    /// Sends a request and returns the response, whatever it says.
+    pub fn request(&mut self, req: Value) -> Value {
+        self.raw(&req.to_string())
+    }
+
+    /// Sends a request that must succeed.
+    pub fn ok(&mut self, req: Value) -> Value {
+        let resp = self.request(req.clone());
+        assert_eq!(resp["ok"], true, "{req} -> {resp}");
+        resp
+    }
+
+    pub fn status(&mut self) -> Value {
+        self.ok(json!({"cmd": "status"}))
+    }
+
+    pub fn resources(&mut self) -> Vec<Value> {
+        let r = self.ok(json!({"cmd": "resources"}));
+        r["resources"].as_array().expect("resources array").clone()
+    }
+
+    pub fn resource(&mut self, id: u32) -> Option<Value> {
+        let r = self.ok(json!({"cmd": "resources", "id": id}));
+        r["resources"]
+            .as_array()
+            .expect("resources array")
+            .first()
+            .cloned()
+    }
+
+    /// The resource, which must be live.
+    pub fn live(&mut self, id: u32) -> Value {
+        self.resource(id)
+            .unwrap_or_else(|| panic!("resource {id} is not live"))
+    }
+
+    /// The whole `counters` response (counters plus resources,
+    /// host_memory_used and last_seq).
+    pub fn counters(&mut self) -> Value {
+        self.ok(json!({"cmd": "counters"}))
+    }
+
+    pub fn last_seq(&mut self) -> u64 {
+        self.counters()["last_seq"].as_u64().expect("last_seq")
+    }
+
+    pub fn trace(&mut self, after: u64, resource: Option<u32>) -> Vec<Value> {
+        let req = match resource {
+            Some(id) => json!({"cmd": "trace", "after": after, "resource": id}),
+            None => json!({"cmd": "trace", "after": after}),
+        };
+        self.ok(req)["events"].as_array().expect("events").clone()
+    }
+
+    pub fn fault(&mut self, req: Value) -> Value {
+        let mut req = req;
+        req["cmd"] = json!("fault");
+        self.ok(req)
+    }
+}
+
+/// Acked features from a status response.
+pub fn acked_features(status: &Value) -> u64 {
+    let s = status["acked_features"].as_str().expect("acked_features");
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
+}
+
+/// Deterministic, non-periodic bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// xxh3-64 as the daemon prints it (`host_hash`, `backing_hash`).
+pub fn hash_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+pub fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+/// The pixels of `r` inside an image `width` pixels wide with rows
+/// `stride` bytes apart starting at `offset`, packed row after row.
+pub fn sub_image(image: &[u8], stride: usize, offset: usize, r: Rect) -> Vec<u8> {
+    let mut out = Vec::with_capacity((r.width * r.height * 4) as usize);
+    for y in r.y..r.y + r.height {
+        let start = offset + y as usize * stride + r.x as usize * 4;
+        out.extend_from_slice(&image[start..start + r.width as usize * 4]);
+    }
+    out
+}
+
+/// Waits for a display event after index `mark` matching `pred`.
+pub fn wait_display(
+    display: &DisplayHandle,
+    mark: usize,
+    what: &str,
+    pred: impl FnMut(&DisplayEvent) -> bool,
+) -> DisplayEvent {
+    display
+        .wait_for(mark, WAIT, pred)
+        .unwrap_or_else(|| panic!("no {what} on the display channel"))
+}
+
+/// Waits for the next UPDATE after event index `mark`: (rect, pixels).
+pub fn next_update(display: &DisplayHandle, mark: usize) -> (Rect, Vec<u8>) {
+    match wait_display(display, mark, "UPDATE", |e| {
+        matches!(e, DisplayEvent::Update { .. })
+    }) {
+        DisplayEvent::Update {
+            x,
+            y,
+            width,
+            height,
+            data,
+            ..
+        } => (rect(x, y, width, height), data),
+        _ => unreachable!(),
+    }
+}
+
+/// Events of one kind (`"event"` field) from a trace.
+pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
