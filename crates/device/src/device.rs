@@ -493,12 +493,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
     }
 
     fn get_edid(&mut self, scanout: u32) -> CmdResult {
-        if scanout as usize >= self.scanouts.len() {
-            return Err(fail(
-                ErrorCode::InvalidScanoutId,
-                format!("scanout {scanout} does not exist"),
-            ));
-        }
+        self.check_scanout_id(scanout)?;
         let blob = self.display.as_mut().and_then(|d| d.edid(scanout));
         let blob = blob.unwrap_or_else(|| {
             let (w, h) = self
@@ -876,19 +871,39 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         Ok(Response::OkNoData)
     }
 
-    fn set_scanout(&mut self, args: &wire::SetScanout, name: &'static str) -> CmdResult {
-        let scanout = args.scanout_id;
-        if scanout as usize >= self.scanouts.len() {
-            return Err(fail(
+    fn check_scanout_id(&self, scanout: u32) -> Result<(), Failure> {
+        if (scanout as usize) < self.scanouts.len() {
+            Ok(())
+        } else {
+            Err(fail(
                 ErrorCode::InvalidScanoutId,
                 format!("scanout {scanout} does not exist"),
-            ));
+            ))
         }
-        let id = args.resource_id;
+    }
+
+    /// What SET_SCANOUT and SET_SCANOUT_BLOB check first: the scanout must
+    /// exist; resource 0 turns it off (`None`); any other resource must be
+    /// live and attached.
+    fn scanout_resource(
+        &mut self,
+        scanout: u32,
+        id: u32,
+        name: &'static str,
+    ) -> Result<Option<ResourceKind>, Failure> {
+        self.check_scanout_id(scanout)?;
         if id == 0 {
-            return Ok(self.disable_scanout(scanout));
+            self.disable_scanout(scanout);
+            return Ok(None);
         }
-        let kind = self.attached(id, name)?;
+        self.attached(id, name).map(Some)
+    }
+
+    fn set_scanout(&mut self, args: &wire::SetScanout, name: &'static str) -> CmdResult {
+        let (scanout, id) = (args.scanout_id, args.resource_id);
+        let Some(kind) = self.scanout_resource(scanout, id, name)? else {
+            return Ok(Response::OkNoData);
+        };
         let ResourceKind::TwoD { width, height, .. } = kind else {
             return Err(fail(
                 ErrorCode::InvalidParameter,
@@ -905,18 +920,10 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
     }
 
     fn set_scanout_blob(&mut self, args: &wire::SetScanoutBlob, name: &'static str) -> CmdResult {
-        let scanout = args.scanout_id;
-        if scanout as usize >= self.scanouts.len() {
-            return Err(fail(
-                ErrorCode::InvalidScanoutId,
-                format!("scanout {scanout} does not exist"),
-            ));
-        }
-        let id = args.resource_id;
-        if id == 0 {
-            return Ok(self.disable_scanout(scanout));
-        }
-        let kind = self.attached(id, name)?;
+        let (scanout, id) = (args.scanout_id, args.resource_id);
+        let Some(kind) = self.scanout_resource(scanout, id, name)? else {
+            return Ok(Response::OkNoData);
+        };
         let ResourceKind::GuestBlob { size, .. } = kind else {
             return Err(fail(
                 ErrorCode::InvalidParameter,
@@ -1099,12 +1106,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
 
     fn update_cursor(&mut self, args: &wire::UpdateCursor, name: &'static str) -> CmdResult {
         let pos = args.pos;
-        if pos.scanout_id as usize >= self.scanouts.len() {
-            return Err(fail(
-                ErrorCode::InvalidScanoutId,
-                format!("scanout {} does not exist", pos.scanout_id),
-            ));
-        }
+        self.check_scanout_id(pos.scanout_id)?;
         if args.resource_id == 0 {
             if let Some(d) = self.display.as_mut() {
                 d.cursor_hide(pos.scanout_id);

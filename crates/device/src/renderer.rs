@@ -1,6 +1,7 @@
 //! The renderer seam: what the device model needs from a 2D renderer, and
 //! its implementation over `rutabaga_gfx`'s 2D component.
 
+use std::collections::HashMap;
 use std::io::IoSliceMut;
 
 use rutabaga_gfx::{
@@ -91,6 +92,8 @@ impl From<gpuswap_protocol::wire::Rect> for Rect2d {
 /// `rutabaga_gfx`'s 2D component behind the [`Renderer`] seam.
 pub struct RutabagaRenderer {
     rutabaga: Rutabaga,
+    /// Each resource's current iovecs, for transfers that need them padded.
+    backings: HashMap<u32, Vec<HostIovec>>,
 }
 
 // SAFETY: `Rutabaga` is not `Send` only because it stores its components
@@ -110,8 +113,21 @@ impl RutabagaRenderer {
             .set_default_component(RutabagaComponentType::Rutabaga2D)
             .build()
             .map_err(|e| RendererError(format!("cannot build rutabaga 2D: {e}")))?;
-        Ok(RutabagaRenderer { rutabaga })
+        Ok(RutabagaRenderer {
+            rutabaga,
+            backings: HashMap::new(),
+        })
     }
+}
+
+fn rutabaga_iovecs(iovecs: &[HostIovec]) -> Vec<RutabagaIovec> {
+    iovecs
+        .iter()
+        .map(|v| RutabagaIovec {
+            base: v.base.cast(),
+            len: v.len,
+        })
+        .collect()
 }
 
 fn err(what: &str, id: u32) -> impl FnOnce(rutabaga_gfx::RutabagaError) -> RendererError + '_ {
@@ -154,19 +170,15 @@ impl Renderer for RutabagaRenderer {
     }
 
     unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> RendererResult<()> {
-        let vecs = iovecs
-            .iter()
-            .map(|v| RutabagaIovec {
-                base: v.base.cast(),
-                len: v.len,
-            })
-            .collect();
         self.rutabaga
-            .attach_backing(id, vecs)
-            .map_err(err("attach", id))
+            .attach_backing(id, rutabaga_iovecs(iovecs))
+            .map_err(err("attach", id))?;
+        self.backings.insert(id, iovecs.to_vec());
+        Ok(())
     }
 
     fn detach_backing(&mut self, id: u32) -> RendererResult<()> {
+        self.backings.remove(&id);
         self.rutabaga.detach_backing(id).map_err(err("detach", id))
     }
 
@@ -180,15 +192,38 @@ impl Renderer for RutabagaRenderer {
         // Rutabaga adds the rect's own position to the offset; take it off
         // so the offset means what it does in QEMU and the Linux driver.
         let position = u64::from(rect.y) * u64::from(stride) + u64::from(rect.x) * 4;
-        let base = offset.checked_sub(position).ok_or_else(|| {
-            RendererError(format!(
-                "transfer of resource {id}: offset {offset} is before the rect at {position}"
-            ))
-        })?;
-        let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, base);
+        if let Some(base) = offset.checked_sub(position) {
+            let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, base);
+            return self
+                .rutabaga
+                .transfer_write(0, id, transfer, None)
+                .map_err(err("transfer", id));
+        }
+        // The rect's data starts before its own position (e.g. a packed
+        // sub-rect at offset 0). Rutabaga has no negative base: put a pad
+        // of the difference in front of the backing for this one transfer.
+        // Rutabaga never reads the pad: its first read is at `position`.
+        let backing = self
+            .backings
+            .get(&id)
+            .ok_or_else(|| RendererError(format!("transfer of resource {id}: no backing")))?;
+        let mut pad = vec![0u8; (position - offset) as usize];
+        let mut padded = vec![HostIovec {
+            base: pad.as_mut_ptr(),
+            len: pad.len(),
+        }];
+        padded.extend_from_slice(backing);
+        let original = rutabaga_iovecs(backing);
+        let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
+        let result = self
+            .rutabaga
+            .attach_backing(id, rutabaga_iovecs(&padded))
+            .and_then(|_| self.rutabaga.transfer_write(0, id, transfer, None));
+        // Put the real backing back before `pad` goes away.
         self.rutabaga
-            .transfer_write(0, id, transfer, None)
-            .map_err(err("transfer", id))
+            .attach_backing(id, original)
+            .map_err(err("re-attach", id))?;
+        result.map_err(err("transfer", id))
     }
 
     fn read_host_copy(
@@ -228,6 +263,7 @@ impl Renderer for RutabagaRenderer {
     }
 
     fn unref(&mut self, id: u32) -> RendererResult<()> {
+        self.backings.remove(&id);
         self.rutabaga.unref_resource(id).map_err(err("unref", id))
     }
 }
@@ -261,6 +297,44 @@ mod tests {
         let mut out = vec![0u8; 32];
         r.read_host_copy(1, full, &mut out, 16).unwrap();
         assert_eq!(out, backing);
+        r.unref(1).unwrap();
+    }
+
+    #[test]
+    fn packed_sub_rect_before_its_position_lands_where_it_belongs() {
+        let mut r = RutabagaRenderer::new().unwrap();
+        r.create_2d(1, gpuswap_protocol::format::B8G8R8X8_UNORM, 4, 2)
+            .unwrap();
+        // Row 1 of the image, packed at the start of the backing (offset 0
+        // is before the rect's own position 16): QEMU's convention.
+        let mut backing: Vec<u8> = (100..132).collect();
+        let iov = [HostIovec {
+            base: backing.as_mut_ptr(),
+            len: backing.len(),
+        }];
+        // SAFETY: `backing` outlives the attachment: it is unreferenced below.
+        unsafe { r.attach_backing(1, &iov).unwrap() };
+        let row1 = Rect2d {
+            x: 0,
+            y: 1,
+            width: 4,
+            height: 1,
+        };
+        r.transfer_to_host_2d(1, row1, 0, 16).unwrap();
+        let mut image = vec![0u8; 32];
+        let full = Rect2d {
+            x: 0,
+            y: 0,
+            width: 4,
+            height: 2,
+        };
+        r.read_host_copy(1, full, &mut image, 16).unwrap();
+        assert_eq!(&image[..16], &[0u8; 16], "row 0 untouched");
+        assert_eq!(&image[16..], &backing[..16], "row 1 from the packed data");
+        // The real backing is back: an ordinary transfer still works.
+        r.transfer_to_host_2d(1, full, 0, 16).unwrap();
+        r.read_host_copy(1, full, &mut image, 16).unwrap();
+        assert_eq!(image, backing);
         r.unref(1).unwrap();
     }
 }
