@@ -207,3 +207,45 @@ fn bad_arguments_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// libvirt's way: the daemon serves an already bound socket it inherits.
+#[test]
+fn fd_serves_an_inherited_listening_socket() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+
+    let dir = std::env::temp_dir().join(format!("gsd-{}-fd", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("gpu.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    // Rust opens sockets close-on-exec; the daemon must inherit this one.
+    fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear FD_CLOEXEC");
+    let fd = listener.as_raw_fd().to_string();
+    let mut child = Command::new(DAEMON)
+        .args(["--fd", &fd, "--once"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn gpuswap-daemon --fd");
+    drop(listener);
+
+    let mut gpu = GpuFrontend::connect(&path, FrontendConfig::default().headless())
+        .expect("connect through the inherited socket");
+    gpu.resource_create_2d(1, FMT, 64, 64)
+        .expect("the daemon serves requests");
+    drop(gpu);
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--once daemon did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
