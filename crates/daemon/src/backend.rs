@@ -228,9 +228,15 @@ fn handle_chain(
 
     let readable = reader.available_bytes();
     let limit = max_request_len(device);
-    scratch.request.clear();
-    scratch.request.resize(readable.min(limit), 0);
-    if let Err(e) = reader.read_exact(&mut scratch.request) {
+    // The buffer only grows (zeroing megabytes for every large request
+    // that follows a small one would cost more than reading them), and
+    // `read_exact` overwrites the part used.
+    let len = readable.min(limit);
+    if scratch.request.len() < len {
+        scratch.request.resize(len, 0);
+    }
+    let request = &mut scratch.request[..len];
+    if let Err(e) = reader.read_exact(request) {
         warn!("queue {queue}: cannot read request: {e}");
         return (0, None);
     }
@@ -240,10 +246,9 @@ fn handle_chain(
         // Too large to be any valid request; answer from its header.
         let mut hdr = CtrlHeader::default();
         let hdr_len = size_of::<CtrlHeader>();
-        let have_hdr = scratch.request.len() >= hdr_len;
+        let have_hdr = request.len() >= hdr_len;
         if have_hdr {
-            hdr.as_mut_slice()
-                .copy_from_slice(&scratch.request[..hdr_len]);
+            hdr.as_mut_slice().copy_from_slice(&request[..hdr_len]);
         }
         let err = DecodeError::TooManyEntries {
             nr_entries: u32::try_from((readable - size_of::<CtrlHeader>()) / size_of::<MemEntry>())
@@ -252,9 +257,9 @@ fn handle_chain(
         };
         Err((have_hdr.then_some(hdr), err))
     } else if queue == CURSOR_QUEUE {
-        Request::decode_cursor(&scratch.request)
+        Request::decode_cursor(request)
     } else {
-        Request::decode_ctrl(&scratch.request, max_entries)
+        Request::decode_ctrl(request, max_entries)
     };
 
     let (hdr, response, delay) = match decoded {

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice,
+};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::renderer::HostIovec;
@@ -68,30 +70,59 @@ pub fn resolve<M: GuestMemoryBackend>(
     extents: &[GuestExtent],
 ) -> Result<Vec<HostIovec>, BackingError> {
     let mut iovecs: Vec<HostIovec> = Vec::with_capacity(extents.len());
+    // The region of the previous extent: backings are mostly in one
+    // region, so most extents skip the region lookup.
+    let mut last: Option<&M::R> = None;
     for (index, e) in extents.iter().enumerate() {
+        if e.len == 0 {
+            continue;
+        }
         let outside = || BackingError::OutsideGuestRam {
             index,
             addr: e.addr,
             len: e.len,
         };
+        let inside = |r: &M::R| {
+            let start = r.start_addr().0;
+            e.addr >= start && e.end() - start <= r.len()
+        };
+        let region = match last {
+            Some(r) if inside(r) => Some(r),
+            _ => mem.find_region(GuestAddress(e.addr)).filter(|r| inside(r)),
+        };
+        // Fast path: the whole extent is in one region.
+        if let Some(base) = region.and_then(|r| {
+            r.get_host_address(MemoryRegionAddress(e.addr - r.start_addr().0))
+                .ok()
+        }) {
+            last = region;
+            push_merged(&mut iovecs, base, e.len as usize);
+            continue;
+        }
+        // An extent crossing regions (or partly outside guest RAM).
         let mut covered = 0usize;
         for slice in mem.get_slices(GuestAddress(e.addr), e.len as usize) {
             let slice = slice.map_err(|_| outside())?;
-            let base = slice.ptr_guard_mut().as_ptr();
-            let len = slice.len();
-            covered += len;
-            match iovecs.last_mut() {
-                // SAFETY: only computes the one-past-the-end address of
-                // an iovec inside a mapped guest region; nothing is read.
-                Some(last) if unsafe { last.base.add(last.len) } == base => last.len += len,
-                _ => iovecs.push(HostIovec { base, len }),
-            }
+            covered += slice.len();
+            push_merged(&mut iovecs, slice.ptr_guard_mut().as_ptr(), slice.len());
         }
         if covered != e.len as usize {
             return Err(outside());
         }
     }
     Ok(iovecs)
+}
+
+/// Appends `len` bytes at `base`, extending the last iovec when `base`
+/// follows it on the host.
+fn push_merged(iovecs: &mut Vec<HostIovec>, base: *mut u8, len: usize) {
+    match iovecs.last_mut() {
+        // Only compares addresses: `wrapping_add` computes the one-past-
+        // the-end address of an iovec inside a mapped region; nothing is
+        // read.
+        Some(last) if last.base.wrapping_add(last.len) == base => last.len += len,
+        _ => iovecs.push(HostIovec { base, len }),
+    }
 }
 
 /// Hashes the first `len` bytes of a backing with xxh3-64, reading guest
@@ -176,24 +207,61 @@ pub fn read_backing<M: GuestMemoryBackend>(
     }
 }
 
-/// Which live resource's backing covers each guest page.
+/// Which live resources' backings cover each guest page.
 ///
 /// Page granularity is exact for Linux guests, which back buffers with
 /// whole pages; two resources sharing a page with disjoint byte ranges
 /// would be reported too, and no known driver does that.
+///
+/// A bitmap per memory region says which pages some backing covers, and
+/// each resource's claimed extents are kept. Claiming pages nobody holds
+/// (every well-behaved attach) and releasing pages held by one resource
+/// (every detach while no overlap exists) touch only the bitmap: one bit
+/// per page, so a 1 GiB backing scattered over guest RAM touches a few
+/// thousand cache lines instead of a word per page. Who holds a page is
+/// worked out from the kept extents only when a claim finds it taken.
 #[derive(Debug, Default)]
 pub struct PageOwners {
     regions: Vec<RegionOwners>,
-    /// Further owners of pages claimed by more than one live resource
-    /// (only after an overlap violation), so that releasing the first
-    /// owner does not hide an overlap between the ones still holding it.
+    /// What each resource claimed, for finding the owners of a page
+    /// another claim collides with.
+    claims: BTreeMap<u32, Vec<GuestExtent>>,
+    /// Pages held by more than one live resource (only after an overlap
+    /// violation), with every holder.
     shared: BTreeMap<u64, Vec<u32>>,
+    /// The buffer of the last released claim, reused by the next claim:
+    /// a fresh multi-megabyte allocation per attach costs a page fault per
+    /// page.
+    spare: Vec<GuestExtent>,
 }
 
 #[derive(Debug)]
 struct RegionOwners {
+    /// First page (the region's start rounded down to a page).
     start: u64,
-    owners: Vec<u32>,
+    /// Pages with a bit here: the region's pages plus one, for a region
+    /// that does not end on a page boundary.
+    slots: usize,
+    /// One bit per page: some live backing covers it.
+    held: Vec<u64>,
+}
+
+/// Calls `f(word, mask)` for the words holding bits `first..first + count`
+/// of `bits`, with `mask` selecting those bits in each word.
+fn for_each_word(bits: &mut [u64], first: usize, count: usize, mut f: impl FnMut(&mut u64, u64)) {
+    let end = first + count;
+    let mut i = first;
+    while i < end {
+        let bit = i % 64;
+        let n = (64 - bit).min(end - i);
+        let mask = if n == 64 {
+            !0
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        f(&mut bits[i / 64], mask);
+        i += n;
+    }
 }
 
 impl PageOwners {
@@ -201,74 +269,247 @@ impl PageOwners {
     pub fn for_memory<M: GuestMemoryBackend>(mem: &M) -> Self {
         let mut regions: Vec<RegionOwners> = mem
             .iter()
-            .map(|r| RegionOwners {
-                start: r.start_addr().0 & !(PAGE_SIZE - 1),
-                owners: vec![0; (r.len().div_ceil(PAGE_SIZE) + 1) as usize],
+            .map(|r| {
+                let slots = (r.len().div_ceil(PAGE_SIZE) + 1) as usize;
+                RegionOwners {
+                    start: r.start_addr().0 & !(PAGE_SIZE - 1),
+                    slots,
+                    held: vec![0; slots.div_ceil(64)],
+                }
             })
             .collect();
         regions.sort_by_key(|r| r.start);
         PageOwners {
             regions,
-            shared: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
-    fn slot(regions: &mut [RegionOwners], page_addr: u64) -> Option<&mut u32> {
-        let i = regions.partition_point(|r| r.start <= page_addr);
-        let region = regions.get_mut(i.checked_sub(1)?)?;
-        let index = ((page_addr - region.start) / PAGE_SIZE) as usize;
-        region.owners.get_mut(index)
+    /// Calls `f(region, first slot, count)` for the runs of pages that `e`
+    /// touches and that have a slot; pages outside every region are
+    /// skipped. The region of a page is the last one starting at or below
+    /// it.
+    fn for_each_run(
+        regions: &mut [RegionOwners],
+        e: &GuestExtent,
+        mut f: impl FnMut(&mut RegionOwners, usize, usize),
+    ) {
+        let end = e.end();
+        let mut page = e.addr & !(PAGE_SIZE - 1);
+        while page < end {
+            let i = regions.partition_point(|r| r.start <= page);
+            // Where the next region takes over (regions are sorted).
+            let next = regions.get(i).map(|r| r.start);
+            let region = i.checked_sub(1).and_then(|i| regions.get_mut(i));
+            let (first, count) = match region {
+                Some(ref r) => {
+                    let first = ((page - r.start) / PAGE_SIZE) as usize;
+                    let mut count = ((end - page).div_ceil(PAGE_SIZE) as usize)
+                        .min(r.slots.saturating_sub(first));
+                    if let Some(next) = next {
+                        count = count.min(((next - page) / PAGE_SIZE) as usize);
+                    }
+                    (first, count)
+                }
+                None => (0, 0),
+            };
+            match region {
+                Some(r) if count > 0 => {
+                    f(r, first, count);
+                    page += count as u64 * PAGE_SIZE;
+                }
+                // Below the first region, or past this region's slots:
+                // nothing until the next region.
+                _ => match next {
+                    Some(start) => page = start,
+                    None => return,
+                },
+            }
+        }
     }
 
-    /// Marks the pages of `extents` as owned by `id`. Returns the other
-    /// live resources that already own one of those pages.
-    pub fn claim(&mut self, id: u32, extents: &[GuestExtent]) -> Vec<u32> {
-        let mut conflicts = Vec::new();
+    /// Where the region holding the page at `page` starts and where its
+    /// pages end (its last slot, or where the next region takes over).
+    fn span(regions: &[RegionOwners], page: u64) -> Option<(usize, u64, u64)> {
+        let i = regions
+            .partition_point(|r| r.start <= page)
+            .checked_sub(1)?;
+        let r = &regions[i];
+        let mut end = r.start.saturating_add(r.slots as u64 * PAGE_SIZE);
+        if let Some(next) = regions.get(i + 1) {
+            end = end.min(next.start);
+        }
+        Some((i, r.start, end))
+    }
+
+    /// Calls `f(region, first slot, count)` like [`Self::for_each_run`],
+    /// for every extent; extents wholly inside the region of the one
+    /// before skip the region lookup (backings mostly lie in one region).
+    fn for_each_extent_run(
+        regions: &mut [RegionOwners],
+        extents: &[GuestExtent],
+        mut f: impl FnMut(&mut RegionOwners, usize, usize),
+    ) {
+        let mut cached: Option<(usize, u64, u64)> = None;
         for e in extents {
-            let mut page = e.addr & !(PAGE_SIZE - 1);
-            while page < e.end() {
-                if let Some(owner) = Self::slot(&mut self.regions, page) {
-                    if *owner == 0 {
-                        *owner = id;
-                    } else if *owner != id {
-                        let others = self.shared.entry(page).or_default();
-                        for &other in std::iter::once(&*owner).chain(others.iter()) {
-                            if other != id && !conflicts.contains(&other) {
-                                conflicts.push(other);
-                            }
-                        }
-                        if !others.contains(&id) {
-                            others.push(id);
-                        }
+            let page = e.addr & !(PAGE_SIZE - 1);
+            let end = e.end();
+            if !matches!(cached, Some((_, lo, hi)) if page >= lo && end <= hi) {
+                cached = Self::span(regions, page);
+            }
+            match cached {
+                Some((i, lo, hi)) if page >= lo && end <= hi => {
+                    let r = &mut regions[i];
+                    let first = ((page - r.start) / PAGE_SIZE) as usize;
+                    f(r, first, (end - page).div_ceil(PAGE_SIZE) as usize);
+                }
+                _ => Self::for_each_run(regions, e, &mut f),
+            }
+        }
+    }
+
+    /// Marks the pages of `extents` as held by `id`. Returns the other
+    /// live resources that already hold one of those pages.
+    pub fn claim(&mut self, id: u32, extents: &[GuestExtent]) -> Vec<u32> {
+        // Pages some backing already covered, in the order met.
+        let mut taken = Vec::new();
+        Self::for_each_extent_run(&mut self.regions, extents, |region, first, count| {
+            let start = region.start;
+            if count == 1 {
+                let word = &mut region.held[first / 64];
+                let bit = 1u64 << (first % 64);
+                if *word & bit != 0 {
+                    taken.push(start + first as u64 * PAGE_SIZE);
+                }
+                *word |= bit;
+                return;
+            }
+            let mut word_base = first & !63;
+            for_each_word(&mut region.held, first, count, |word, mask| {
+                let mut hit = *word & mask;
+                while hit != 0 {
+                    let bit = hit.trailing_zeros() as usize;
+                    taken.push(start + (word_base + bit) as u64 * PAGE_SIZE);
+                    hit &= hit - 1;
+                }
+                *word |= mask;
+                word_base += 64;
+            });
+        });
+        let conflicts = if taken.is_empty() {
+            Vec::new()
+        } else {
+            self.record_overlaps(id, &taken)
+        };
+        let spare = &mut self.spare;
+        self.claims
+            .entry(id)
+            .or_insert_with(|| std::mem::take(spare))
+            .extend_from_slice(extents);
+        conflicts
+    }
+
+    /// `id` claims pages that were already held (`taken`, in the order
+    /// met, maybe repeated): finds their other holders from the kept
+    /// claims, records the pages as shared, and returns the other holders
+    /// in the order their pages were met. A page only `id` itself holds
+    /// (an entry repeated in its own backing) is no overlap.
+    fn record_overlaps(&mut self, id: u32, taken: &[u64]) -> Vec<u32> {
+        let mut pages = taken.to_vec();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut holders: Vec<Vec<u32>> = vec![Vec::new(); pages.len()];
+        for (&other, extents) in &self.claims {
+            if other == id {
+                continue;
+            }
+            for e in extents {
+                let mut k = pages.partition_point(|&p| p < e.addr & !(PAGE_SIZE - 1));
+                while k < pages.len() && pages[k] < e.end() {
+                    if holders[k].last() != Some(&other) {
+                        holders[k].push(other);
+                    }
+                    k += 1;
+                }
+            }
+        }
+        for (&page, others) in pages.iter().zip(&holders) {
+            if others.is_empty() {
+                continue;
+            }
+            let all = self.shared.entry(page).or_insert_with(|| others.clone());
+            if !all.contains(&id) {
+                all.push(id);
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut conflicts = Vec::new();
+        for page in taken {
+            if let Ok(k) = pages.binary_search(page) {
+                for &other in &holders[k] {
+                    if seen.insert(other) {
+                        conflicts.push(other);
                     }
                 }
-                page += PAGE_SIZE;
             }
         }
         conflicts
     }
 
-    /// Releases the pages of `extents` that `id` owns; a page another
-    /// resource also claimed passes to that one.
+    /// Releases the pages `id` claimed; a page another resource also holds
+    /// stays held by that one. `extents` are what `id` claimed: the kept
+    /// claim is what gets released, so a resource that claimed nothing
+    /// here (e.g. one whose backing left guest RAM when the memory table
+    /// changed) releases nothing.
     pub fn release(&mut self, id: u32, extents: &[GuestExtent]) {
-        for e in extents {
-            let mut page = e.addr & !(PAGE_SIZE - 1);
-            while page < e.end() {
-                if let Some(owner) = Self::slot(&mut self.regions, page) {
-                    if let Some(others) = self.shared.get_mut(&page) {
-                        others.retain(|&o| o != id);
-                        if *owner == id {
-                            *owner = others.pop().unwrap_or(0);
-                        }
-                        if others.is_empty() {
-                            self.shared.remove(&page);
-                        }
-                    } else if *owner == id {
-                        *owner = 0;
+        let Some(claimed) = self.claims.remove(&id) else {
+            return;
+        };
+        debug_assert!(
+            claimed == extents,
+            "resource {id} releases what it did not claim"
+        );
+        // Pages `id` shares with others stay held by them.
+        let mut kept = Vec::new();
+        if !self.shared.is_empty() {
+            for e in &claimed {
+                kept.extend(
+                    self.shared
+                        .range(e.addr & !(PAGE_SIZE - 1)..e.end())
+                        .map(|(&page, _)| page),
+                );
+            }
+            kept.sort_unstable();
+            kept.dedup();
+            for page in &kept {
+                if let Some(all) = self.shared.get_mut(page) {
+                    all.retain(|&o| o != id);
+                    if all.len() <= 1 {
+                        self.shared.remove(page);
                     }
                 }
-                page += PAGE_SIZE;
             }
+        }
+        Self::for_each_extent_run(&mut self.regions, &claimed, |region, first, count| {
+            if count == 1 {
+                region.held[first / 64] &= !(1u64 << (first % 64));
+            } else {
+                for_each_word(&mut region.held, first, count, |word, mask| *word &= !mask);
+            }
+        });
+        for &page in &kept {
+            let e = GuestExtent {
+                addr: page,
+                len: PAGE_SIZE as u32,
+            };
+            Self::for_each_run(&mut self.regions, &e, |region, first, _| {
+                region.held[first / 64] |= 1 << (first % 64);
+            });
+        }
+        if claimed.capacity() > self.spare.capacity() {
+            let mut claimed = claimed;
+            claimed.clear();
+            self.spare = claimed;
         }
     }
 }
@@ -348,6 +589,126 @@ mod tests {
             hash_backing(&mem, &extents, 2).unwrap(),
             xxhash_rust::xxh3::xxh3_64(&[1, 2])
         );
+    }
+
+    /// The run walk visits exactly the slots a per-page lookup finds:
+    /// regions with gaps between them, adjacent regions, extents that
+    /// start below, cross, or run past regions.
+    #[test]
+    fn page_walk_matches_per_page_lookup() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0x2000), 0x3000),
+            (GuestAddress(0x5000), 0x2000),
+            (GuestAddress(0x10000), 0x1800),
+        ])
+        .unwrap();
+        let mut owners = PageOwners::for_memory(&mem);
+        let reference = |regions: &[RegionOwners], page: u64| -> Option<(usize, usize)> {
+            let i = regions
+                .partition_point(|r| r.start <= page)
+                .checked_sub(1)?;
+            let index = ((page - regions[i].start) / PAGE_SIZE) as usize;
+            (index < regions[i].slots).then_some((i, index))
+        };
+        let starts: Vec<u64> = owners.regions.iter().map(|r| r.start).collect();
+        for addr in (0..0x14000u64).step_by(0x800) {
+            for len in [1u32, 0x800, 0x1000, 0x1001, 0x3000, 0x6000, 0x10000] {
+                let e = GuestExtent { addr, len };
+                let mut want = Vec::new();
+                let mut page = addr & !(PAGE_SIZE - 1);
+                while page < e.end() {
+                    if let Some(slot) = reference(&owners.regions, page) {
+                        want.push((page, slot));
+                    }
+                    page += PAGE_SIZE;
+                }
+                let mut got = Vec::new();
+                PageOwners::for_each_run(&mut owners.regions, &e, |region, first, count| {
+                    let i = starts.iter().position(|&s| s == region.start).unwrap();
+                    for k in first..first + count {
+                        got.push((region.start + k as u64 * PAGE_SIZE, (i, k)));
+                    }
+                });
+                assert_eq!(got, want, "extent {e:?}");
+            }
+        }
+    }
+
+    /// Random claims and releases against a plain model: which resources
+    /// hold each page, and which overlaps a claim reports.
+    #[test]
+    fn page_owners_match_a_model() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x40000),
+            (GuestAddress(0x40000), 0x20000),
+            (GuestAddress(0x100000), 0x30000),
+        ])
+        .unwrap();
+        let mut owners = PageOwners::for_memory(&mem);
+        let mut model: BTreeMap<u32, Vec<GuestExtent>> = BTreeMap::new();
+        let pages_of = |ext: &[GuestExtent]| -> BTreeSet<u64> {
+            ext.iter()
+                .flat_map(|e| (e.addr / PAGE_SIZE)..e.end().div_ceil(PAGE_SIZE))
+                .collect()
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..3000 {
+            let id = 1 + rand(6) as u32;
+            if let Some(ext) = model.remove(&id) {
+                owners.release(id, &ext);
+            } else {
+                // Entries inside guest RAM (attach refuses others); the
+                // first two regions are adjacent, so entries may cross.
+                let ext: Vec<GuestExtent> = (0..1 + rand(5))
+                    .map(|_| {
+                        let len = 1 + rand(0x6000);
+                        let (base, size) = if rand(2) == 0 {
+                            (0, 0x60000)
+                        } else {
+                            (0x100000, 0x30000)
+                        };
+                        GuestExtent {
+                            addr: base + rand((size - len) / 0x200) * 0x200,
+                            len: len as u32,
+                        }
+                    })
+                    .collect();
+                let mine = pages_of(&ext);
+                let want: BTreeSet<u32> = model
+                    .iter()
+                    .filter(|(_, e)| !pages_of(e).is_disjoint(&mine))
+                    .map(|(&o, _)| o)
+                    .collect();
+                let got = owners.claim(id, &ext);
+                assert_eq!(got.len(), want.len(), "no repeats in {got:?}");
+                assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+                model.insert(id, ext);
+            }
+            // Every page with a slot is held exactly when the model says.
+            let held = pages_of(&model.values().flatten().copied().collect::<Vec<_>>());
+            for r in &owners.regions {
+                for k in 0..r.slots {
+                    let page = r.start / PAGE_SIZE + k as u64;
+                    let next = owners
+                        .regions
+                        .iter()
+                        .find(|n| n.start > r.start)
+                        .map_or(u64::MAX, |n| n.start / PAGE_SIZE);
+                    if page >= next {
+                        continue;
+                    }
+                    let bit = r.held[k / 64] & (1 << (k % 64)) != 0;
+                    assert_eq!(bit, held.contains(&page), "page {page:#x}");
+                }
+            }
+        }
     }
 
     #[test]

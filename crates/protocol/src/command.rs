@@ -133,12 +133,15 @@ fn take_entries(
             have: consumed + bytes.len(),
         });
     }
-    let mut entries = vec![MemEntry::default(); count];
-    entries
-        .as_mut_slice()
-        .iter_mut()
-        .zip(bytes.chunks_exact(size_of::<MemEntry>()))
-        .for_each(|(entry, chunk)| entry.as_mut_slice().copy_from_slice(chunk));
+    // One pass, no zero-filling first: attaches can carry 10^5 entries.
+    let entries = bytes[..need]
+        .chunks_exact(size_of::<MemEntry>())
+        .map(|chunk| {
+            let mut entry = MemEntry::default();
+            entry.as_mut_slice().copy_from_slice(chunk);
+            entry
+        })
+        .collect();
     *bytes = &bytes[need..];
     Ok(entries)
 }

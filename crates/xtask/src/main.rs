@@ -1,5 +1,6 @@
 //! gpuswap's project commands. `cargo xtask test` is what CI runs;
 //! `cargo xtask run` is the main job. Both set the host up first.
+//! `cargo xtask bench` runs the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -34,6 +35,21 @@ enum Cmd {
     /// and print a report (see the README).
     Run {
         /// Arguments passed to the end-to-end runner.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: the release daemon side by side with QEMU's C
+    /// vhost-user-gpu backend and memcpy (see docs/benchmarks.md). Writes
+    /// results.json, results.md and attach-detach.svg to docs/bench (a
+    /// full run) or target/bench-smoke (--smoke).
+    Bench {
+        /// The few-second version: every workload at tiny sizes.
+        #[arg(long)]
+        smoke: bool,
+        /// Output directory instead of the default.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// More arguments for gpuswap-bench (e.g. --rounds 5, --no-c-backend).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -193,6 +209,42 @@ fn main_job(args: &[String]) -> Result<(), String> {
     run(&mut job)
 }
 
+/// QEMU's C backend, measured next to gpuswap.
+const C_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
+
+fn bench(smoke: bool, out: Option<PathBuf>, args: &[String]) -> Result<(), String> {
+    // A fresh machine lacks QEMU's C backend: the host setup installs it.
+    if !Path::new(C_BACKEND).exists() {
+        setup()?;
+    }
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gpuswap-daemon",
+        "-p",
+        "gpuswap-bench",
+    ]))?;
+    let out = out.unwrap_or_else(|| {
+        root().join(if smoke {
+            "target/bench-smoke"
+        } else {
+            "docs/bench"
+        })
+    });
+    let mut cmd = Command::new(root().join("target/release/gpuswap-bench"));
+    cmd.arg("--daemon")
+        .arg(root().join("target/release/gpuswap-daemon"))
+        .arg("--c-backend")
+        .arg(C_BACKEND)
+        .arg("--out")
+        .arg(&out);
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    run(cmd.args(args))
+}
+
 fn install() -> Result<(), String> {
     run(cargo().args(["build", "--release", "-p", "gpuswap-daemon"]))?;
     let copy = |from: PathBuf, to: &str| {
@@ -224,6 +276,7 @@ fn main() -> ExitCode {
         Cmd::Test => test(),
         Cmd::Install => install(),
         Cmd::Run { args } => main_job(&args),
+        Cmd::Bench { smoke, out, args } => bench(smoke, out, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,145 @@
+//! Starting a backend process on a fresh socket, and connecting the
+//! in-process frontend to it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gpuswap_frontend::{FrontendConfig, GpuFrontend, RegionSpec};
+
+/// Where Debian's `qemu-system-gui` installs QEMU's C backend.
+pub const C_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
+
+/// Which backend a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `gpuswap-daemon`.
+    Gpuswap,
+    /// QEMU's `vhost-user-gpu`.
+    QemuC,
+}
+
+impl Kind {
+    /// Short name used in the JSON and the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Gpuswap => "gpuswap",
+            Kind::QemuC => "qemu-c",
+        }
+    }
+
+    /// Human name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Gpuswap => "gpuswap",
+            Kind::QemuC => "QEMU C backend",
+        }
+    }
+}
+
+/// A backend process listening on its own socket in its own temp dir;
+/// killed (and the dir removed) on drop.
+pub struct Backend {
+    /// Which backend.
+    pub kind: Kind,
+    /// The program.
+    pub binary: PathBuf,
+    /// Its vhost-user socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Backend {
+    /// Starts `binary` as backend `kind` on a fresh socket.
+    pub fn spawn(kind: Kind, binary: &Path) -> Result<Backend, String> {
+        if !binary.exists() {
+            return Err(format!("{} not found", binary.display()));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "gpuswap-bench-{}-{}-{}",
+            std::process::id(),
+            kind.name(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("gpu.sock");
+        let log = dir.join("backend.log");
+        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| format!("dup log: {e}"))?;
+        let mut cmd = Command::new(binary);
+        match kind {
+            Kind::Gpuswap => {
+                // Warnings only: per-request logging would be measured too.
+                cmd.arg("--socket-path").arg(&socket).arg("--once");
+                cmd.env("RUST_LOG", "warn");
+            }
+            Kind::QemuC => {
+                cmd.arg(format!("--socket-path={}", socket.display()));
+                cmd.env("G_MESSAGES_DEBUG", "");
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        Ok(Backend {
+            kind,
+            binary: binary.to_path_buf(),
+            socket,
+            log,
+            dir,
+            child: Some(child),
+        })
+    }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// CPU time the backend has used so far (all threads), nanoseconds.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        crate::stats::process_cpu_ns(self.pid())
+    }
+
+    /// The backend's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Connects a frontend with one guest RAM region of `ram_bytes` at
+    /// guest address 0 and the default display channel (the C backend
+    /// needs one; gpuswap is given the same).
+    pub fn connect(&self, ram_bytes: u64) -> Result<GpuFrontend, String> {
+        let config = FrontendConfig {
+            regions: vec![RegionSpec::new(0, ram_bytes)],
+            timeout: Duration::from_secs(60),
+            ..FrontendConfig::default()
+        };
+        GpuFrontend::connect(&self.socket, config).map_err(|e| {
+            format!(
+                "cannot connect to {}: {e}\nbackend log:\n{}",
+                self.kind.label(),
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
