@@ -85,7 +85,30 @@ fn parse_mode(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+/// Keeps large, short-lived buffers in the heap instead of fresh mmaps.
+///
+/// An ATTACH of a big backing allocates a few buffers of several MiB
+/// (entries, extents, iovecs) that live until its DETACH. Above glibc's
+/// default thresholds each is a fresh mmap, unmapped again on free, so every
+/// attach/detach cycle page-faults its buffers back in (measured: 5088
+/// faults per 1 GiB cycle). Holding up to `TRIM` of freed heap keeps them
+/// warm; memory past that still goes back to the kernel.
+fn tune_allocator() {
+    const MMAP_THRESHOLD: libc::c_int = 64 << 20;
+    const TRIM: libc::c_int = 256 << 20;
+    // SAFETY: mallopt only changes allocator parameters; it is called
+    // before any other thread exists.
+    let ok = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM) == 1
+    };
+    if !ok {
+        warn!("mallopt refused the allocator thresholds; attach/detach will be slower");
+    }
+}
+
 fn main() {
+    tune_allocator();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
         .init();
