@@ -13,6 +13,7 @@ use crate::devnode;
 use crate::error::{Error, Result};
 use crate::gpu::{Bo, Gpu, RegionArgs, DEFAULT_FORMAT};
 use crate::proto::{self, Request};
+use crate::shrinker;
 use crate::sysinfo;
 use crate::uapi;
 
@@ -70,6 +71,7 @@ pub enum OnEof {
 #[derive(Debug)]
 pub struct Agent {
     gpu: std::result::Result<Gpu, Error>,
+    scan_loop: Option<shrinker::ScanLoop>,
 }
 
 impl Agent {
@@ -78,12 +80,16 @@ impl Agent {
     pub fn new(card: Option<&Path>) -> Agent {
         Agent {
             gpu: Gpu::open(card),
+            scan_loop: None,
         }
     }
 
     /// An agent with no device (device ops fail with `err`).
     pub fn without_device(err: Error) -> Agent {
-        Agent { gpu: Err(err) }
+        Agent {
+            gpu: Err(err),
+            scan_loop: None,
+        }
     }
 
     fn gpu(&mut self) -> Result<&mut Gpu> {
@@ -128,7 +134,14 @@ impl Agent {
                 seed,
                 bo,
                 version,
-            } => hashes(self.gpu()?.write(handle, seed, bo, version)?),
+                pattern,
+            } => hashes(self.gpu()?.write_kind(
+                handle,
+                pattern.unwrap_or_default(),
+                seed,
+                bo,
+                version,
+            )?),
             Request::TransferToHost {
                 handle,
                 x,
@@ -164,7 +177,14 @@ impl Agent {
                 seed,
                 bo,
                 version,
-            } => match self.gpu()?.verify(handle, seed, bo, version)? {
+                pattern,
+            } => match self.gpu()?.verify_kind(
+                handle,
+                pattern.unwrap_or_default(),
+                seed,
+                bo,
+                version,
+            )? {
                 None => json!({ "ok_content": true }),
                 Some(off) => json!({ "ok_content": false, "first_bad_offset": off }),
             },
@@ -185,6 +205,40 @@ impl Agent {
             Request::Scanout { handle } => serde_json::to_value(self.gpu()?.scanout(handle)?)
                 .map_err(|e| Error::msg(e.to_string()))?,
             Request::ScanoutOff {} => json!({ "was_on": self.gpu()?.scanout_off()? }),
+            Request::Madvise { handle, madv } => {
+                let madv = match madv {
+                    proto::Madv::Willneed => uapi::VIRTGPU_MADV_WILLNEED,
+                    proto::Madv::Dontneed => uapi::VIRTGPU_MADV_DONTNEED,
+                };
+                json!({ "retained": self.gpu()?.madvise(handle, madv)? })
+            }
+            Request::Touch { handle, offset } => {
+                json!({ "signal": self.gpu()?.touch(handle, offset.unwrap_or(0))? })
+            }
+            Request::ShrinkerStats {} => Value::Object(shrinker::stats()?),
+            Request::ShrinkerScan { pages, mode } => {
+                Value::Object(shrinker::scan(mode.unwrap_or_default(), pages)?)
+            }
+            Request::ScanLoopStart {
+                pages,
+                mode,
+                interval_ms,
+            } => {
+                if self.scan_loop.is_some() {
+                    return Err(Error::msg("a scan loop is already running"));
+                }
+                self.scan_loop = Some(shrinker::ScanLoop::start(
+                    mode.unwrap_or_default(),
+                    pages,
+                    Duration::from_millis(interval_ms.unwrap_or(0)),
+                )?);
+                json!({})
+            }
+            Request::ScanLoopStop {} => match self.scan_loop.take() {
+                Some(l) => l.stop()?,
+                None => return Err(Error::msg("no scan loop is running")),
+            },
+            Request::Run { argv } => shrinker::run(&argv)?,
             Request::Exit { status } => {
                 outcome = Outcome::Exit(status.unwrap_or(0));
                 json!({})

@@ -242,9 +242,21 @@ impl Gpu {
 
     /// Fill the whole BO with the pattern for (seed, bo, version).
     pub fn write(&mut self, handle: u32, seed: u64, bo: u64, version: u64) -> Result<Hashes> {
+        self.write_kind(handle, pattern::Kind::Random, seed, bo, version)
+    }
+
+    /// Fill the whole BO with the `kind` pattern for (seed, bo, version).
+    pub fn write_kind(
+        &mut self,
+        handle: u32,
+        kind: pattern::Kind,
+        seed: u64,
+        bo: u64,
+        version: u64,
+    ) -> Result<Hashes> {
         let (map, content) = self.mapping(handle)?;
         let bytes = map.as_mut_slice();
-        pattern::fill(bytes, seed, bo, version);
+        pattern::fill_kind(kind, bytes, seed, bo, version);
         Ok(Self::hashes(bytes, content))
     }
 
@@ -262,8 +274,65 @@ impl Gpu {
         bo: u64,
         version: u64,
     ) -> Result<Option<usize>> {
+        self.verify_kind(handle, pattern::Kind::Random, seed, bo, version)
+    }
+
+    /// As [`Gpu::verify`], for the `kind` pattern.
+    pub fn verify_kind(
+        &mut self,
+        handle: u32,
+        kind: pattern::Kind,
+        seed: u64,
+        bo: u64,
+        version: u64,
+    ) -> Result<Option<usize>> {
         let (map, _) = self.mapping(handle)?;
-        Ok(pattern::first_mismatch(map.as_slice(), seed, bo, version))
+        Ok(pattern::first_mismatch_kind(
+            kind,
+            map.as_slice(),
+            seed,
+            bo,
+            version,
+        ))
+    }
+
+    /// DRM_IOCTL_VIRTGPU_MADVISE; returns `retained` (false: purged).
+    pub fn madvise(&mut self, handle: u32, madv: u32) -> Result<bool> {
+        self.bo(handle)?;
+        virtgpu::madvise(&self.card, handle, madv)
+    }
+
+    /// Reads one byte at `offset` of the BO's mapping in a forked child, so
+    /// that a SIGBUS (a purged BO) kills the child, not the agent. Returns
+    /// the signal that ended the child, or `None` if the read worked.
+    pub fn touch(&mut self, handle: u32, offset: u64) -> Result<Option<i32>> {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, ForkResult};
+
+        let (map, _) = self.mapping(handle)?;
+        let len = map.len();
+        let at = usize::try_from(offset)
+            .ok()
+            .filter(|&at| at < len)
+            .ok_or_else(|| Error::msg(format!("offset {offset} outside the {len}-byte BO")))?;
+        let ptr = map.as_slice()[at..].as_ptr();
+        // SAFETY: the child only reads one byte of a live mapping and exits
+        // with `_exit` (async-signal-safe), which is all that is allowed
+        // after fork in a possibly multi-threaded process.
+        match unsafe { fork() }.map_err(|e| Error::sys("fork", e))? {
+            ForkResult::Child => {
+                // SAFETY: `ptr` points into the mapping inherited from the parent.
+                let _ = unsafe { std::ptr::read_volatile(ptr) };
+                // SAFETY: `_exit` ends the child without running any parent state.
+                unsafe { nix::libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(None),
+                Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(sig as i32)),
+                Ok(other) => Err(Error::msg(format!("touch child: {other:?}"))),
+                Err(e) => Err(Error::sys("waitpid", e)),
+            },
+        }
     }
 
     fn region(&self, handle: u32, args: RegionArgs) -> Result<Region> {

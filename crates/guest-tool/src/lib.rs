@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod kms;
 pub mod pattern;
 pub mod proto;
+pub mod shrinker;
 pub mod sysinfo;
 #[allow(non_camel_case_types)]
 pub mod uapi;

@@ -40,12 +40,15 @@ pub enum Request {
     },
     /// KMS dumb buffer (32 bpp).
     CreateDumb { width: u32, height: u32 },
-    /// Fill the whole BO through its mmap with the pattern.
+    /// Fill the whole BO through its mmap with the pattern (`random` by
+    /// default; `sparse` compresses well, see [`crate::pattern`]).
     Write {
         handle: u32,
         seed: u64,
         bo: u64,
         version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<crate::pattern::Kind>,
     },
     /// TRANSFER_TO_HOST (default: whole resource), then WAIT, then (by default
     /// when the device has no 3D) a fence barrier.
@@ -92,6 +95,8 @@ pub enum Request {
         seed: u64,
         bo: u64,
         version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<crate::pattern::Kind>,
     },
     /// DRM_IOCTL_VIRTGPU_RESOURCE_INFO.
     Info { handle: u32 },
@@ -105,6 +110,35 @@ pub enum Request {
     Scanout { handle: u32 },
     /// Turn the scanout off and remove its framebuffer.
     ScanoutOff {},
+    /// DRM_IOCTL_VIRTGPU_MADVISE (gpuswap private UAPI) -> `{retained}`.
+    Madvise { handle: u32, madv: Madv },
+    /// Read one byte of the BO's mapping in a forked child -> `{signal}`
+    /// (null when the read worked, 7 for SIGBUS).
+    Touch {
+        handle: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
+    /// The driver's shrinker counters (debugfs `virtio-gpu-shrinker`).
+    ShrinkerStats {},
+    /// Force a scan through debugfs `virtio-gpu-shrink` -> `{freed, remaining}`.
+    ShrinkerScan {
+        pages: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<crate::shrinker::ScanMode>,
+    },
+    /// Start a thread forcing a scan every `interval_ms` (default 0).
+    ScanLoopStart {
+        pages: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<crate::shrinker::ScanMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interval_ms: Option<u64>,
+    },
+    /// Stop it -> `{scans, freed, errors, first_error, ms}`.
+    ScanLoopStop {},
+    /// Run a program -> `{status, signal, stdout, stderr}`.
+    Run { argv: Vec<String> },
     /// Reply, clean up, exit with `status` (default 0).
     Exit {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,8 +164,23 @@ pub const OPS: &[&str] = &[
     "meminfo",
     "scanout",
     "scanout_off",
+    "madvise",
+    "touch",
+    "shrinker_stats",
+    "shrinker_scan",
+    "scan_loop_start",
+    "scan_loop_stop",
+    "run",
     "exit",
 ];
+
+/// `madvise` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Madv {
+    Willneed,
+    Dontneed,
+}
 
 /// Parse one request line into its id (when one could be read) and request.
 pub fn parse_request(line: &str) -> (Option<u64>, Result<Request>) {
@@ -240,7 +289,8 @@ mod tests {
                 handle: 1,
                 seed: u64::MAX,
                 bo: 0,
-                version: 2
+                version: 2,
+                pattern: None,
             })
         );
         assert_eq!(
@@ -322,6 +372,7 @@ mod tests {
             seed: 1,
             bo: 2,
             version: 3,
+            pattern: Some(crate::pattern::Kind::Sparse),
         };
         let line = request_line(42, &req);
         assert_eq!(parse(&line), (Some(42), Ok(req)));

@@ -285,6 +285,11 @@ pub const DRM_VIRTGPU_WAIT: u8 = 0x08;
 pub const DRM_VIRTGPU_GET_CAPS: u8 = 0x09;
 pub const DRM_VIRTGPU_RESOURCE_CREATE_BLOB: u8 = 0x0a;
 pub const DRM_VIRTGPU_CONTEXT_INIT: u8 = 0x0b;
+/// gpuswap private UAPI (guest-kernel-patches, not upstream Linux).
+pub const DRM_VIRTGPU_MADVISE: u8 = 0x20;
+
+pub const VIRTGPU_MADV_WILLNEED: u32 = 0;
+pub const VIRTGPU_MADV_DONTNEED: u32 = 1;
 
 pub const VIRTGPU_PARAM_3D_FEATURES: u64 = 1;
 pub const VIRTGPU_PARAM_CAPSET_QUERY_FIX: u64 = 2;
@@ -397,6 +402,19 @@ pub struct drm_virtgpu_3d_wait {
 }
 const _: () = assert!(size_of::<drm_virtgpu_3d_wait>() == 8);
 
+/// `struct drm_virtgpu_madvise` (gpuswap private UAPI).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct drm_virtgpu_madvise {
+    pub bo_handle: u32,
+    /// VIRTGPU_MADV_WILLNEED or VIRTGPU_MADV_DONTNEED.
+    pub madv: u32,
+    /// Out: 1 if the BO still has its content, 0 once purged.
+    pub retained: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<drm_virtgpu_madvise>() == 16);
+
 /// `struct drm_virtgpu_resource_create_blob`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -475,6 +493,13 @@ nix::ioctl_readwrite!(
     cmd(DRM_VIRTGPU_RESOURCE_CREATE_BLOB),
     drm_virtgpu_resource_create_blob
 );
+// DRM_IOCTL_VIRTGPU_MADVISE (gpuswap private)
+nix::ioctl_readwrite!(
+    virtgpu_ioctl_madvise,
+    DRM_IOCTL_BASE,
+    cmd(DRM_VIRTGPU_MADVISE),
+    drm_virtgpu_madvise
+);
 
 // ---------------------------------------------------------------------------
 // virtio_gpu.h: enum virtio_gpu_formats
@@ -545,6 +570,10 @@ mod tests {
         assert_eq!(
             rw(0xA7, size_of::<drm_mode_get_connector>()),
             0xC050_64A7u32 as N
+        );
+        assert_eq!(
+            rw(cmd(DRM_VIRTGPU_MADVISE), size_of::<drm_virtgpu_madvise>()),
+            0xC010_6460u32 as N
         );
         assert_eq!(DRM_FORMAT_XRGB8888, 0x3432_5258);
     }

@@ -264,6 +264,26 @@ pub fn wait(card: &Card, handle: u32, nowait: bool) -> Result<()> {
     unsafe { card.ioctl("DRM_IOCTL_VIRTGPU_WAIT", uapi::virtgpu_ioctl_wait, &mut arg) }
 }
 
+/// DRM_IOCTL_VIRTGPU_MADVISE (gpuswap private UAPI): `madv` is
+/// VIRTGPU_MADV_WILLNEED or VIRTGPU_MADV_DONTNEED. Returns `retained`: false
+/// once the kernel has purged the BO.
+pub fn madvise(card: &Card, handle: u32, madv: u32) -> Result<bool> {
+    let mut arg = uapi::drm_virtgpu_madvise {
+        bo_handle: handle,
+        madv,
+        ..Default::default()
+    };
+    // SAFETY: no embedded user pointers.
+    unsafe {
+        card.ioctl(
+            "DRM_IOCTL_VIRTGPU_MADVISE",
+            uapi::virtgpu_ioctl_madvise,
+            &mut arg,
+        )?
+    };
+    Ok(arg.retained != 0)
+}
+
 /// Bytes per pixel of a VIRTIO_GPU_FORMAT_* value (all 2D formats are 4 bytes).
 pub fn format_bpp(format: u32) -> Option<u32> {
     match format {

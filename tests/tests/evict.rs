@@ -1,0 +1,718 @@
+//! Eviction, restore and purge of virtio-gpu buffers in a real guest (the
+//! patched debug kernel, with lockdep) against the gpuswap daemon: content
+//! survives every cycle from the guest's and the host's view, the counters
+//! prove that evictions, restores and purges happened, the daemon's trace
+//! shows detach/attach with rising generations and no violation, and the
+//! guest kernel log stays clean.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gpuswap_tests::{kernel_problems, tail, Agent, Control, Daemon, Images, RunDir, Vm, VmConfig};
+use serde_json::{json, Value};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+const SEED: u64 = 0x5eed;
+
+/// A booted guest with its daemon.
+struct Guest {
+    daemon: Daemon,
+    vm: Option<Vm>,
+    agent: Agent,
+    control: Control,
+    serial: PathBuf,
+    _dir: RunDir,
+}
+
+impl Guest {
+    fn boot(name: &str, memory_mib: u32, append: &str) -> Guest {
+        let images = Images::get();
+        let dir = RunDir::new(name);
+        let daemon = Daemon::start(&images.daemon, &dir, &[]).expect("start the daemon");
+        let config = VmConfig {
+            memory_mib,
+            append: format!("gpuswap.cmd=agent {append}"),
+            ..VmConfig::default()
+        };
+        let mut vm = Vm::start(&images, &daemon.socket, &dir, &config).expect("start QEMU");
+        let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");
+        agent.set_timeout(Duration::from_secs(300));
+        let control = daemon.control().expect("control socket");
+        let serial = vm.serial_log.clone();
+        Guest {
+            daemon,
+            vm: Some(vm),
+            agent,
+            control,
+            serial,
+            _dir: dir,
+        }
+    }
+
+    fn req(&mut self, request: Value) -> Value {
+        match self.agent.request(request.clone()) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}\nguest serial log (tail):\n{}", tail(&self.serial, 40)),
+        }
+    }
+
+    /// The request's errno if it failed, None if it worked.
+    fn req_errno(&mut self, request: Value) -> Option<i64> {
+        match self.agent.request(request) {
+            Ok(_) => None,
+            Err(e) => {
+                let start = e.find('{').expect("agent error carries the response");
+                let body = &e[e[start..].find("failed: ").map_or(start, |i| start + i + 8)..];
+                let v: Value = serde_json::from_str(body).expect("agent response JSON");
+                Some(v["errno"].as_i64().unwrap_or(-1))
+            }
+        }
+    }
+
+    fn stats(&mut self) -> BTreeMap<String, u64> {
+        let v = self.req(json!({"op": "shrinker_stats"}));
+        v.as_object()
+            .expect("object")
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+            .collect()
+    }
+
+    fn scan(&mut self, mode: &str, pages: u64) -> Value {
+        self.req(json!({"op": "shrinker_scan", "mode": mode, "pages": pages}))
+    }
+
+    fn create_2d(&mut self, width: u32, height: u32) -> Bo {
+        let v = self.req(json!({"op": "create_2d", "width": width, "height": height}));
+        Bo {
+            handle: v["handle"].as_u64().expect("handle"),
+            res_id: v["res_id"].as_u64().expect("res_id"),
+            version: 0,
+            hash: String::new(),
+        }
+    }
+
+    /// Writes version `version` of `bo`'s pattern through the mmap.
+    fn write(&mut self, bo: &mut Bo, index: u64, version: u64, pattern: &str) {
+        let v = self.req(json!({"op": "write", "handle": bo.handle, "seed": SEED,
+            "bo": index, "version": version, "pattern": pattern}));
+        bo.version = version;
+        bo.hash = v["hash"].as_str().expect("hash").to_string();
+    }
+
+    fn transfer(&mut self, bo: &Bo) {
+        self.req(json!({"op": "transfer_to_host", "handle": bo.handle}));
+    }
+
+    /// The guest's mapping holds exactly version `bo.version`.
+    fn verify(&mut self, bo: &Bo, index: u64, pattern: &str) {
+        let v = self.req(json!({"op": "verify", "handle": bo.handle, "seed": SEED,
+            "bo": index, "version": bo.version, "pattern": pattern}));
+        assert_eq!(
+            v["ok_content"],
+            json!(true),
+            "BO {index} (res {}) lost its content: {v}",
+            bo.res_id
+        );
+    }
+
+    fn host(&mut self, bo: &Bo) -> Value {
+        self.control
+            .resource(bo.res_id)
+            .expect("control query")
+            .unwrap_or_else(|| panic!("resource {} not live on the host", bo.res_id))
+    }
+
+    /// The host's copy of `bo` is what the guest last transferred.
+    fn assert_host_copy(&mut self, bo: &Bo) {
+        let res = self.host(bo);
+        assert_eq!(
+            res["host_hash"],
+            json!(bo.hash),
+            "host copy of resource {} differs from the guest's: {res}",
+            bo.res_id
+        );
+    }
+
+    fn trace(&mut self, resource: u64) -> Vec<Value> {
+        self.control.trace(0, Some(resource)).expect("trace")
+    }
+
+    fn close(&mut self, bo: &Bo) {
+        self.req(json!({"op": "close", "handle": bo.handle}));
+    }
+
+    /// Ends the guest and checks what every test needs: clean exit, clean
+    /// kernel log, no protocol violation, nothing left on the host.
+    fn finish(mut self) {
+        let _ = self.agent.request(json!({"op": "exit", "status": 0}));
+        let vm = self.vm.take().expect("vm");
+        let status = vm.wait(EXIT_TIMEOUT).expect("QEMU exits");
+        let log = std::fs::read_to_string(&self.serial).expect("serial log");
+        let problems = kernel_problems(&log);
+        assert!(
+            problems.is_empty(),
+            "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
+            problems.join("\n"),
+            tail(&self.serial, 80)
+        );
+        assert!(status.success(), "QEMU exited with {status}");
+        assert!(
+            log.contains("GPUSWAP-INIT-EXIT status=0"),
+            "guest workload did not finish cleanly:\n{}",
+            tail(&self.serial, 40)
+        );
+        let violations = self.control.violations().expect("trace");
+        assert!(violations.is_empty(), "protocol violations: {violations:?}");
+        assert!(self.daemon.alive(), "daemon died");
+        let mut counters = self.control.counters().expect("counters");
+        for _ in 0..100 {
+            if counters["resources"] == json!(0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            counters = self.control.counters().expect("counters");
+        }
+        assert_eq!(counters["resources"], json!(0), "{counters}");
+        assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bo {
+    handle: u64,
+    res_id: u64,
+    version: u64,
+    hash: String,
+}
+
+/// Attach generations of a resource's attach events, in trace order, and
+/// the number of detaches by command.
+fn attaches_and_detaches(trace: &[Value]) -> (Vec<u64>, usize) {
+    let gens = trace
+        .iter()
+        .filter(|e| e["event"] == "attach")
+        .map(|e| e["generation"].as_u64().unwrap_or(0))
+        .collect();
+    let detaches = trace
+        .iter()
+        .filter(|e| e["event"] == "detach" && e["reason"] == "command")
+        .count();
+    (gens, detaches)
+}
+
+/// Forced scans (debugfs) evict every idle BO; reading through the mmap
+/// brings the pages back, a transfer attaches them again, and from every
+/// side the content is what was last written.
+#[test]
+fn forced_eviction_and_restore_keep_content() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-forced", 512, "");
+    let before = g.stats();
+
+    // Created but never used: no pages, nothing attached (attach on first use).
+    let mut bos: Vec<Bo> = (0..6).map(|i| g.create_2d(256 + 64 * i, 128)).collect();
+    for bo in &bos {
+        let res = g.host(bo);
+        assert_eq!(
+            res["backing"], "detached",
+            "attached before first use: {res}"
+        );
+    }
+    for (i, bo) in bos.iter_mut().enumerate() {
+        g.write(bo, i as u64, 1, "random");
+    }
+    for bo in &bos {
+        g.transfer(bo);
+        g.assert_host_copy(bo);
+        assert_eq!(g.host(bo)["backing"], "attached");
+    }
+
+    for round in 0..3u64 {
+        let scan = g.scan("evict", 1 << 20);
+        let stats = g.stats();
+        eprintln!("round {round}: scan {scan} stats {stats:?}");
+        assert!(
+            scan["freed"].as_u64().unwrap_or(0) > 0,
+            "nothing evicted: {scan}"
+        );
+        for bo in &bos {
+            let res = g.host(bo);
+            assert_eq!(res["backing"], "detached", "not evicted: {res}");
+            // The host copy survives the detach.
+            assert_eq!(res["host_hash"], json!(bo.hash));
+        }
+        // Fault the pages back in: content intact, host not attached yet.
+        for (i, bo) in bos.iter().enumerate() {
+            g.verify(bo, i as u64, "random");
+            assert_eq!(g.host(bo)["backing"], "detached", "fault must not attach");
+        }
+        // A new version, transferred: re-attached, host copy updated.
+        for (i, bo) in bos.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                g.write(bo, i as u64, round + 2, "random");
+            }
+            g.transfer(bo);
+            g.assert_host_copy(bo);
+            let res = g.host(bo);
+            assert_eq!(res["backing"], "attached");
+            assert_eq!(res["backing_hash"], json!(bo.hash), "{res}");
+        }
+    }
+    // Evict once more and restore through a transfer alone (no fault first).
+    g.scan("evict", 1 << 20);
+    for bo in &bos {
+        g.transfer(bo);
+        g.assert_host_copy(bo);
+    }
+
+    let after = g.stats();
+    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0);
+    assert!(delta("evictions") >= 4 * bos.len() as u64, "{after:?}");
+    assert!(delta("restores") >= 4 * bos.len() as u64, "{after:?}");
+
+    for bo in &bos {
+        let (gens, detaches) = attaches_and_detaches(&g.trace(bo.res_id));
+        assert_eq!(gens, (1..=5).collect::<Vec<u64>>(), "res {}", bo.res_id);
+        assert_eq!(detaches, 4, "res {}", bo.res_id);
+    }
+    for bo in &bos {
+        g.close(bo);
+    }
+    g.finish();
+}
+
+/// Events the daemon recorded for a resource after sequence number `after`.
+fn events_after(g: &mut Guest, resource: u64, after: u64) -> Vec<Value> {
+    g.control.trace(after, Some(resource)).expect("trace")
+}
+
+fn last_seq(g: &mut Guest) -> u64 {
+    g.control.counters().expect("counters")["last_seq"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until the host no longer has `res_id`.
+fn wait_unref(g: &mut Guest, res_id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.control.resource(res_id).expect("query").is_some() {
+        assert!(Instant::now() < deadline, "resource {res_id} still live");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// madvise(DONTNEED) lets the shrinker purge: DETACH + UNREF on the host,
+/// retained = false, -EINVAL on transfer, SIGBUS on a CPU access, nothing
+/// sent on close. WILLNEED in time keeps the content; pinned (scanout) BOs
+/// and WILLNEED BOs are never purged.
+#[test]
+fn madvise_dontneed_purges() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-purge", 512, "");
+    const EINVAL: i64 = 22;
+    const SIGBUS: i64 = 7;
+
+    let mut keep = g.create_2d(256, 256); // WILLNEED throughout
+    let mut undo = g.create_2d(256, 256); // DONTNEED, then WILLNEED before a scan
+    let mut gone = g.create_2d(256, 256); // DONTNEED, purged resident
+    let mut cold = g.create_2d(256, 256); // evicted first, then purged
+    let mut shown = g.create_2d(640, 480); // DONTNEED but on scanout
+    let all = [&mut keep, &mut undo, &mut gone, &mut cold, &mut shown];
+    for (i, bo) in all.into_iter().enumerate() {
+        g.write(bo, i as u64, 1, "random");
+        g.transfer(bo);
+        g.assert_host_copy(bo);
+    }
+    g.req(json!({"op": "scanout", "handle": shown.handle}));
+    g.scan("evict", 1 << 20);
+    assert_eq!(g.host(&cold)["backing"], "detached");
+    // `cold` stays evicted; the others are faulted back in and attached.
+    for (i, bo) in [(0, &keep), (1, &undo), (2, &gone), (4, &shown)] {
+        g.verify(bo, i, "random");
+        g.transfer(bo);
+        assert_eq!(g.host(bo)["backing"], "attached");
+    }
+
+    for bo in [&undo, &gone, &cold, &shown] {
+        let v = g.req(json!({"op": "madvise", "handle": bo.handle, "madv": "dontneed"}));
+        assert_eq!(v["retained"], json!(true));
+    }
+    let v = g.req(json!({"op": "madvise", "handle": undo.handle, "madv": "willneed"}));
+    assert_eq!(v["retained"], json!(true));
+    let stats = g.stats();
+    assert!(stats["purgeable_pages"] >= 2 * 64, "{stats:?}");
+
+    let before = g.stats();
+    let seq = last_seq(&mut g);
+    let scan = g.scan("purge", 1 << 20);
+    let after = g.stats();
+    eprintln!("purge scan {scan}: {after:?}");
+    assert_eq!(after["purges"] - before["purges"], 2, "{after:?}");
+
+    // Purged: retained false, host resource gone (detach then unref).
+    for bo in [&gone, &cold] {
+        let v = g.req(json!({"op": "madvise", "handle": bo.handle, "madv": "willneed"}));
+        assert_eq!(v["retained"], json!(false), "res {} not purged", bo.res_id);
+        wait_unref(&mut g, bo.res_id);
+    }
+    let ev: Vec<String> = events_after(&mut g, gone.res_id, seq)
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                e["event"].as_str().unwrap_or(""),
+                e["reason"]
+                    .as_str()
+                    .map(|r| format!(":{r}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(ev, ["detach:command", "unref"], "resident purge");
+    let ev: Vec<String> = events_after(&mut g, cold.res_id, seq)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        ev,
+        ["unref"],
+        "an evicted BO is purged without a second detach"
+    );
+
+    // Later use fails as documented.
+    assert_eq!(
+        g.req_errno(json!({"op": "transfer_to_host", "handle": gone.handle, "barrier": false})),
+        Some(EINVAL)
+    );
+    let v = g.req(json!({"op": "touch", "handle": gone.handle}));
+    assert_eq!(v["signal"], json!(SIGBUS), "CPU access to a purged BO");
+    let v = g.req(json!({"op": "touch", "handle": cold.handle, "offset": 4096}));
+    assert_eq!(v["signal"], json!(SIGBUS));
+
+    // Not purged: WILLNEED ones and the pinned scanout; all intact.
+    for (i, bo) in [(0, &keep), (1, &undo), (4, &shown)] {
+        let v = g.req(json!({"op": "madvise", "handle": bo.handle, "madv": "willneed"}));
+        assert_eq!(v["retained"], json!(true));
+        g.verify(bo, i, "random");
+        g.transfer(bo);
+        g.assert_host_copy(bo);
+    }
+    assert_eq!(g.host(&shown)["backing"], "attached");
+
+    // Closing purged BOs sends nothing more for them.
+    let seq = last_seq(&mut g);
+    g.close(&gone);
+    g.close(&cold);
+    g.req(json!({"op": "scanout_off"}));
+    for bo in [&keep, &undo, &shown] {
+        g.close(bo);
+        wait_unref(&mut g, bo.res_id);
+    }
+    for bo in [&gone, &cold] {
+        let ev = events_after(&mut g, bo.res_id, seq);
+        assert!(
+            ev.is_empty(),
+            "events after closing purged res {}: {ev:?}",
+            bo.res_id
+        );
+    }
+    let stats = g.stats();
+    assert_eq!(stats["purgeable_pages"], 0, "{stats:?}");
+    g.finish();
+}
+
+/// MemTotal of the guest, in bytes.
+fn guest_ram(g: &mut Guest) -> u64 {
+    g.req(json!({"op": "meminfo"}))["MemTotal"]
+        .as_u64()
+        .expect("MemTotal")
+        * 1024
+}
+
+/// Fills `count` 1024x1024 BOs (4 MiB each) with the sparse pattern, each
+/// transferred and checked on the host right away.
+fn fill_bos(g: &mut Guest, count: usize, version: u64) -> Vec<Bo> {
+    let mut bos = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut bo = g.create_2d(1024, 1024);
+        g.write(&mut bo, i as u64, version, "sparse");
+        g.transfer(&bo);
+        g.assert_host_copy(&bo);
+        bos.push(bo);
+    }
+    bos
+}
+
+/// More BO memory than guest RAM, with zram swap and no forced scan: only
+/// the Rust shrinker, called by the kernel's reclaim, makes room. Every BO
+/// reads back intact through its mapping and through a transfer.
+#[test]
+fn bos_larger_than_guest_ram_survive_real_reclaim() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-ram", 256, "gpuswap.zram=1G");
+    let ram = guest_ram(&mut g);
+    let count = (ram * 3 / 2 / (4 << 20)) as usize + 1;
+    eprintln!("guest RAM {} MiB, {count} BOs of 4 MiB", ram >> 20);
+    let before = g.stats();
+
+    let mut bos = fill_bos(&mut g, count, 1);
+    let mid = g.stats();
+    eprintln!("after filling: {mid:?}");
+    assert!(
+        mid["evictions"] > before["evictions"],
+        "the shrinker evicted nothing: {mid:?}"
+    );
+
+    // Read everything back (restores), write a new version into half of
+    // them and transfer all (re-attach), checking the host copy.
+    for (i, bo) in bos.iter_mut().enumerate() {
+        g.verify(bo, i as u64, "sparse");
+        if i % 2 == 1 {
+            g.write(bo, i as u64, 2, "sparse");
+        }
+        g.transfer(bo);
+        g.assert_host_copy(bo);
+    }
+    let after = g.stats();
+    let mem = g.req(json!({"op": "meminfo"}));
+    eprintln!("after verifying: {after:?}\nmeminfo: {mem}");
+    assert!(after["restores"] > mid["restores"], "{after:?}");
+
+    // Every resource that was evicted and restored shows rising generations.
+    let mut cycled = 0;
+    for bo in &bos {
+        let (gens, detaches) = attaches_and_detaches(&g.trace(bo.res_id));
+        let want: Vec<u64> = (1..=gens.len() as u64).collect();
+        assert_eq!(gens, want, "res {}", bo.res_id);
+        assert!(detaches + 1 >= gens.len(), "res {}: {gens:?}", bo.res_id);
+        cycled += usize::from(detaches > 0);
+    }
+    assert!(cycled > 0, "no resource went through detach/attach");
+    for bo in &bos {
+        g.close(bo);
+    }
+    g.finish();
+}
+
+/// A background thread in the guest forces scans back to back while the
+/// agent writes (mmap faults), transfers, verifies, closes and recreates
+/// BOs, and flips a scanout: evict races every restore path and close.
+/// Nothing may be lost, the host must never see a detached resource used,
+/// and lockdep must stay quiet.
+#[test]
+fn evictions_race_faults_transfers_closes_and_scanout() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-race", 512, "");
+    let before = g.stats();
+    let mut bos: Vec<Bo> = (0..6).map(|_| g.create_2d(512, 256)).collect();
+    let mut index: Vec<u64> = (0..bos.len() as u64).collect();
+    let mut shown = g.create_2d(640, 480);
+    g.write(&mut shown, 1000, 1, "random");
+
+    g.req(json!({"op": "scan_loop_start", "pages": 1 << 20, "mode": "all"}));
+    for round in 1..=12u64 {
+        for (i, bo) in bos.iter_mut().enumerate() {
+            g.write(bo, index[i], round, "random");
+            g.transfer(bo);
+            g.assert_host_copy(bo);
+            g.verify(bo, index[i], "random");
+        }
+        // Evict vs close: drop one BO (maybe evicted right now), make another.
+        let slot = (round as usize) % bos.len();
+        g.close(&bos[slot]);
+        bos[slot] = g.create_2d(512, 256);
+        index[slot] = 100 + round;
+        let (i, bo) = (index[slot], &mut bos[slot]);
+        g.write(bo, i, round, "random");
+        g.transfer(bo);
+        g.assert_host_copy(bo);
+
+        // Scanout: pinned while shown, evictable again once it is off.
+        g.write(&mut shown, 1000, round, "random");
+        g.req(json!({"op": "scanout", "handle": shown.handle}));
+        g.transfer(&shown);
+        g.assert_host_copy(&shown);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(g.host(&shown)["backing"], "attached", "scanout BO evicted");
+        g.verify(&shown, 1000, "random");
+        g.req(json!({"op": "scanout_off"}));
+    }
+    let looped = g.req(json!({"op": "scan_loop_stop"}));
+    let after = g.stats();
+    eprintln!("scan loop {looped}\nstats {after:?}");
+    assert_eq!(looped["errors"], json!(0), "{looped}");
+    assert!(looped["scans"].as_u64().unwrap_or(0) > 10, "{looped}");
+    assert!(after["evictions"] > before["evictions"], "{after:?}");
+    assert!(after["restores"] > before["restores"], "{after:?}");
+
+    for bo in bos.iter().chain([&shown]) {
+        let (gens, _) = attaches_and_detaches(&g.trace(bo.res_id));
+        let want: Vec<u64> = (1..=gens.len() as u64).collect();
+        assert_eq!(gens, want, "res {}", bo.res_id);
+        g.close(bo);
+    }
+    g.finish();
+}
+
+/// The shrinker module is unloaded and loaded again in a tight loop while
+/// another loop makes the kernel call every shrinker (`drop_caches` = 2 runs
+/// reclaim's slab shrinking) and the agent writes, transfers and reads BOs
+/// back: unloading races running callbacks and leaves BOs (evicted ones
+/// too) behind safely, and eviction works again after every reload. Real
+/// memory pressure is left to the test above: with the module gone for a
+/// moment, nothing could give BO memory back and the OOM killer would be
+/// right to strike.
+#[test]
+fn shrinker_module_reload_under_load() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-reload", 512, "");
+    let reload = "n=0; while [ ! -e /tmp/stop ]; do \
+        rmmod gpuswap_shrinker || exit 1; \
+        insmod /lib/modules/gpuswap_shrinker.ko || exit 2; \
+        n=$((n+1)); done; echo $n > /tmp/reload.done";
+    let reclaim = "n=0; while [ ! -e /tmp/stop ]; do \
+        echo 2 > /proc/sys/vm/drop_caches || exit 3; \
+        n=$((n+1)); done; echo $n > /tmp/reclaim.done";
+    for (name, script) in [("reload", reload), ("reclaim", reclaim)] {
+        let started = g.req(json!({"op": "run", "argv": ["sh", "-c",
+            format!("({script}) >/tmp/{name}.log 2>&1 &")]}));
+        assert_eq!(started["status"], json!(0), "{started}");
+    }
+    let before = g.stats();
+
+    let mut bos: Vec<Bo> = (0..8).map(|_| g.create_2d(1024, 512)).collect();
+    for round in 1..=6u64 {
+        for (i, bo) in bos.iter_mut().enumerate() {
+            g.write(bo, i as u64, round, "random");
+            g.transfer(bo);
+            g.assert_host_copy(bo);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for (i, bo) in bos.iter().enumerate() {
+            g.verify(bo, i as u64, "random");
+        }
+    }
+
+    g.req(json!({"op": "run", "argv": ["touch", "/tmp/stop"]}));
+    let mut loops = BTreeMap::new();
+    for name in ["reload", "reclaim"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let n = loop {
+            let v = g.req(json!({"op": "run", "argv": ["cat", format!("/tmp/{name}.done")]}));
+            if v["status"] == json!(0) {
+                break v["stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+            let log = g.req(json!({"op": "run", "argv": ["cat", format!("/tmp/{name}.log")]}));
+            assert!(
+                Instant::now() < deadline,
+                "{name} loop did not finish: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        loops.insert(name, n);
+    }
+    let lsmod = g.req(json!({"op": "run", "argv": ["cat", "/proc/modules"]}));
+    let after = g.stats();
+    eprintln!("loops {loops:?}; stats {after:?}");
+    assert!(loops["reload"] >= 5, "{loops:?}");
+    assert!(loops["reclaim"] >= 5, "{loops:?}");
+    assert!(
+        lsmod["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gpuswap_shrinker"),
+        "module not loaded at the end: {lsmod}"
+    );
+    assert!(after["evictions"] > before["evictions"], "{after:?}");
+    assert!(after["restores"] > before["restores"], "{after:?}");
+
+    // Still working after the last reload: reads restore, reclaim evicts.
+    for (i, bo) in bos.iter().enumerate() {
+        g.verify(bo, i as u64, "random");
+    }
+    let evictions = g.stats()["evictions"];
+    g.req(json!({"op": "run", "argv": ["sh", "-c", "echo 2 > /proc/sys/vm/drop_caches"]}));
+    assert!(
+        g.stats()["evictions"] > evictions,
+        "no eviction after the last reload"
+    );
+    for (i, bo) in bos.iter().enumerate() {
+        g.verify(bo, i as u64, "random");
+        g.close(bo);
+    }
+    g.finish();
+}
+
+/// Unbinding the virtio-gpu device while a scan loop runs and BOs (resident,
+/// evicted, attached) are open: the device leaves the shrinker registry
+/// before it goes away, scans stop finding it, and the BOs can still be
+/// closed.
+#[test]
+fn unbind_with_bos_and_scans_running() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-unbind", 512, "");
+    let mut bos: Vec<Bo> = (0..6).map(|_| g.create_2d(512, 256)).collect();
+    for (i, bo) in bos.iter_mut().enumerate() {
+        g.write(bo, i as u64, 1, "random");
+        g.transfer(bo);
+    }
+    g.scan("evict", 1 << 20);
+    for (i, bo) in bos.iter().enumerate().take(3) {
+        g.verify(bo, i as u64, "random");
+        g.transfer(bo);
+    }
+    let dev = g.req(json!({"op": "run", "argv": ["sh", "-c",
+        "cd /sys/bus/virtio/drivers/virtio_gpu && echo virtio*"]}));
+    let dev = dev["stdout"].as_str().expect("stdout").trim().to_string();
+    g.req(json!({"op": "scan_loop_start", "pages": 1 << 20, "mode": "all", "interval_ms": 1}));
+    std::thread::sleep(Duration::from_millis(300));
+    let unbind = g.req(json!({"op": "run", "argv": ["sh", "-c",
+        format!("echo {dev} > /sys/bus/virtio/drivers/virtio_gpu/unbind")]}));
+    eprintln!("unbind {dev}: {unbind}");
+    assert_eq!(unbind["status"], json!(0), "{unbind}");
+    std::thread::sleep(Duration::from_millis(300));
+    let looped = g.req(json!({"op": "scan_loop_stop"}));
+    eprintln!("scan loop {looped}");
+    let errors = looped["errors"].as_u64().unwrap_or(0);
+    assert!(looped["scans"].as_u64().unwrap_or(0) > 0, "{looped}");
+    if errors > 0 {
+        let first = looped["first_error"].as_str().unwrap_or("");
+        assert!(
+            first.contains("os error 19"),
+            "scans after unbind: {looped}"
+        );
+    }
+    // Every ioctl of the unplugged device fails with ENODEV; the BOs go
+    // with the DRM file when the agent exits.
+    const ENODEV: i64 = 19;
+    assert_eq!(
+        g.req_errno(json!({"op": "transfer_to_host", "handle": bos[0].handle, "barrier": false})),
+        Some(ENODEV)
+    );
+    assert_eq!(
+        g.req_errno(json!({"op": "close", "handle": bos[0].handle})),
+        Some(ENODEV)
+    );
+    let _ = g.agent.request(json!({"op": "exit", "status": 0}));
+    let vm = g.vm.take().expect("vm");
+    let status = vm.wait(EXIT_TIMEOUT).expect("QEMU exits");
+    let log = std::fs::read_to_string(&g.serial).expect("serial log");
+    let problems = kernel_problems(&log);
+    assert!(
+        problems.is_empty(),
+        "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
+        problems.join("\n"),
+        tail(&g.serial, 80)
+    );
+    assert!(status.success(), "QEMU exited with {status}");
+    let violations = g.control.violations().expect("trace");
+    assert!(violations.is_empty(), "protocol violations: {violations:?}");
+}
