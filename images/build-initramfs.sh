@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: images/build-initramfs.sh --kernel-out DIR --guest-tool PATH [--out FILE]
+# Usage: images/build-initramfs.sh --kernel-out DIR --guest-tool PATH|none [--out FILE]
 #
 # Packs the gpuswap guest initramfs (gzip'd newc cpio):
 #   /init                 images/init
@@ -21,6 +21,7 @@
 # The archive is cached as $GPUSWAP_CACHE/initramfs/<hash>/initramfs.cpio.gz,
 # <hash> being a sha256 over every input file and this script; a rebuild with
 # unchanged inputs only hashes. Same inputs give a byte-identical archive.
+# The 20 most recently used archives are kept.
 # Progress goes to stderr; the last line on stdout is the archive's path.
 set -euo pipefail
 
@@ -29,6 +30,7 @@ SELF="$REPO/images/build-initramfs.sh"
 INIT="$REPO/images/init"
 CACHE="${GPUSWAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpuswap}"
 BUSYBOX=/bin/busybox
+KEEP=20	# cached archives kept (3-4 MB each)
 
 log() { printf '[build-initramfs] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -73,8 +75,21 @@ else
 	require_static "$guest_tool"
 fi
 
+# Work on copies: the guest tool may be rebuilt by cargo while we run, and
+# the cache entry must hold exactly what was hashed.
+mkdir -p "$CACHE/initramfs"
+STAGE="$(mktemp -d "$CACHE/initramfs/.stage.XXXXXX")"
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE/modules"
+if [ -n "$guest_tool" ]; then
+	cp "$guest_tool" "$STAGE/gpuswap-guest"
+	guest_tool="$STAGE/gpuswap-guest"
+fi
 shopt -s nullglob
-MODULES=("$kernel_out"/modules/*.ko)
+for ko in "$kernel_out"/modules/*.ko; do
+	cp "$ko" "$STAGE/modules/"
+done
+MODULES=("$STAGE"/modules/*.ko)
 shopt -u nullglob
 
 # --- Hash of all inputs -----------------------------------------------------------
@@ -94,7 +109,6 @@ KEY="$(manifest | sha256sum | cut -c1-16)"
 DIR="$CACHE/initramfs/$KEY"
 RESULT="$DIR/initramfs.cpio.gz"
 
-mkdir -p "$CACHE/initramfs"
 exec 9>"$CACHE/initramfs/.lock"
 if [ ! -e "$DIR/.complete" ]; then
 	flock 9	# a concurrent run may be packing the same archive
@@ -126,18 +140,24 @@ else
 			esac
 		done
 		if [ -n "$guest_tool" ]; then
-			echo "file /bin/gpuswap-guest $(realpath "$guest_tool") 0755 0 0"
+			echo "file /bin/gpuswap-guest $guest_tool 0755 0 0"
 		fi
 		for ko in "${MODULES[@]}"; do
-			echo "file /lib/modules/$(basename "$ko") $(realpath "$ko") 0644 0 0"
+			echo "file /lib/modules/$(basename "$ko") $ko 0644 0 0"
 		done
 	} >"$list"
 
 	"$GEN_INIT_CPIO" -t 0 "$list" | gzip -9 -n >"$RESULT.tmp"
 	mv "$RESULT.tmp" "$RESULT"
 	touch "$DIR/.complete"
-	log "$(du -h "$RESULT" | cut -f1) with ${#MODULES[@]} module(s)${guest_tool:+ and $(basename "$guest_tool")}"
+	log "$(du -h "$RESULT" | cut -f1) with ${#MODULES[@]} module(s)${guest_tool:+ and gpuswap-guest}"
 fi
+touch "$DIR/.complete"	# mtime = last use
+# Keep the KEEP most recently used archives (each guest tool build makes one).
+# shellcheck disable=SC2012 # our own directory names, sorted by mtime
+ls -1dt "$CACHE"/initramfs/*/.complete | tail -n +$((KEEP + 1)) | while IFS= read -r old; do
+	rm -rf "$(dirname "$old")"
+done
 
 if [ -n "$out_file" ]; then
 	mkdir -p "$(dirname "$out_file")"

@@ -13,7 +13,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # Packages from bookworm proper.
 BOOKWORM_PKGS=(
 	linux-source-6.12 rustc-web rust-web-src libclang-dev clang
-	flex bison bc libelf-dev libssl-dev cpio zstd xz-utils busybox-static
+	make patch flex bison bc libelf-dev libssl-dev cpio zstd xz-utils busybox-static
 	seabios ipxe-qemu
 )
 # QEMU 10.0 lives in bookworm-backports (bookworm has 7.2, which lacks
