@@ -1,12 +1,15 @@
 //! gpuswap's main job: boot the guest on the gpuswap daemon, keep a set of
 //! buffers of mixed sizes going through write -> transfer -> verify rounds,
-//! and prove from both sides that every byte arrived: the guest re-reads
+//! and between rounds have the guest's shrinker evict the idle ones, so the
+//! next round restores them (mmap fault, then ATTACH_BACKING of new pages).
+//! It proves from both sides that every byte survived: the guest re-reads
 //! its buffers, the daemon's control socket hashes its host copies and the
-//! attached backings, its trace must hold no protocol violation, and the
-//! guest kernel log must be clean. Writes a JSON report and a summary.
+//! attached backings, its trace must hold no protocol violation, evictions
+//! and restores must both have happened, and the guest kernel log must be
+//! clean. Writes a JSON report and a summary.
 //!
 //! Usage: gpuswap-run [--bos N] [--rounds N] [--seed N] [--memory MiB]
-//!                    [--report PATH]
+//!                    [--no-evict] [--report PATH]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ struct Options {
     rounds: u32,
     seed: u64,
     memory_mib: u32,
+    evict: bool,
     report: PathBuf,
 }
 
@@ -30,6 +34,7 @@ fn parse_args() -> Result<Options, String> {
         rounds: 3,
         seed: 1,
         memory_mib: 512,
+        evict: true,
         report: gpuswap_tests::root().join("target/gpuswap-report.json"),
     };
     let mut args = std::env::args().skip(1);
@@ -42,8 +47,9 @@ fn parse_args() -> Result<Options, String> {
             "--seed" => o.seed = number(value()?)?,
             "--memory" => o.memory_mib = number(value()?)? as u32,
             "--report" => o.report = PathBuf::from(value()?),
+            "--no-evict" => o.evict = false,
             "-h" | "--help" => {
-                println!("usage: gpuswap-run [--bos N] [--rounds N] [--seed N] [--memory MiB] [--report PATH]");
+                println!("usage: gpuswap-run [--bos N] [--rounds N] [--seed N] [--memory MiB] [--no-evict] [--report PATH]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -200,6 +206,37 @@ fn run(o: &Options) -> Result<bool, String> {
                 || json!({"res_id": bo.res_id, "version": version, "guest": verified}),
             );
         }
+        if o.evict && version < u64::from(o.rounds) {
+            // Every buffer is idle now: a forced scan of all their pages
+            // evicts them (fenced DETACH, pages to swap); the next round's
+            // writes fault them back and its transfers re-attach them.
+            let pages = total_bytes.div_ceil(4096) + 64;
+            let scan = agent
+                .request(json!({"op": "shrinker_scan", "pages": pages, "mode": "evict_wait"}))?;
+            eprintln!("[run] evicted: {} pages freed", scan["freed"]);
+        }
+    }
+    let shrinker = if o.evict {
+        agent.request(json!({"op": "shrinker_stats"}))?
+    } else {
+        Value::Null
+    };
+    if o.evict {
+        let evictions = shrinker["evictions"].as_u64().unwrap_or(0);
+        let restores = shrinker["restores"].as_u64().unwrap_or(0);
+        checks.get("evictions_and_restores_happened").record(
+            evictions > 0 && restores > 0,
+            || json!({"shrinker": shrinker}),
+        );
+        // Each eviction is a DETACH and each restore a new ATTACH: a buffer
+        // that went through every round was attached once per round.
+        for bo in &bos {
+            let host = control.resource(bo.res_id)?.unwrap_or(Value::Null);
+            let generation = host["generation"].as_u64().unwrap_or(0);
+            checks.get("host_saw_every_restore").record(generation >= u64::from(o.rounds), || {
+                json!({"res_id": bo.res_id, "generation": host["generation"], "rounds": o.rounds})
+            });
+        }
     }
 
     for bo in &bos {
@@ -249,9 +286,13 @@ fn run(o: &Options) -> Result<bool, String> {
         "buffers": bos.len(),
         "rounds": o.rounds,
         "buffer_bytes": total_bytes,
+        "guest_shrinker": shrinker,
         "checks": checks.0.iter().map(|(k, c)| (k.to_string(), c.json())).collect::<serde_json::Map<_, _>>(),
         "daemon_counters": counters["counters"],
-        "reproduce": format!("cargo xtask run -- --bos {} --rounds {} --seed {} --memory {}", o.bos, o.rounds, o.seed, o.memory_mib),
+        "reproduce": format!(
+            "cargo xtask run -- --bos {} --rounds {} --seed {} --memory {}{}",
+            o.bos, o.rounds, o.seed, o.memory_mib, if o.evict { "" } else { " --no-evict" }
+        ),
         "logs": dir.0,
     });
     if let Some(parent) = o.report.parent() {
@@ -308,6 +349,13 @@ fn print_summary(report: &Value, checks: &Checks, o: &Options) {
         c["bytes_transferred"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
         c["violations"]
     );
+    let g = &report["guest_shrinker"];
+    if !g.is_null() {
+        println!(
+            "  guest shrinker: {} evictions, {} restores, {} purges",
+            g["evictions"], g["restores"], g["purges"]
+        );
+    }
     println!("  report: {}", o.report.display());
     if report["passed"] != json!(true) {
         println!(
