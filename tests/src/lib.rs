@@ -334,6 +334,14 @@ impl Vm {
                     tail(&self.serial_log, 40)
                 ));
             }
+            // /init prints this when the workload ended: no agent is coming.
+            let serial = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
+            if serial.contains("GPUSWAP-INIT-EXIT") {
+                return Err(format!(
+                    "the guest workload exited before the agent answered; serial log:\n{}",
+                    tail(&self.serial_log, 40)
+                ));
+            }
             if let Ok(mut agent) = Agent::connect(&self.agent_socket) {
                 // The chardev accepts before the guest opens its port: only
                 // a hello answered proves the agent is there.

@@ -20,6 +20,23 @@ use crate::uapi;
 /// Default virtio-serial port name of the agent channel.
 pub const DEFAULT_PORT: &str = "org.gpuswap.agent";
 
+/// How long `wait_for_port` waits for the port to be named.
+pub const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`find_port`], retried until `timeout`: the device names its ports in
+/// control messages that arrive after the driver has probed, so early in
+/// boot the port (or its name) may not be there yet.
+pub fn wait_for_port(name: &str, timeout: std::time::Duration) -> Result<PathBuf> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match find_port(name) {
+            Ok(node) => return Ok(node),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Find the virtio-serial port called `name` (`/sys/class/virtio-ports/vport*/name`)
 /// and return its `/dev/vportNpM` node, creating the node if udev is absent.
 pub fn find_port(name: &str) -> Result<PathBuf> {

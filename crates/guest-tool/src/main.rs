@@ -105,7 +105,7 @@ fn run_agent(port: &str, stdio: bool, card: Option<PathBuf>, exit_on_eof: bool) 
             OnEof::Stop,
         );
     }
-    let node = agent::find_port(port)?;
+    let node = agent::wait_for_port(port, agent::PORT_WAIT)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
