@@ -15,10 +15,13 @@ BOOKWORM_PKGS=(
 	linux-source-6.12 rustc-web rust-web-src libclang-dev clang
 	make patch flex bison bc libelf-dev libssl-dev cpio zstd xz-utils busybox-static
 	seabios ipxe-qemu
+	# qemu-scripts/build-qemu.sh (QEMU with the vhost-user-gpu blob patch)
+	ninja-build libglib2.0-dev libpixman-1-dev python3-venv python3-pip libfdt-dev
 )
 # QEMU 10.0 lives in bookworm-backports (bookworm has 7.2, which lacks
 # what vhost-user-gpu-pci needs from a modern backend).
-BACKPORTS_PKGS=(qemu-system-x86 qemu-system-gui qemu-system-data)
+# meson too: QEMU 10 needs >= 1.5, bookworm has 1.0.
+BACKPORTS_PKGS=(qemu-system-x86 qemu-system-gui qemu-system-data meson)
 
 missing=()
 for p in "${BOOKWORM_PKGS[@]}" "${BACKPORTS_PKGS[@]}"; do
@@ -42,6 +45,13 @@ else
 	log "host packages present"
 fi
 
+# QEMU's configure runs its tests' TAP helper from Debian's python; the
+# +ds source tarball does not bundle the wheel.
+if ! /usr/bin/python3 -c 'import pycotap' 2>/dev/null; then
+	log "installing pycotap 1.3.1 into /usr/bin/python3"
+	$SUDO /usr/bin/python3 -m pip install -q --break-system-packages pycotap==1.3.1
+fi
+
 # bindgen-cli: Debian's 0.60 is too old for the kernel's Rust support.
 BINDGEN="$CACHE/tools/bin/bindgen"
 if ! "$BINDGEN" --version 2>/dev/null | grep -qx "bindgen $BINDGEN_VERSION"; then
@@ -54,3 +64,4 @@ log "qemu:    $(qemu-system-x86_64 --version | head -1)"
 log "rustc:   $(/usr/bin/rustc --version)"
 log "bindgen: $("$BINDGEN" --version)"
 log "linux:   $(ls /usr/src/linux-source-6.12.tar.xz)"
+log "meson:   $(meson --version)"

@@ -112,10 +112,12 @@ struct Images {
     daemon: PathBuf,
     kernel_out: PathBuf,
     initrd: PathBuf,
+    /// QEMU with qemu-scripts' blob patch (qemu-scripts/build-qemu.sh).
+    qemu: PathBuf,
 }
 
 /// Builds the daemon (release or the test profile), the static guest tool,
-/// the kernel and the initramfs.
+/// the kernel, the initramfs and the blob-capable QEMU.
 fn images(variant: &str, release: bool) -> Result<Images, String> {
     let profile = if release { "release" } else { "debug" };
     run(cargo().args([
@@ -153,17 +155,21 @@ fn images(variant: &str, release: bool) -> Result<Images, String> {
             .arg("--guest-tool")
             .arg(&guest_tool),
     )?;
+    // Stock QEMU 10.0 hides RESOURCE_BLOB from the guest on vhost-user-gpu.
+    let qemu = output_path(Command::new("bash").arg("qemu-scripts/build-qemu.sh"))?;
     Ok(Images {
         daemon: root().join("target").join(profile).join("gpuswap-daemon"),
         kernel_out,
         initrd,
+        qemu,
     })
 }
 
 fn with_images(cmd: &mut Command, images: &Images) {
     cmd.env("GPUSWAP_DAEMON", &images.daemon)
         .env("GPUSWAP_KERNEL", images.kernel_out.join("bzImage"))
-        .env("GPUSWAP_INITRD", &images.initrd);
+        .env("GPUSWAP_INITRD", &images.initrd)
+        .env("GPUSWAP_QEMU", &images.qemu);
 }
 
 fn test() -> Result<(), String> {
@@ -272,6 +278,7 @@ fn main() -> ExitCode {
             println!("daemon: {}", i.daemon.display());
             println!("kernel: {}", i.kernel_out.join("bzImage").display());
             println!("initrd: {}", i.initrd.display());
+            println!("qemu: {}", i.qemu.display());
         }),
         Cmd::Test => test(),
         Cmd::Install => install(),
