@@ -428,6 +428,102 @@ impl Agent {
     }
 }
 
+/// A booted guest on its own gpuswap daemon, for the real-guest tests:
+/// boot, agent requests that panic with the serial log, and `finish`, which
+/// ends the guest and checks what every such test needs.
+pub struct GuestSession {
+    pub daemon: Daemon,
+    pub vm: Option<Vm>,
+    pub agent: Agent,
+    pub control: Control,
+    pub serial: PathBuf,
+    _dir: RunDir,
+}
+
+impl GuestSession {
+    pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+    pub const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+    /// Starts a daemon and boots the guest on it (`config.append` must run
+    /// the agent), waiting for the agent.
+    pub fn boot(name: &str, config: &VmConfig) -> GuestSession {
+        let images = Images::get();
+        let dir = RunDir::new(name);
+        let daemon = Daemon::start(&images.daemon, &dir, &[]).expect("start the daemon");
+        let mut vm = Vm::start(&images, &daemon.socket, &dir, config).expect("start QEMU");
+        let mut agent = vm.agent(Self::BOOT_TIMEOUT).expect("guest agent");
+        agent.set_timeout(Self::REQUEST_TIMEOUT);
+        let control = daemon.control().expect("control socket");
+        let serial = vm.serial_log.clone();
+        GuestSession {
+            daemon,
+            vm: Some(vm),
+            agent,
+            control,
+            serial,
+            _dir: dir,
+        }
+    }
+
+    /// An agent request that must succeed.
+    pub fn req(&mut self, request: Value) -> Value {
+        match self.agent.request(request) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}\nguest serial log (tail):\n{}", tail(&self.serial, 40)),
+        }
+    }
+
+    /// The request's errno if it failed, None if it worked.
+    pub fn req_errno(&mut self, request: Value) -> Option<i64> {
+        match self.agent.request(request) {
+            Ok(_) => None,
+            Err(e) => {
+                // "agent request {request} failed: {response}"
+                let start = e.find('{').expect("agent error carries the response");
+                let body = &e[e[start..].find("failed: ").map_or(start, |i| start + i + 8)..];
+                let v: Value = serde_json::from_str(body).expect("agent response JSON");
+                Some(v["errno"].as_i64().unwrap_or(-1))
+            }
+        }
+    }
+
+    /// Ends the guest and checks: clean exit, clean kernel log, no protocol
+    /// violation, the daemon alive, nothing left on the host.
+    pub fn finish(mut self) {
+        let _ = self.agent.request(json!({"op": "exit", "status": 0}));
+        let vm = self.vm.take().expect("vm");
+        let status = vm.wait(Self::EXIT_TIMEOUT).expect("QEMU exits");
+        let log = std::fs::read_to_string(&self.serial).expect("serial log");
+        let problems = kernel_problems(&log);
+        assert!(
+            problems.is_empty(),
+            "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
+            problems.join("\n"),
+            tail(&self.serial, 80)
+        );
+        assert!(status.success(), "QEMU exited with {status}");
+        assert!(
+            log.contains("GPUSWAP-INIT-EXIT status=0"),
+            "guest workload did not finish cleanly:\n{}",
+            tail(&self.serial, 40)
+        );
+        let violations = self.control.violations().expect("trace");
+        assert!(violations.is_empty(), "protocol violations: {violations:?}");
+        assert!(self.daemon.alive(), "daemon died");
+        let mut counters = self.control.counters().expect("counters");
+        for _ in 0..100 {
+            if counters["resources"] == json!(0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            counters = self.control.counters().expect("counters");
+        }
+        assert_eq!(counters["resources"], json!(0), "{counters}");
+        assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
+    }
+}
+
 /// The last `lines` lines of a file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

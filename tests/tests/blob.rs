@@ -7,17 +7,14 @@
 //! QEMU 10.0 the guest never sees the feature and create_blob fails with
 //! EOPNOTSUPP.
 
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gpuswap_tests::{
-    kernel_problems, root, tail, Agent, Control, Daemon, Images, RunDir, Vm, VmConfig,
-};
+use gpuswap_tests::{root, GuestSession, VmConfig};
 use serde_json::{json, Value};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 const SEED: u64 = 0xb10b;
 const EOPNOTSUPP: i64 = 95;
 
@@ -43,57 +40,31 @@ fn patched_qemu() -> PathBuf {
     )
 }
 
-struct Guest {
-    daemon: Daemon,
-    vm: Option<Vm>,
-    agent: Agent,
-    control: Control,
-    serial: PathBuf,
-    _dir: RunDir,
+struct Guest(GuestSession);
+
+impl Deref for Guest {
+    type Target = GuestSession;
+    fn deref(&self) -> &GuestSession {
+        &self.0
+    }
+}
+
+impl DerefMut for Guest {
+    fn deref_mut(&mut self) -> &mut GuestSession {
+        &mut self.0
+    }
 }
 
 impl Guest {
     fn boot(name: &str, qemu: PathBuf) -> Guest {
-        let images = Images::get();
-        let dir = RunDir::new(name);
-        let daemon = Daemon::start(&images.daemon, &dir, &[]).expect("start the daemon");
         eprintln!("[{name}] QEMU: {}", qemu.display());
-        let config = VmConfig {
-            qemu: Some(qemu),
-            ..VmConfig::default()
-        };
-        let mut vm = Vm::start(&images, &daemon.socket, &dir, &config).expect("start QEMU");
-        let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");
-        agent.set_timeout(Duration::from_secs(300));
-        let control = daemon.control().expect("control socket");
-        let serial = vm.serial_log.clone();
-        Guest {
-            daemon,
-            vm: Some(vm),
-            agent,
-            control,
-            serial,
-            _dir: dir,
-        }
-    }
-
-    fn req(&mut self, request: Value) -> Value {
-        match self.agent.request(request.clone()) {
-            Ok(v) => v,
-            Err(e) => panic!("{e}\nguest serial log (tail):\n{}", tail(&self.serial, 40)),
-        }
-    }
-
-    /// The request's errno if it failed, None if it worked.
-    fn req_errno(&mut self, request: Value) -> Option<i64> {
-        match self.agent.request(request) {
-            Ok(_) => None,
-            Err(e) => {
-                let body = &e[e.find("failed: ").map(|i| i + 8).expect("agent error")..];
-                let v: Value = serde_json::from_str(body).expect("agent response JSON");
-                Some(v["errno"].as_i64().unwrap_or(-1))
-            }
-        }
+        Guest(GuestSession::boot(
+            name,
+            &VmConfig {
+                qemu: Some(qemu),
+                ..VmConfig::default()
+            },
+        ))
     }
 
     fn host(&mut self, res_id: u64) -> Value {
@@ -107,37 +78,8 @@ impl Guest {
         self.req(json!({"op": "shrinker_stats"}))
     }
 
-    fn finish(mut self) {
-        let _ = self.agent.request(json!({"op": "exit", "status": 0}));
-        let vm = self.vm.take().expect("vm");
-        let status = vm.wait(EXIT_TIMEOUT).expect("QEMU exits");
-        let log = std::fs::read_to_string(&self.serial).expect("serial log");
-        let problems = kernel_problems(&log);
-        assert!(
-            problems.is_empty(),
-            "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
-            problems.join("\n"),
-            tail(&self.serial, 80)
-        );
-        assert!(status.success(), "QEMU exited with {status}");
-        assert!(
-            log.contains("GPUSWAP-INIT-EXIT status=0"),
-            "guest workload did not finish cleanly:\n{}",
-            tail(&self.serial, 40)
-        );
-        let violations = self.control.violations().expect("trace");
-        assert!(violations.is_empty(), "protocol violations: {violations:?}");
-        assert!(self.daemon.alive(), "daemon died");
-        let mut counters = self.control.counters().expect("counters");
-        for _ in 0..100 {
-            if counters["resources"] == json!(0) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            counters = self.control.counters().expect("counters");
-        }
-        assert_eq!(counters["resources"], json!(0), "{counters}");
-        assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
+    fn finish(self) {
+        self.0.finish();
     }
 }
 
