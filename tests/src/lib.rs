@@ -447,12 +447,22 @@ impl GuestSession {
 
     /// Starts a daemon and boots the guest on it (`config.append` must run
     /// the agent), waiting for the agent.
+    ///
+    /// Known open bug: now and then the guest's virtio-serial device shows
+    /// no port at all (`/sys/class/virtio-ports` stays empty), so the agent
+    /// cannot start. Such a boot, and only such a boot, is retried once,
+    /// with a warning; any other boot failure fails the test.
     pub fn boot(name: &str, config: &VmConfig) -> GuestSession {
+        const MISSING_PORT: &str = "no virtio-serial port named";
         let images = Images::get();
-        let dir = RunDir::new(name);
-        let daemon = Daemon::start(&images.daemon, &dir, &[]).expect("start the daemon");
-        let mut vm = Vm::start(&images, &daemon.socket, &dir, config).expect("start QEMU");
-        let mut agent = vm.agent(Self::BOOT_TIMEOUT).expect("guest agent");
+        let (dir, daemon, vm, mut agent) = match Self::try_boot(&images, name, config) {
+            Ok(booted) => booted,
+            Err(e) if e.contains(MISSING_PORT) => {
+                eprintln!("WARNING: [{name}] guest came up without its agent port (known bug); booting again:\n{e}");
+                Self::try_boot(&images, &format!("{name}-retry"), config).expect("guest agent")
+            }
+            Err(e) => panic!("guest agent: {e}"),
+        };
         agent.set_timeout(Self::REQUEST_TIMEOUT);
         let control = daemon.control().expect("control socket");
         let serial = vm.serial_log.clone();
@@ -464,6 +474,18 @@ impl GuestSession {
             serial,
             _dir: dir,
         }
+    }
+
+    fn try_boot(
+        images: &Images,
+        name: &str,
+        config: &VmConfig,
+    ) -> Result<(RunDir, Daemon, Vm, Agent)> {
+        let dir = RunDir::new(name);
+        let daemon = Daemon::start(&images.daemon, &dir, &[])?;
+        let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
+        let agent = vm.agent(Self::BOOT_TIMEOUT)?;
+        Ok((dir, daemon, vm, agent))
     }
 
     /// An agent request that must succeed.
