@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod qmp;
+pub mod timeline;
+
 pub type Result<T> = std::result::Result<T, String>;
 
 /// The repository root.
