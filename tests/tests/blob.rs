@@ -200,22 +200,11 @@ fn mappable_blobs_are_created_and_survive_eviction() {
     g.finish();
 }
 
-/// What the issue asks for and the guest kernel does not do yet (so
-/// ignored; run with `--ignored`): after a write through the mapping the
-/// host must see the blob's backing with the guest's content, and after an
-/// eviction and a restore again, with a higher generation.
-///
-/// Guest-side bug (guest-kernel-patches 0002): guest-memory blobs are
-/// created with `nr_entries = 0` and attached on first use, but for a
-/// mappable guest blob on a device without virgl no first use is reachable
-/// from user space: the mmap fault path only gets pages, TRANSFER_TO_HOST
-/// returns -EINVAL for guest blobs before its attach
-/// (`bo->guest_blob && !bo->host3d_blob`), and execbuffer needs 3D. Only a
-/// framebuffer (`prepare_fb`), vmap or a dma-buf pin attaches. So the host
-/// never sees the content of such a blob, unlike upstream 6.12, which sends
-/// the entries with RESOURCE_CREATE_BLOB.
+/// A mappable guest blob has no transfer command: the host reads its pages
+/// in place. So the first mmap fault attaches it, and after an eviction the
+/// fault that brings its pages back attaches them again (a new generation):
+/// the host sees the guest's content both times.
 #[test]
-#[ignore = "guest kernel never attaches a mappable guest blob (see doc comment)"]
 fn mappable_blob_content_reaches_the_host() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let mut g = Guest::boot("blob-host", patched_qemu());
