@@ -14,9 +14,7 @@ use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_config::{
-    VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1,
-};
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::{
@@ -335,9 +333,10 @@ impl VhostUserBackend for GpuBackendDevice {
         // vhost-user-backend refuses for bits we did not offer. vhost-user
         // has no per-queue reset message; a queue reset stays inside QEMU
         // (and the Linux virtio-gpu driver never resets a queue).
+        // No NOTIFY_ON_EMPTY: a legacy-only bit that a modern (VERSION_1)
+        // device must not offer.
         1 << VIRTIO_F_RING_RESET
             | 1 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()

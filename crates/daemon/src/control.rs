@@ -36,6 +36,8 @@ enum ControlRequest {
     /// Set fault injection knobs; omitted ones are unchanged.
     Fault {
         fail_attaches: Option<u32>,
+        /// Corrupt the host copy after this many successful transfers.
+        corrupt_transfers: Option<u32>,
         /// Request type name (e.g. "resource_detach_backing") to delay.
         delay_command: Option<String>,
         /// Delay in ms for `delay_command`; 0 removes the delay.
@@ -131,10 +133,22 @@ fn handle(request: ControlRequest, backend: &ControlHandle) -> Value {
         }
         ControlRequest::Fault {
             fail_attaches,
+            corrupt_transfers,
             delay_command,
             delay_ms,
             clear,
         } => {
+            // Check everything before changing anything: a refused request
+            // leaves the faults as they were.
+            let delay = match delay_command {
+                Some(name) => match ctrl_type::from_name(&name) {
+                    Some(code) => Some((code, delay_ms.unwrap_or(0))),
+                    None => {
+                        return json!({"ok": false, "error": format!("unknown command {name:?}")})
+                    }
+                },
+                None => None,
+            };
             let faults = device.faults_mut();
             if clear {
                 *faults = Default::default();
@@ -142,21 +156,29 @@ fn handle(request: ControlRequest, backend: &ControlHandle) -> Value {
             if let Some(n) = fail_attaches {
                 faults.fail_attaches = n;
             }
-            if let Some(name) = delay_command {
-                let Some(code) = ctrl_type::from_name(&name) else {
-                    return json!({"ok": false, "error": format!("unknown command {name:?}")});
-                };
-                match delay_ms.unwrap_or(0) {
-                    0 => faults.delay_ms.remove(&code),
-                    ms => faults.delay_ms.insert(code, ms),
-                };
+            if let Some(n) = corrupt_transfers {
+                faults.corrupt_transfers = n;
+            }
+            match delay {
+                Some((code, 0)) => {
+                    faults.delay_ms.remove(&code);
+                }
+                Some((code, ms)) => {
+                    faults.delay_ms.insert(code, ms);
+                }
+                None => {}
             }
             let delays: serde_json::Map<String, Value> = faults
                 .delay_ms
                 .iter()
                 .map(|(code, ms)| (ctrl_type::name(*code).to_string(), json!(ms)))
                 .collect();
-            json!({"ok": true, "fail_attaches": faults.fail_attaches, "delay_ms": delays})
+            json!({
+                "ok": true,
+                "fail_attaches": faults.fail_attaches,
+                "corrupt_transfers": faults.corrupt_transfers,
+                "delay_ms": delays,
+            })
         }
         ControlRequest::Subscribe => {
             json!({"ok": false, "error": "subscribe takes over the connection"})

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use gpuswap_device::DeviceConfig;
+use gpuswap_device::{DeviceConfig, Faults};
+use gpuswap_protocol::ctrl_type;
 use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use vhost::vhost_user::Listener;
@@ -58,6 +59,59 @@ struct Args {
     /// next one.
     #[arg(long)]
     once: bool,
+
+    /// Fail the next N ATTACH_BACKINGs with ERR_OUT_OF_MEMORY (armed from
+    /// the start, like the control socket's `fault` request).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        help_heading = "Fault injection"
+    )]
+    fault_fail_attaches: u32,
+
+    /// Corrupt the host copy after the next N TRANSFER_TO_HOST_2Ds that
+    /// succeed: the transferred rect's first byte is XORed with 0xff after
+    /// the copy (a `fault` event `corrupt_transfer` in the trace).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        help_heading = "Fault injection"
+    )]
+    fault_corrupt_transfers: u32,
+
+    /// Complete every request of type COMMAND (a control-socket
+    /// `delay_command` name, e.g. resource_detach_backing) MS milliseconds
+    /// late; 0 means no delay. Repeat for more request types; the last one
+    /// given for a type wins.
+    #[arg(
+        long = "fault-delay",
+        value_name = "COMMAND=MS",
+        value_parser = parse_delay,
+        help_heading = "Fault injection"
+    )]
+    fault_delays: Vec<(u32, u64)>,
+}
+
+impl Args {
+    /// The faults armed from the command line.
+    fn faults(&self) -> Faults {
+        let mut faults = Faults {
+            fail_attaches: self.fault_fail_attaches,
+            corrupt_transfers: self.fault_corrupt_transfers,
+            ..Faults::default()
+        };
+        for &(code, ms) in &self.fault_delays {
+            match ms {
+                0 => faults.delay_ms.remove(&code),
+                ms => faults.delay_ms.insert(code, ms),
+            };
+        }
+        faults
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -73,6 +127,25 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
         .ok_or_else(|| format!("{s:?} is not a size like 512M or 2G"))
+}
+
+/// `COMMAND=MS`: a request type name as the control socket's
+/// `delay_command` takes it, and a delay in milliseconds.
+fn parse_delay(s: &str) -> Result<(u32, u64), String> {
+    let (name, ms) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not COMMAND=MS, like resource_detach_backing=50"))?;
+    let code = ctrl_type::from_name(name.trim()).ok_or_else(|| {
+        format!(
+            "{name:?} is not a request type name (e.g. resource_detach_backing, \
+             transfer_to_host_2d, resource_attach_backing)"
+        )
+    })?;
+    let ms = ms
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{ms:?} is not a delay in milliseconds"))?;
+    Ok((code, ms))
 }
 
 fn parse_mode(s: &str) -> Result<(u32, u32), String> {
@@ -135,6 +208,21 @@ fn run(args: Args) -> Result<(), String> {
     let backend = Arc::new(
         GpuBackendDevice::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
     );
+    let faults = args.faults();
+    if faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !faults.delay_ms.is_empty() {
+        let delays: Vec<String> = faults
+            .delay_ms
+            .iter()
+            .map(|(code, ms)| format!("{}={ms}", ctrl_type::name(*code)))
+            .collect();
+        warn!(
+            "faults armed: fail_attaches {}, corrupt_transfers {}, delays [{}]",
+            faults.fail_attaches,
+            faults.corrupt_transfers,
+            delays.join(", ")
+        );
+    }
+    *backend.device().faults_mut() = faults;
 
     let cleanup: Vec<PathBuf> = args
         .socket_path
@@ -238,5 +326,72 @@ mod tests {
         assert_eq!(parse_mode("1920x1080"), Ok((1920, 1080)));
         assert!(parse_mode("0x10").is_err());
         assert!(parse_mode("wide").is_err());
+    }
+
+    #[test]
+    fn fault_options_parse_into_faults() {
+        assert_eq!(
+            parse_delay("resource_detach_backing=50"),
+            Ok((ctrl_type::RESOURCE_DETACH_BACKING, 50))
+        );
+        assert_eq!(
+            parse_delay("transfer_to_host_2d=0"),
+            Ok((ctrl_type::TRANSFER_TO_HOST_2D, 0))
+        );
+        for bad in [
+            "",
+            "resource_detach_backing",
+            "resource_detach_backing=",
+            "resource_detach_backing=-5",
+            "resource_detach_backing=soon",
+            "warp_drive=5",
+            "=5",
+        ] {
+            let e = parse_delay(bad).expect_err(bad);
+            assert!(!e.is_empty());
+        }
+
+        let args = Args::try_parse_from([
+            "gpuswap-daemon",
+            "--socket-path",
+            "/tmp/x",
+            "--fault-fail-attaches",
+            "2",
+            "--fault-corrupt-transfers",
+            "3",
+            "--fault-delay",
+            "resource_detach_backing=50",
+            "--fault-delay",
+            "resource_flush=5",
+            "--fault-delay",
+            "resource_flush=0",
+            "--fault-delay",
+            "transfer_to_host_2d=7",
+        ])
+        .unwrap();
+        let f = args.faults();
+        assert_eq!((f.fail_attaches, f.corrupt_transfers), (2, 3));
+        assert_eq!(
+            f.delay_ms.into_iter().collect::<Vec<_>>(),
+            vec![
+                (ctrl_type::TRANSFER_TO_HOST_2D, 7),
+                (ctrl_type::RESOURCE_DETACH_BACKING, 50)
+            ]
+        );
+        let none = Args::try_parse_from(["gpuswap-daemon", "--socket-path", "/tmp/x"]).unwrap();
+        let f = none.faults();
+        assert_eq!((f.fail_attaches, f.corrupt_transfers), (0, 0));
+        assert!(f.delay_ms.is_empty());
+        for bad in [
+            &["--fault-fail-attaches", "-1"][..],
+            &["--fault-corrupt-transfers", "many"],
+            &["--fault-corrupt-transfers", "4294967296"],
+            &["--fault-delay", "warp_drive=5"],
+        ] {
+            let argv = ["gpuswap-daemon", "--socket-path", "/tmp/x"]
+                .iter()
+                .chain(bad.iter());
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gpuswap_frontend::{commands, Fence, FrontendConfig, GpuFrontend, Placement, QueueId};
+use gpuswap_frontend::{commands, Fence, FrontendConfig, GpuFrontend, Pages, Placement, QueueId};
 use gpuswap_protocol::wire::ResourceId;
 use gpuswap_protocol::{ctrl_type, features, format, ErrorCode};
 use serde_json::{json, Value};
@@ -14,6 +14,8 @@ use vm_memory::ByteValued;
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
 const VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_NOTIFY_ON_EMPTY: legacy only, not for a modern device.
+const NOTIFY_ON_EMPTY: u64 = 1 << 24;
 
 #[test]
 fn status_shows_identity_limits_and_acked_features() {
@@ -36,6 +38,11 @@ fn status_shows_identity_limits_and_acked_features() {
     );
 
     let _gpu = d.connect(FrontendConfig::default());
+    assert_eq!(
+        _gpu.negotiated().device_features & NOTIFY_ON_EMPTY,
+        0,
+        "a modern device does not offer the legacy NOTIFY_ON_EMPTY"
+    );
     let acked = acked_features(&ctl.status());
     for bit in [
         features::VIRTIO_GPU_F_EDID,
@@ -257,11 +264,201 @@ fn fault_delay_command_delays_completion_not_the_control_socket() {
     assert!(t.elapsed() < Duration::from_millis(200));
 
     // clear removes every fault.
-    ctl.fault(json!({"delay_command": "resource_flush", "delay_ms": 5, "fail_attaches": 3}));
+    ctl.fault(json!({
+        "delay_command": "resource_flush",
+        "delay_ms": 5,
+        "fail_attaches": 3,
+        "corrupt_transfers": 4
+    }));
     let r = ctl.fault(json!({"clear": true}));
     assert_eq!(
-        (r["fail_attaches"].clone(), r["delay_ms"].clone()),
-        (json!(0), json!({}))
+        (
+            r["fail_attaches"].clone(),
+            r["corrupt_transfers"].clone(),
+            r["delay_ms"].clone()
+        ),
+        (json!(0), json!(0), json!({}))
+    );
+}
+
+/// Creates a `w`x`h` 2D resource `id` on scattered pages holding `pixels`,
+/// attached and transferred in full.
+fn upload(gpu: &mut GpuFrontend, id: u32, (w, h): (u32, u32), pixels: &[u8]) -> Pages {
+    gpu.resource_create_2d(id, FMT, w, h).unwrap();
+    let pages = gpu
+        .ram_mut()
+        .alloc(pixels.len().div_ceil(4096), Placement::Scattered)
+        .unwrap();
+    gpu.ram()
+        .write_entries(&pages.entries(), 0, pixels)
+        .unwrap();
+    gpu.attach_backing(id, &pages.entries()).unwrap();
+    gpu.transfer_to_host_2d(id, rect(0, 0, w, h), 0).unwrap();
+    pages
+}
+
+/// What a stress harness does: the live resources whose host copy does
+/// not hash to what the guest wrote (`guest`: id -> content).
+fn mismatched(ctl: &mut Control, guest: &[(u32, &[u8])]) -> Vec<u32> {
+    guest
+        .iter()
+        .filter(|(id, content)| ctl.live(*id)["host_hash"] != hash_hex(content))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// The `corrupt_transfer` fault events of resource `id` after `seq`.
+fn corruptions(ctl: &mut Control, seq: u64, id: u32) -> Vec<Value> {
+    let events = ctl.trace(seq, Some(id));
+    events_of(&events, "fault")
+        .into_iter()
+        .filter(|e| e["fault"] == "corrupt_transfer")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn fault_corrupt_transfers_spoils_one_host_copy_and_the_trace_names_it() {
+    let d = Daemon::spawn("corrupt", &[]);
+    let mut gpu = d.connect(FrontendConfig::default().headless());
+    let mut ctl = d.ctl();
+    let (w, h) = (32u32, 16u32);
+    let one = pattern((w * h * 4) as usize, 61);
+    let two = pattern((w * h * 4) as usize, 62);
+    upload(&mut gpu, 1, (w, h), &one);
+    gpu.resource_create_2d(2, FMT, w, h).unwrap();
+    let p2 = gpu.ram_mut().alloc(2, Placement::Scattered).unwrap();
+    gpu.ram().write_entries(&p2.entries(), 0, &two).unwrap();
+    gpu.attach_backing(2, &p2.entries()).unwrap();
+    assert_eq!(mismatched(&mut ctl, &[(1, &one)]), Vec::<u32>::new());
+
+    let r = ctl.fault(json!({"corrupt_transfers": 1}));
+    assert_eq!(
+        (
+            r["fail_attaches"].clone(),
+            r["corrupt_transfers"].clone(),
+            r["delay_ms"].clone()
+        ),
+        (json!(0), json!(1), json!({}))
+    );
+    let seq0 = ctl.last_seq();
+    // A failing transfer does not use the fault up.
+    assert_eq!(
+        gpu.transfer_to_host_2d(2, rect(0, 0, w + 1, h), 0)
+            .unwrap_err()
+            .device_error(),
+        Some(ErrorCode::InvalidParameter)
+    );
+    assert_eq!(ctl.fault(json!({}))["corrupt_transfers"], 1);
+    // The guest sees a successful transfer; the host copy is off by one
+    // byte, the backing is what the guest wrote.
+    gpu.transfer_to_host_2d(2, rect(0, 0, w, h), 0).unwrap();
+    let info = ctl.live(2);
+    assert_ne!(info["host_hash"], hash_hex(&two));
+    let mut spoilt = two.clone();
+    spoilt[0] ^= 0xff;
+    assert_eq!(info["host_hash"], hash_hex(&spoilt));
+    assert_eq!(info["backing_hash"], hash_hex(&two));
+    assert_eq!(
+        mismatched(&mut ctl, &[(1, &one), (2, &two)]),
+        vec![2],
+        "the harness names resource 2"
+    );
+    let faults = corruptions(&mut ctl, seq0, 2);
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    let f = &faults[0];
+    assert_eq!(
+        (
+            f["resource_id"].clone(),
+            f["generation"].clone(),
+            f["host_offset"].clone()
+        ),
+        (json!(2), json!(1), json!(0))
+    );
+    assert!(corruptions(&mut ctl, seq0, 1).is_empty());
+    let c = ctl.counters()["counters"].clone();
+    assert_eq!(
+        (c["faults_injected"].clone(), c["violations"].clone()),
+        (json!(1), json!(0))
+    );
+
+    // Spent: the next transfers are clean, and one repairs resource 2.
+    assert_eq!(ctl.fault(json!({}))["corrupt_transfers"], 0);
+    gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0).unwrap();
+    gpu.transfer_to_host_2d(2, rect(0, 0, w, h), 0).unwrap();
+    assert_eq!(
+        mismatched(&mut ctl, &[(1, &one), (2, &two)]),
+        Vec::<u32>::new()
+    );
+    assert_eq!(ctl.counters()["counters"]["faults_injected"], 1);
+}
+
+#[test]
+fn faults_armed_on_the_command_line_fire_from_the_first_frontend() {
+    let d = Daemon::spawn(
+        "fault-cli",
+        &[
+            "--fault-corrupt-transfers",
+            "1",
+            "--fault-fail-attaches",
+            "1",
+            "--fault-delay",
+            "resource_flush=5",
+            "--fault-delay",
+            "get_edid=7",
+        ],
+    );
+    let mut ctl = d.ctl();
+    let r = ctl.fault(json!({}));
+    assert_eq!(
+        (
+            r["fail_attaches"].clone(),
+            r["corrupt_transfers"].clone(),
+            r["delay_ms"].clone()
+        ),
+        (
+            json!(1),
+            json!(1),
+            json!({"resource_flush": 5, "get_edid": 7})
+        )
+    );
+    let mut gpu = d.connect(FrontendConfig::default().headless());
+    let (w, h) = (16u32, 16u32);
+    let pix = pattern((w * h * 4) as usize, 71);
+    gpu.resource_create_2d(1, FMT, w, h).unwrap();
+    let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
+    gpu.ram().write_entries(&p.entries(), 0, &pix).unwrap();
+    assert_eq!(
+        gpu.attach_backing(1, &p.entries())
+            .unwrap_err()
+            .device_error(),
+        Some(ErrorCode::OutOfMemory)
+    );
+    gpu.attach_backing(1, &p.entries()).unwrap();
+    // A sub-rect: its first byte is row 2, pixel 3 of the host copy.
+    let first = 2 * w * 4 + 3 * 4;
+    gpu.transfer_to_host_2d(1, rect(3, 2, 4, 4), u64::from(first))
+        .unwrap();
+    let info = ctl.live(1);
+    assert_ne!(info["host_hash"], info["backing_hash"]);
+    assert_eq!(info["backing_hash"], hash_hex(&pix));
+    let faults = corruptions(&mut ctl, 0, 1);
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert_eq!(
+        (
+            faults[0]["generation"].clone(),
+            faults[0]["host_offset"].clone()
+        ),
+        (json!(1), json!(first))
+    );
+    // Both armed faults fired once; the full transfer then is clean.
+    gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0).unwrap();
+    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&pix));
+    assert_eq!(ctl.counters()["counters"]["faults_injected"], 2);
+    let r = ctl.fault(json!({}));
+    assert_eq!(
+        (r["fail_attaches"].clone(), r["corrupt_transfers"].clone()),
+        (json!(0), json!(0))
     );
 }
 
@@ -284,6 +481,11 @@ fn bad_control_requests_get_ok_false() {
         r#"{"cmd": "trace", "after": "yesterday"}"#,
         r#"{"cmd": "fault", "fail_attaches": -2}"#,
         r#"{"cmd": "fault", "delay_command": "warp_drive", "delay_ms": 5}"#,
+        r#"{"cmd": "fault", "corrupt_transfer": 1}"#,
+        r#"{"cmd": "fault", "corrupt_transfers": -1}"#,
+        r#"{"cmd": "fault", "corrupt_transfers": "one"}"#,
+        // Refused as a whole: the valid knobs beside it are not applied.
+        r#"{"cmd": "fault", "fail_attaches": 2, "corrupt_transfers": 2, "delay_command": "warp_drive", "delay_ms": 5}"#,
     ] {
         let r: Value = ctl.raw(line);
         assert_eq!(r["ok"], false, "{line} -> {r}");
@@ -301,8 +503,12 @@ fn bad_control_requests_get_ok_false() {
     // A refused fault changed nothing.
     let r = ctl.fault(json!({}));
     assert_eq!(
-        (r["fail_attaches"].clone(), r["delay_ms"].clone()),
-        (json!(0), json!({}))
+        (
+            r["fail_attaches"].clone(),
+            r["corrupt_transfers"].clone(),
+            r["delay_ms"].clone()
+        ),
+        (json!(0), json!(0), json!({}))
     );
 }
 

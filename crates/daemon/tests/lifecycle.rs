@@ -208,6 +208,41 @@ fn bad_arguments_are_refused() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
 
+#[test]
+fn bad_fault_options_are_usage_errors() {
+    for (bad, says) in [
+        (&["--fault-delay", "resource_flush"][..], "COMMAND=MS"),
+        (&["--fault-delay", "warp_drive=5"], "warp_drive"),
+        (&["--fault-delay", "resource_flush=soon"], "soon"),
+        (&["--fault-delay", "resource_flush=-5"], "-5"),
+        (&["--fault-delay", "=5"], "request type"),
+        (&["--fault-fail-attaches", "many"], "many"),
+        (&["--fault-corrupt-transfers", "-1"], "-1"),
+        (&["--fault-corrupt-transfers", "99999999999"], "99999999999"),
+    ] {
+        // Refused while parsing (exit 2), before the socket is even tried.
+        let out = Command::new(DAEMON)
+            .args(["--socket-path", "/nonexistent/x"])
+            .args(bad)
+            .output()
+            .expect("run daemon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains(says), "{bad:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bad:?}: {stderr}");
+    }
+    // --help documents them.
+    let out = Command::new(DAEMON).arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--fault-fail-attaches <N>",
+        "--fault-corrupt-transfers <N>",
+        "--fault-delay <COMMAND=MS>",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
 /// libvirt's way: the daemon serves an already bound socket it inherits.
 #[test]
 fn fd_serves_an_inherited_listening_socket() {

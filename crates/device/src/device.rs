@@ -17,7 +17,7 @@ use crate::display::{Display, DisplayMode, CURSOR_SIZE};
 use crate::edid;
 use crate::memory::{self, GuestExtent, PageOwners};
 use crate::renderer::{Rect2d, Renderer};
-use crate::trace::{Counters, DetachReason, Event, EventKind, Trace, Violation};
+use crate::trace::{Counters, DetachReason, Event, EventKind, InjectedFault, Trace, Violation};
 
 /// Host memory charged per live resource for its bookkeeping.
 const RESOURCE_OVERHEAD: u64 = 256;
@@ -50,11 +50,20 @@ impl Default for DeviceConfig {
     }
 }
 
-/// Faults the control socket can inject to widen race windows.
+/// Faults the control socket (or the daemon's command line) can inject to
+/// widen race windows and to check that a harness notices bad data. Each
+/// one that fires is counted in `faults_injected` and traced as a `fault`
+/// event on its resource.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Fail this many upcoming ATTACH_BACKINGs with ERR_OUT_OF_MEMORY.
     pub fail_attaches: u32,
+    /// Corrupt the host copy after this many upcoming TRANSFER_TO_HOST_2Ds
+    /// that succeed and copy at least one pixel: after the real copy, the
+    /// first byte of the transferred rect in the host copy is XORed with
+    /// 0xff, so it no longer matches the guest's data. Failed, empty and
+    /// blob transfers leave the count alone.
+    pub corrupt_transfers: u32,
     /// Delay the completion of these request types by so many ms (applied
     /// by the queue handler; the device only stores them).
     pub delay_ms: BTreeMap<u32, u64>,
@@ -655,7 +664,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 id,
                 generation,
                 EventKind::Fault {
-                    fault: "fail_attach",
+                    fault: InjectedFault::FailAttach,
                 },
             );
             return Err(fail(ErrorCode::OutOfMemory, "injected attach failure"));
@@ -868,7 +877,46 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 offset: args.offset,
             },
         );
+        if self.faults.corrupt_transfers > 0 {
+            self.corrupt_host_copy(id, generation, rect, stride);
+        }
         Ok(Response::OkNoData)
+    }
+
+    /// The `corrupt_transfers` fault, after a transfer of `rect` into the
+    /// host copy of 2D resource `id` (rows `stride` bytes apart): XORs the
+    /// rect's first byte with 0xff. The transfer itself has succeeded
+    /// either way; if the renderer cannot do it, the fault stays armed.
+    fn corrupt_host_copy(&mut self, id: u32, generation: u64, rect: Rect2d, stride: u64) {
+        let pixel = Rect2d {
+            width: 1,
+            height: 1,
+            ..rect
+        };
+        let bpp = format::BYTES_PER_PIXEL;
+        let mut bytes = [0u8; format::BYTES_PER_PIXEL as usize];
+        let flipped = self
+            .renderer
+            .read_host_copy(id, pixel, &mut bytes, bpp)
+            .and_then(|()| {
+                bytes[0] ^= 0xff;
+                self.renderer.write_host_copy(id, pixel, &bytes, bpp)
+            });
+        if let Err(e) = flipped {
+            warn!("resource {id}: injected transfer corruption failed: {e}");
+            return;
+        }
+        let host_offset = u64::from(rect.y) * stride + u64::from(rect.x) * u64::from(bpp);
+        warn!("resource {id}: injected fault: host copy byte {host_offset} flipped after transfer");
+        self.faults.corrupt_transfers -= 1;
+        self.counters.faults_injected += 1;
+        self.trace.record(
+            id,
+            generation,
+            EventKind::Fault {
+                fault: InjectedFault::CorruptTransfer { host_offset },
+            },
+        );
     }
 
     fn check_scanout_id(&self, scanout: u32) -> Result<(), Failure> {

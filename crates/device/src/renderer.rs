@@ -65,6 +65,19 @@ pub trait Renderer {
         dst_stride: u32,
     ) -> RendererResult<()>;
 
+    /// Copies `src`, rows `src_stride` apart, into `rect` of the host copy
+    /// of 2D resource `id`, bypassing its backing (which is left as it
+    /// was). The inverse of [`Renderer::read_host_copy`]; the device model
+    /// uses it for fault injection (`Faults::corrupt_transfers`), not on
+    /// any guest request path.
+    fn write_host_copy(
+        &mut self,
+        id: u32,
+        rect: Rect2d,
+        src: &[u8],
+        src_stride: u32,
+    ) -> RendererResult<()>;
+
     /// Drops the resource and its host copy.
     fn unref(&mut self, id: u32) -> RendererResult<()>;
 }
@@ -94,6 +107,9 @@ pub struct RutabagaRenderer {
     rutabaga: Rutabaga,
     /// Each resource's current iovecs, for transfers that need them padded.
     backings: HashMap<u32, Vec<HostIovec>>,
+    /// Width and height in pixels of each 2D resource, for
+    /// `write_host_copy`.
+    sizes: HashMap<u32, (u32, u32)>,
 }
 
 // SAFETY: `Rutabaga` is not `Send` only because it stores its components
@@ -116,6 +132,7 @@ impl RutabagaRenderer {
         Ok(RutabagaRenderer {
             rutabaga,
             backings: HashMap::new(),
+            sizes: HashMap::new(),
         })
     }
 }
@@ -154,7 +171,9 @@ impl Renderer for RutabagaRenderer {
         };
         self.rutabaga
             .resource_create_3d(id, args)
-            .map_err(err("create", id))
+            .map_err(err("create", id))?;
+        self.sizes.insert(id, (width, height));
+        Ok(())
     }
 
     fn create_guest_blob(&mut self, id: u32, blob_flags: u32, size: u64) -> RendererResult<()> {
@@ -262,8 +281,65 @@ impl Renderer for RutabagaRenderer {
         Ok(())
     }
 
+    fn write_host_copy(
+        &mut self,
+        id: u32,
+        rect: Rect2d,
+        src: &[u8],
+        src_stride: u32,
+    ) -> RendererResult<()> {
+        if rect.width == 0 || rect.height == 0 {
+            return Ok(());
+        }
+        let (width, height) = *self.sizes.get(&id).ok_or_else(|| {
+            RendererError(format!("write of resource {id}: not a live 2D resource"))
+        })?;
+        let inside =
+            |pos: u32, len: u32, limit: u32| pos.checked_add(len).is_some_and(|e| e <= limit);
+        if !inside(rect.x, rect.width, width) || !inside(rect.y, rect.height, height) {
+            return Err(RendererError(format!(
+                "write of resource {id}: {rect:?} outside {width}x{height}"
+            )));
+        }
+        // Rutabaga writes a host copy only from the backing, reading the
+        // rect where it sits in a whole image (`y * stride + x * 4`, rows
+        // the resource's stride apart). Lay `src` out so in a scratch
+        // image, make that the backing for this one transfer, and put the
+        // real backing (or none) back. The scratch is at most the size of
+        // the host copy, and only its rows inside `rect` are read.
+        let stride = width as usize * 4;
+        let row = rect.width as usize * 4;
+        let start = rect.y as usize * stride + rect.x as usize * 4;
+        let mut image = vec![0u8; start + (rect.height as usize - 1) * stride + row];
+        for y in 0..rect.height as usize {
+            let from = y * src_stride as usize;
+            let line = src.get(from..from + row).ok_or_else(|| {
+                RendererError(format!("write of resource {id}: {rect:?} does not fit src"))
+            })?;
+            let at = start + y * stride;
+            image[at..at + row].copy_from_slice(line);
+        }
+        let scratch = [HostIovec {
+            base: image.as_mut_ptr(),
+            len: image.len(),
+        }];
+        let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
+        let result = self
+            .rutabaga
+            .attach_backing(id, rutabaga_iovecs(&scratch))
+            .and_then(|_| self.rutabaga.transfer_write(0, id, transfer, None));
+        // Put the real backing back before `image` goes away.
+        let restored = match self.backings.get(&id) {
+            Some(backing) => self.rutabaga.attach_backing(id, rutabaga_iovecs(backing)),
+            None => self.rutabaga.detach_backing(id),
+        };
+        restored.map_err(err("re-attach", id))?;
+        result.map_err(err("write", id))
+    }
+
     fn unref(&mut self, id: u32) -> RendererResult<()> {
         self.backings.remove(&id);
+        self.sizes.remove(&id);
         self.rutabaga.unref_resource(id).map_err(err("unref", id))
     }
 }
@@ -336,5 +412,64 @@ mod tests {
         r.read_host_copy(1, full, &mut image, 16).unwrap();
         assert_eq!(image, backing);
         r.unref(1).unwrap();
+    }
+
+    #[test]
+    fn write_host_copy_changes_only_the_rect_and_keeps_the_backing() {
+        let mut r = RutabagaRenderer::new().unwrap();
+        r.create_2d(1, gpuswap_protocol::format::B8G8R8X8_UNORM, 4, 3)
+            .unwrap();
+        let full = Rect2d {
+            x: 0,
+            y: 0,
+            width: 4,
+            height: 3,
+        };
+        // Without a backing: written, and still without one after.
+        let inner = Rect2d {
+            x: 1,
+            y: 1,
+            width: 2,
+            height: 2,
+        };
+        let src: Vec<u8> = (200..216).collect();
+        r.write_host_copy(1, inner, &src, 8).unwrap();
+        let mut image = vec![0u8; 48];
+        r.read_host_copy(1, full, &mut image, 16).unwrap();
+        let mut expected = vec![0u8; 48];
+        expected[20..28].copy_from_slice(&src[..8]);
+        expected[36..44].copy_from_slice(&src[8..]);
+        assert_eq!(image, expected);
+        assert!(r.transfer_to_host_2d(1, full, 0, 16).is_err(), "no backing");
+
+        // With a backing: it is the backing again afterwards.
+        let mut backing: Vec<u8> = (0..48).collect();
+        let iov = [HostIovec {
+            base: backing.as_mut_ptr(),
+            len: backing.len(),
+        }];
+        // SAFETY: `backing` outlives the attachment: it is unreferenced below.
+        unsafe { r.attach_backing(1, &iov).unwrap() };
+        let pixel = Rect2d {
+            x: 3,
+            y: 2,
+            width: 1,
+            height: 1,
+        };
+        r.write_host_copy(1, pixel, &[9, 9, 9, 9], 4).unwrap();
+        r.read_host_copy(1, full, &mut image, 16).unwrap();
+        expected[44..48].copy_from_slice(&[9; 4]);
+        assert_eq!(image, expected);
+        r.transfer_to_host_2d(1, full, 0, 16).unwrap();
+        r.read_host_copy(1, full, &mut image, 16).unwrap();
+        assert_eq!(image, backing);
+
+        // src too short, a rect outside, and no such resource: errors,
+        // not panics.
+        assert!(r.write_host_copy(1, inner, &src[..12], 8).is_err());
+        let outside = Rect2d { x: 3, ..inner };
+        assert!(r.write_host_copy(1, outside, &src, 8).is_err());
+        r.unref(1).unwrap();
+        assert!(r.write_host_copy(1, pixel, &[0; 4], 4).is_err());
     }
 }

@@ -80,8 +80,22 @@ pub enum EventKind {
     },
     /// An injected fault fired.
     Fault {
-        fault: &'static str,
+        #[serde(flatten)]
+        fault: InjectedFault,
     },
+}
+
+/// A fault the control socket or the command line armed (see
+/// `Faults`), as it fired on a resource. Not a guest violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "fault")]
+pub enum InjectedFault {
+    /// An ATTACH_BACKING was failed with ERR_OUT_OF_MEMORY.
+    FailAttach,
+    /// After a TRANSFER_TO_HOST_2D, byte `host_offset` of the host copy
+    /// (the transferred rect's first byte) was XORed with 0xff, so the
+    /// host copy no longer matches the guest's data.
+    CorruptTransfer { host_offset: u64 },
 }
 
 /// One trace entry.
@@ -242,5 +256,37 @@ mod tests {
         assert_eq!(json["other"], 4);
         assert_eq!(json["resource_id"], 9);
         assert_eq!(json["generation"], 2);
+    }
+
+    #[test]
+    fn faults_serialize_flat() {
+        let mut t = Trace::new(4);
+        t.record(
+            3,
+            1,
+            EventKind::Fault {
+                fault: InjectedFault::FailAttach,
+            },
+        );
+        t.record(
+            3,
+            1,
+            EventKind::Fault {
+                fault: InjectedFault::CorruptTransfer { host_offset: 68 },
+            },
+        );
+        let json: Vec<_> = t
+            .since(0, None)
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        assert_eq!(json[0]["event"], "fault");
+        assert_eq!(json[0]["fault"], "fail_attach");
+        assert!(json[0].get("host_offset").is_none());
+        assert_eq!(json[1]["event"], "fault");
+        assert_eq!(json[1]["fault"], "corrupt_transfer");
+        assert_eq!(json[1]["host_offset"], 68);
+        assert_eq!(json[1]["resource_id"], 3);
+        assert_eq!(json[1]["generation"], 1);
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gpuswap_device::trace::{DetachReason, EventKind, Violation};
+use gpuswap_device::trace::{DetachReason, EventKind, InjectedFault, Violation};
 use gpuswap_device::DeviceConfig;
 use gpuswap_protocol::ctrl_type as t;
 use gpuswap_protocol::wire::{CtrlHeader, GetCapset, GetCapsetInfo, GetEdid, ResourceMapBlob};
@@ -992,7 +992,7 @@ fn injected_attach_faults_fail_exactly_the_next_two_attaches() {
         .map(|e| (e.resource_id, e.kind))
         .collect();
     let fault = EventKind::Fault {
-        fault: "fail_attach",
+        fault: InjectedFault::FailAttach,
     };
     assert_eq!(faults, vec![(1, fault.clone()), (2, fault)]);
     assert_eq!(b.info(1).backing, "detached");
@@ -1004,6 +1004,106 @@ fn injected_attach_faults_fail_exactly_the_next_two_attaches() {
     assert_eq!(b.dev.counters().faults_injected, 2);
     assert_eq!((b.info(1).generation, b.info(2).generation), (1, 1));
     assert!(b.violations().is_empty());
+}
+
+/// Faults among `events`, as (resource, generation, fault).
+fn faults_of(events: &[gpuswap_device::trace::Event]) -> Vec<(u32, u64, InjectedFault)> {
+    events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Fault { fault } => Some((e.resource_id, e.generation, fault)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn injected_transfer_corruption_flips_one_host_byte_of_exactly_the_next_two_transfers() {
+    let mut b = Bench::simple();
+    let (w, h) = (32u32, 16u32);
+    let stride = (w * 4) as usize;
+    let content = pattern(7, stride * h as usize);
+    let extents = pages(&[1]);
+    uploaded_2d(&mut b, 1, (w, h), &extents, &content);
+    b.ok(&create_blob(2, blob_mem::GUEST, 4096, &pages(&[2])));
+    b.ok(&create_2d(3, XRGB, w, h));
+    b.events();
+    b.dev.faults_mut().corrupt_transfers = 2;
+
+    // Failed, empty and blob transfers do not use the fault up.
+    assert_eq!(
+        b.send(&transfer(1, rect(30, 0, 4, 1), 0)),
+        INVALID_PARAMETER
+    );
+    assert_eq!(b.send(&transfer(3, rect(0, 0, w, h), 0)), UNSPEC);
+    b.ok(&transfer(1, rect(5, 5, 0, 3), 0));
+    b.ok(&transfer(2, rect(0, 0, 16, 16), 0));
+    assert_eq!(b.dev.faults().corrupt_transfers, 2);
+    assert_eq!(b.dev.counters().faults_injected, 0);
+    assert!(faults_of(&b.events()).is_empty());
+    assert_eq!(b.info(1).host_hash, Some(hash(&content)));
+
+    // 1: a whole transfer; its first byte, at 0, is flipped after the
+    // copy. The guest's data is untouched.
+    b.ok(&transfer(1, rect(0, 0, w, h), 0));
+    let mut expected = content.clone();
+    expected[0] ^= 0xff;
+    let info = b.info(1);
+    assert_eq!(info.host_hash, Some(hash(&expected)));
+    assert_ne!(info.host_hash, info.backing_hash);
+    assert_eq!(info.backing_hash, Some(hash(&content)));
+    let events = b.events();
+    assert!(matches!(events[0].kind, EventKind::Transfer { .. }));
+    assert_eq!(
+        faults_of(&events),
+        vec![(1, 1, InjectedFault::CorruptTransfer { host_offset: 0 })]
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (
+            b.dev.faults().corrupt_transfers,
+            b.dev.counters().faults_injected
+        ),
+        (1, 1)
+    );
+
+    // 2: a sub-rect after an evict/restore (generation 2); its first byte
+    // is at row 2, pixel 3 of the host copy.
+    b.ok(&detach(1));
+    b.ok(&attach(1, &extents));
+    let r = rect(3, 2, 4, 4);
+    let first = 2 * stride + 3 * 4;
+    b.ok(&transfer(1, r, first as u64));
+    expected[first] ^= 0xff;
+    assert_eq!(b.info(1).host_hash, Some(hash(&expected)));
+    assert_eq!(
+        faults_of(&b.events()),
+        vec![(
+            1,
+            2,
+            InjectedFault::CorruptTransfer {
+                host_offset: first as u64
+            }
+        )]
+    );
+    assert_eq!(
+        (
+            b.dev.faults().corrupt_transfers,
+            b.dev.counters().faults_injected
+        ),
+        (0, 2)
+    );
+
+    // Spent: the next transfer is clean and repairs the host copy.
+    b.ok(&transfer(1, rect(0, 0, w, h), 0));
+    assert_eq!(b.info(1).host_hash, Some(hash(&content)));
+    assert!(faults_of(&b.events()).is_empty());
+    assert_eq!(b.dev.counters().faults_injected, 2);
+    assert_eq!(
+        b.dev.counters().violations,
+        1,
+        "only the transfer to the detached resource 3"
+    );
 }
 
 #[test]
