@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 
 use crate::devnode;
 use crate::error::{Error, Result};
-use crate::gpu::{Bo, Gpu, RegionArgs, DEFAULT_FORMAT};
+use crate::gpu::{Bo, FbArgs, Gpu, RegionArgs, DEFAULT_FORMAT};
+use crate::hog::Hog;
 use crate::proto::{self, Request};
 use crate::shrinker;
 use crate::sysinfo;
@@ -89,6 +90,8 @@ pub enum OnEof {
 pub struct Agent {
     gpu: std::result::Result<Gpu, Error>,
     scan_loop: Option<shrinker::ScanLoop>,
+    /// The memory hog child (killed when the agent is dropped).
+    hog: Hog,
 }
 
 impl Agent {
@@ -98,6 +101,7 @@ impl Agent {
         Agent {
             gpu: Gpu::open(card),
             scan_loop: None,
+            hog: Hog::new(),
         }
     }
 
@@ -106,6 +110,7 @@ impl Agent {
         Agent {
             gpu: Err(err),
             scan_loop: None,
+            hog: Hog::new(),
         }
     }
 
@@ -219,8 +224,20 @@ impl Agent {
                 json!({ "bos": bos, "scanout": gpu.current_scanout() })
             }
             Request::Meminfo {} => Value::Object(sysinfo::meminfo()?),
-            Request::Scanout { handle } => serde_json::to_value(self.gpu()?.scanout(handle)?)
-                .map_err(|e| Error::msg(e.to_string()))?,
+            Request::Scanout {
+                handle,
+                width,
+                height,
+                stride,
+            } => {
+                let fb = FbArgs {
+                    width,
+                    height,
+                    stride,
+                };
+                serde_json::to_value(self.gpu()?.scanout(handle, fb)?)
+                    .map_err(|e| Error::msg(e.to_string()))?
+            }
             Request::ScanoutOff {} => json!({ "was_on": self.gpu()?.scanout_off()? }),
             Request::Madvise { handle, madv } => {
                 let madv = match madv {
@@ -255,6 +272,24 @@ impl Agent {
                 Some(l) => l.stop()?,
                 None => return Err(Error::msg("no scan loop is running")),
             },
+            Request::Hog { mib } => {
+                let limit_mib = sysinfo::meminfo()?
+                    .get("MemTotal")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| Error::msg("no MemTotal in /proc/meminfo"))?
+                    / 1024;
+                let inherited = match &self.gpu {
+                    Ok(gpu) => gpu.mapped_ranges(),
+                    Err(_) => Vec::new(),
+                };
+                serde_json::to_value(self.hog.set(mib, limit_mib, &inherited)?)
+                    .map_err(|e| Error::msg(e.to_string()))?
+            }
+            Request::DropCaches { level } => {
+                sysinfo::drop_caches(level)?;
+                json!({})
+            }
+            Request::Vmstat {} => Value::Object(sysinfo::vmstat()?),
             Request::Run { argv } => shrinker::run(&argv)?,
             Request::Exit { status } => {
                 outcome = Outcome::Exit(status.unwrap_or(0));
@@ -501,6 +536,50 @@ mod tests {
         assert_eq!(r[4]["ok"], true);
         assert!(r[4]["MemTotal"].as_u64().unwrap() > 0);
         assert_eq!(r[5], json!({"id": 5, "ok": true}));
+    }
+
+    #[test]
+    fn hog_drop_caches_vmstat_and_scanout_args() {
+        let input = concat!(
+            "{\"id\":1,\"op\":\"hog\",\"mib\":2}\n",
+            "{\"id\":2,\"op\":\"hog\",\"mib\":1}\n",
+            "{\"id\":3,\"op\":\"hog\",\"mib\":0}\n",
+            "{\"id\":4,\"op\":\"hog\",\"mib\":18446744073709551615}\n",
+            "{\"id\":5,\"op\":\"drop_caches\",\"level\":4}\n",
+            "{\"id\":6,\"op\":\"vmstat\"}\n",
+            "{\"id\":7,\"op\":\"scanout\",\"handle\":1,\"width\":8,\"height\":8}\n",
+            "{\"id\":8,\"op\":\"hog\",\"mib\":1}\n",
+        );
+        let (r, status) = run(input);
+        assert_eq!(status, 0);
+        assert_eq!(r.len(), 8, "{r:?}");
+        assert_eq!(r[0]["ok"], true, "{}", r[0]);
+        assert_eq!(r[0]["mib"], 2);
+        assert_eq!(r[0]["oom_killed"], false);
+        assert!(r[0]["ms"].is_u64());
+        let pid = r[0]["pid"].as_i64().unwrap();
+        assert_eq!(r[1]["mib"], 1);
+        assert_eq!(r[1]["pid"], pid);
+        assert_eq!(r[2]["mib"], 0);
+        assert_eq!(r[2]["pid"], Value::Null);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert_eq!(r[3]["ok"], false);
+        assert_eq!(r[3]["errno"], Value::Null);
+        assert!(r[3]["error"].as_str().unwrap().contains("MemTotal"));
+        assert_eq!(r[4]["ok"], false);
+        assert!(r[4]["error"].as_str().unwrap().contains("1, 2 or 3"));
+        assert_eq!(r[5]["ok"], true);
+        assert!(r[5]["pswpin"].is_u64(), "{}", r[5]);
+        assert!(r[5]["oom_kill"].is_u64(), "{}", r[5]);
+        assert_eq!(r[6]["ok"], false);
+        assert!(r[6]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no virtio-gpu device"));
+        // Still held when the agent is dropped at EOF: killed then.
+        assert_eq!(r[7]["mib"], 1);
+        let pid = r[7]["pid"].as_i64().unwrap();
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 
     #[test]

@@ -198,6 +198,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// The mapping's start address.
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -100,6 +100,20 @@ pub struct Scanout {
     pub crtc_id: u32,
     pub connector_id: u32,
     pub mode: String,
+    /// The framebuffer's geometry (XRGB8888).
+    pub width: u32,
+    pub height: u32,
+    pub stride: u32,
+}
+
+/// Framebuffer geometry given to `scanout`: required (width, height) for a
+/// blob, which has none of its own; not accepted for 2D and dumb BOs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FbArgs {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Bytes per row; default `width * 4`.
+    pub stride: Option<u32>,
 }
 
 /// An open virtio-gpu device plus the BOs created through it.
@@ -410,27 +424,13 @@ impl Gpu {
         }
     }
 
-    /// Show a 2D (XRGB/ARGB-compatible) or dumb BO on the first usable
-    /// connector/CRTC, replacing any previous scanout.
-    pub fn scanout(&mut self, handle: u32) -> Result<Scanout> {
-        let (width, height, stride) = match self.bo(handle)?.kind {
-            BoKind::TwoD {
-                width,
-                height,
-                stride,
-                format: DEFAULT_FORMAT | uapi::VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
-            }
-            | BoKind::Dumb {
-                width,
-                height,
-                stride,
-            } => (width, height, stride),
-            other => {
-                return Err(Error::msg(format!(
-                    "handle {handle} cannot be scanned out as XRGB8888 ({other:?})"
-                )))
-            }
-        };
+    /// Show a 2D (XRGB/ARGB-compatible), dumb or guest blob BO on the first
+    /// usable connector/CRTC, replacing any previous scanout. `fb` gives a
+    /// blob its geometry (see [`fb_geometry`]); the kernel's plane update then
+    /// sends SET_SCANOUT_BLOB for it (RESOURCE_FLUSH as for any scanout).
+    pub fn scanout(&mut self, handle: u32, fb: FbArgs) -> Result<Scanout> {
+        let bo = self.bo(handle)?;
+        let (width, height, stride) = fb_geometry(handle, bo.kind, bo.size, fb)?;
         let pipe = kms::pick_pipe(&self.card, width, height)?;
         let fb_id = kms::add_fb2_xrgb8888(&self.card, handle, width, height, stride)?;
         if let Err(e) = kms::set_crtc(
@@ -449,6 +449,9 @@ impl Gpu {
             crtc_id: pipe.crtc_id,
             connector_id: pipe.connector_id,
             mode: kms::mode_name(&pipe.mode),
+            width,
+            height,
+            stride,
         };
         if let Some(old) = self.scanout.replace(new.clone()) {
             kms::rm_fb(&self.card, old.fb_id)?;
@@ -465,6 +468,16 @@ impl Gpu {
         let off = kms::set_crtc(&self.card, s.crtc_id, 0, None, None);
         let rm = kms::rm_fb(&self.card, s.fb_id);
         off.and(rm).map(|()| true)
+    }
+
+    /// `(address, length)` of every BO mapping this process holds (what a
+    /// forked child that keeps running must unmap).
+    pub fn mapped_ranges(&self) -> Vec<(usize, usize)> {
+        self.bos
+            .values()
+            .filter_map(|bo| bo.map.as_ref())
+            .map(|m| (m.addr(), m.len()))
+            .collect()
     }
 
     /// The current scanout, if any.
@@ -484,6 +497,76 @@ impl Gpu {
             }
         }
         handles.len()
+    }
+}
+
+/// The XRGB8888 framebuffer `(width, height, stride)` for BO `handle` of
+/// `kind` and GEM `size`. 2D (B8G8R8X8/B8G8R8A8) and dumb BOs use their own
+/// geometry and refuse `args`. A blob needs `args.width` and `args.height`
+/// (non-zero); `args.stride` defaults to `width * 4`, must be at least that,
+/// and the last row must end within the BO: `(height - 1) * stride +
+/// width * 4 <= size`, the check DRM makes in ADDFB2 (caught here with a
+/// clearer message).
+pub fn fb_geometry(handle: u32, kind: BoKind, size: u64, args: FbArgs) -> Result<(u32, u32, u32)> {
+    match kind {
+        BoKind::TwoD {
+            width,
+            height,
+            stride,
+            format: DEFAULT_FORMAT | uapi::VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+        }
+        | BoKind::Dumb {
+            width,
+            height,
+            stride,
+        } => {
+            if args != FbArgs::default() {
+                return Err(Error::msg(format!(
+                    "handle {handle}: width/height/stride are only for blob BOs \
+                     (a {} BO has its own geometry)",
+                    match kind {
+                        BoKind::Dumb { .. } => "dumb",
+                        _ => "2D",
+                    }
+                )));
+            }
+            Ok((width, height, stride))
+        }
+        BoKind::Blob { .. } => {
+            let (Some(width), Some(height)) = (args.width, args.height) else {
+                return Err(Error::msg(format!(
+                    "handle {handle} is a blob: scanout needs width and height"
+                )));
+            };
+            if width == 0 || height == 0 {
+                return Err(Error::msg(format!(
+                    "scanout of {width}x{height}: width and height must be non-zero"
+                )));
+            }
+            let row = u64::from(width) * 4;
+            let stride = match args.stride {
+                Some(stride) => stride,
+                None => u32::try_from(row).map_err(|_| {
+                    Error::msg(format!("width {width}: width * 4 overflows the stride"))
+                })?,
+            };
+            if u64::from(stride) < row {
+                return Err(Error::msg(format!(
+                    "stride {stride} is less than width * 4 = {row}"
+                )));
+            }
+            let need = u64::from(height - 1) * u64::from(stride) + row;
+            if need > size {
+                return Err(Error::msg(format!(
+                    "handle {handle}: {width}x{height} XRGB8888 with stride {stride} needs \
+                     {need} bytes, the blob has {size}"
+                )));
+            }
+            Ok((width, height, stride))
+        }
+        other => Err(Error::msg(format!(
+            "handle {handle} cannot be scanned out as XRGB8888 ({other:?})"
+        ))),
     }
 }
 
@@ -572,5 +655,104 @@ mod tests {
         assert!(region_for(kind, huge).is_err());
         let blob = region_for(BoKind::Blob { blob_flags: 1 }, RegionArgs::default()).unwrap();
         assert_eq!((blob.w, blob.h, blob.offset), (0, 0, 0));
+    }
+
+    #[test]
+    fn scanout_geometry() {
+        let two_d = BoKind::TwoD {
+            width: 64,
+            height: 32,
+            format: DEFAULT_FORMAT,
+            stride: 256,
+        };
+        let none = FbArgs::default();
+        assert_eq!(fb_geometry(1, two_d, 8192, none).unwrap(), (64, 32, 256));
+        let dumb = BoKind::Dumb {
+            width: 640,
+            height: 480,
+            stride: 2560,
+        };
+        assert_eq!(
+            fb_geometry(1, dumb, 1 << 20, none).unwrap(),
+            (640, 480, 2560)
+        );
+        let given = FbArgs {
+            width: Some(64),
+            height: Some(32),
+            stride: None,
+        };
+        for kind in [two_d, dumb] {
+            let e = fb_geometry(1, kind, 1 << 20, given).unwrap_err();
+            assert!(e.message.contains("only for blob"), "{}", e.message);
+        }
+        let rgba = BoKind::TwoD {
+            width: 64,
+            height: 32,
+            format: uapi::VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM,
+            stride: 256,
+        };
+        assert!(fb_geometry(1, rgba, 8192, none).is_err());
+
+        let blob = BoKind::Blob { blob_flags: 1 };
+        let e = fb_geometry(2, blob, 1 << 20, none).unwrap_err();
+        assert!(
+            e.message.contains("needs width and height"),
+            "{}",
+            e.message
+        );
+        let only_w = FbArgs {
+            width: Some(4),
+            ..none
+        };
+        assert!(fb_geometry(2, blob, 1 << 20, only_w).is_err());
+        // 640x480x4 = 1228800 bytes = exactly 300 pages.
+        let vga = FbArgs {
+            width: Some(640),
+            height: Some(480),
+            stride: None,
+        };
+        assert_eq!(
+            fb_geometry(2, blob, 1_228_800, vga).unwrap(),
+            (640, 480, 2560)
+        );
+        let e = fb_geometry(2, blob, 1_228_800 - 4096, vga).unwrap_err();
+        assert!(e.message.contains("needs 1228800 bytes"), "{}", e.message);
+        // A wider stride: the last row only needs width * 4 bytes.
+        let padded = FbArgs {
+            stride: Some(4096),
+            ..vga
+        };
+        let need = 479 * 4096 + 2560;
+        assert_eq!(
+            fb_geometry(2, blob, need, padded).unwrap(),
+            (640, 480, 4096)
+        );
+        assert!(fb_geometry(2, blob, need - 1, padded).is_err());
+        let narrow = FbArgs {
+            stride: Some(2556),
+            ..vga
+        };
+        let e = fb_geometry(2, blob, 1 << 30, narrow).unwrap_err();
+        assert!(e.message.contains("less than width * 4"), "{}", e.message);
+        let zero = FbArgs {
+            height: Some(0),
+            ..vga
+        };
+        assert!(fb_geometry(2, blob, 1 << 30, zero).is_err());
+        let huge = FbArgs {
+            width: Some(u32::MAX),
+            height: Some(1),
+            stride: None,
+        };
+        assert!(fb_geometry(2, blob, u64::MAX, huge)
+            .unwrap_err()
+            .message
+            .contains("overflows"));
+        let tall = FbArgs {
+            width: Some(1),
+            height: Some(u32::MAX),
+            stride: Some(u32::MAX),
+        };
+        assert!(fb_geometry(2, blob, 1 << 40, tall).is_err());
     }
 }

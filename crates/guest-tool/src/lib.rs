@@ -9,6 +9,7 @@ pub mod devnode;
 pub mod drm;
 pub mod error;
 pub mod gpu;
+pub mod hog;
 pub mod kms;
 pub mod pattern;
 pub mod proto;

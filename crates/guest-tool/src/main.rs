@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gpuswap_guest::agent::{self, Agent, OnEof};
 use gpuswap_guest::gpu::{Gpu, RegionArgs, DEFAULT_FORMAT};
-use gpuswap_guest::{kms, pattern, Error, Result};
+use gpuswap_guest::{hog, kms, pattern, Error, Result};
 
 fn usage() -> &'static str {
     "usage:
@@ -97,6 +97,11 @@ fn parse_args(args: &[String]) -> Result<Command> {
 }
 
 fn run_agent(port: &str, stdio: bool, card: Option<PathBuf>, exit_on_eof: bool) -> Result<i32> {
+    // Under memory pressure the OOM killer should take the hog (score 1000),
+    // never the host's channel into the guest. Needs root; best effort.
+    if let Err(e) = hog::protect_agent_from_oom() {
+        eprintln!("gpuswap-guest: cannot lower the agent's OOM score: {e}");
+    }
     if stdio {
         let mut agent = Agent::new(card.as_deref());
         return agent.serve(

@@ -106,8 +106,22 @@ pub enum Request {
     List {},
     /// /proc/meminfo.
     Meminfo {},
-    /// Put a 2D/dumb BO on a CRTC (ADDFB2 + SETCRTC).
-    Scanout { handle: u32 },
+    /// Put a BO on a CRTC (ADDFB2 as XRGB8888 + SETCRTC) -> `{handle, fb_id,
+    /// crtc_id, connector_id, mode, width, height, stride}`. 2D (B8G8R8X8 /
+    /// B8G8R8A8) and dumb BOs bring their own geometry and take no
+    /// `width`/`height`/`stride`. A guest blob (`create_blob`) has none, so it
+    /// needs `width` and `height`; `stride` defaults to `width * 4` and must
+    /// be at least that; `(height - 1) * stride + width * 4` must fit in the
+    /// BO. The kernel then shows the blob with SET_SCANOUT_BLOB.
+    Scanout {
+        handle: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<u32>,
+    },
     /// Turn the scanout off and remove its framebuffer.
     ScanoutOff {},
     /// DRM_IOCTL_VIRTGPU_MADVISE (gpuswap private UAPI) -> `{retained}`.
@@ -137,6 +151,24 @@ pub enum Request {
     },
     /// Stop it -> `{scans, freed, errors, first_error, ms}`.
     ScanLoopStop {},
+    /// Resize the memory hog to exactly `mib` MiB (0 releases it) ->
+    /// `{mib, ms, oom_killed, pid}`. The hog is anonymous, swappable memory
+    /// filled with incompressible data, held by a forked child with
+    /// oom_score_adj 1000 (see [`crate::hog`]): `oom_killed` tells that the
+    /// OOM killer ended it since the last `hog` (then `mib` is what is held
+    /// now, 0 if it died during this request; the next `hog` starts a new
+    /// child). More than MemTotal is refused.
+    Hog { mib: u64 },
+    /// sync, then write `level` (1 page cache, 2 slab, 3 both; default 3) to
+    /// /proc/sys/vm/drop_caches -> `{}`.
+    DropCaches {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        level: Option<u8>,
+    },
+    /// Reclaim counters from /proc/vmstat -> `{pswpin, pswpout,
+    /// pgscan_kswapd, pgscan_direct, pgsteal_kswapd, pgsteal_direct,
+    /// oom_kill}` (null for a counter the kernel lacks).
+    Vmstat {},
     /// Run a program -> `{status, signal, stdout, stderr}`.
     Run { argv: Vec<String> },
     /// Reply, clean up, exit with `status` (default 0).
@@ -170,6 +202,9 @@ pub const OPS: &[&str] = &[
     "shrinker_scan",
     "scan_loop_start",
     "scan_loop_stop",
+    "hog",
+    "drop_caches",
+    "vmstat",
     "run",
     "exit",
 ];
@@ -309,6 +344,76 @@ mod tests {
                 barrier: Some(false)
             })
         );
+    }
+
+    #[test]
+    fn parses_new_ops() {
+        assert_eq!(
+            parse(r#"{"id":1,"op":"hog","mib":512}"#).1,
+            Ok(Request::Hog { mib: 512 })
+        );
+        assert_eq!(
+            parse(r#"{"id":2,"op":"drop_caches"}"#).1,
+            Ok(Request::DropCaches { level: None })
+        );
+        assert_eq!(
+            parse(r#"{"id":3,"op":"drop_caches","level":1}"#).1,
+            Ok(Request::DropCaches { level: Some(1) })
+        );
+        assert_eq!(parse(r#"{"id":4,"op":"vmstat"}"#).1, Ok(Request::Vmstat {}));
+        assert_eq!(
+            parse(r#"{"id":5,"op":"scanout","handle":3}"#).1,
+            Ok(Request::Scanout {
+                handle: 3,
+                width: None,
+                height: None,
+                stride: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"id":6,"op":"scanout","handle":3,"width":640,"height":480,"stride":2560}"#).1,
+            Ok(Request::Scanout {
+                handle: 3,
+                width: Some(640),
+                height: Some(480),
+                stride: Some(2560)
+            })
+        );
+        // Rejections: missing, mistyped, out of range, unknown arguments.
+        for bad in [
+            r#"{"id":7,"op":"hog"}"#,
+            r#"{"id":7,"op":"hog","mib":-1}"#,
+            r#"{"id":7,"op":"hog","mib":"1G"}"#,
+            r#"{"id":7,"op":"hog","mib":1,"mb":2}"#,
+            r#"{"id":7,"op":"drop_caches","level":256}"#,
+            r#"{"id":7,"op":"drop_caches","levle":1}"#,
+            r#"{"id":7,"op":"vmstat","all":true}"#,
+            r#"{"id":7,"op":"scanout","handle":1,"widht":4}"#,
+            r#"{"id":7,"op":"scanout","width":4,"height":4}"#,
+            r#"{"id":7,"op":"scanout","handle":1,"height":-4}"#,
+        ] {
+            let (id, r) = parse(bad);
+            assert_eq!(id, Some(7));
+            let e = r.unwrap_err();
+            assert!(
+                e.message.starts_with("bad arguments"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        for req in [
+            Request::Hog { mib: 0 },
+            Request::DropCaches { level: Some(2) },
+            Request::Vmstat {},
+            Request::Scanout {
+                handle: 1,
+                width: Some(8),
+                height: None,
+                stride: None,
+            },
+        ] {
+            assert_eq!(parse(&request_line(1, &req)).1, Ok(req));
+        }
     }
 
     #[test]

@@ -167,15 +167,21 @@ impl ScanLoop {
 
 /// Runs a program (busybox applets: insmod, rmmod, dmesg, ...) and returns
 /// `{status, signal, stdout, stderr}` (outputs cut to 16 KiB each).
+///
+/// The program starts with OOM score adjustment 0 rather than the agent's
+/// (see [`crate::hog::protect_agent_from_oom`]), so it stays killable.
 pub fn run(argv: &[String]) -> Result<Value> {
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| Error::msg("run: empty argv"))?;
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    // SAFETY: the hook runs between fork and exec and only makes raw
+    // syscalls (open, write, close) on a static path and buffer.
+    unsafe { cmd.pre_exec(reset_oom_score_adj) };
+    let out = cmd
         .output()
         .map_err(|e| Error::io(format!("run {prog}"), &e))?;
     let cut = |b: &[u8]| {
@@ -188,6 +194,24 @@ pub fn run(argv: &[String]) -> Result<Value> {
         "stdout": cut(&out.stdout),
         "stderr": cut(&out.stderr),
     }))
+}
+
+/// `pre_exec` hook: set /proc/self/oom_score_adj to 0, ignoring failure
+/// (raising the score is always allowed; lowering it needs CAP_SYS_RESOURCE).
+/// Async-signal-safe: raw syscalls only.
+fn reset_oom_score_adj() -> std::io::Result<()> {
+    use nix::libc;
+    const PATH: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+    // SAFETY: `PATH` is a static NUL-terminated string and the buffer a
+    // static one-byte slice; the descriptor is closed before returning.
+    unsafe {
+        let fd = libc::open(PATH.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -218,5 +242,14 @@ mod tests {
         assert_eq!(r["stdout"], "hi\n");
         assert_eq!(r["stderr"], "err\n");
         assert!(run(&[]).is_err());
+        let r = run(&["cat".into(), "/proc/self/oom_score_adj".into()]).unwrap();
+        let own: i32 = fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let child: i32 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+        // Raised to 0 always; lowered to 0 only with CAP_SYS_RESOURCE.
+        assert!(child == 0 || (own > 0 && child == own), "{own} -> {child}");
     }
 }
