@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod qmp;
+pub mod stress;
 pub mod timeline;
 
 pub type Result<T> = std::result::Result<T, String>;
@@ -403,7 +404,28 @@ impl Agent {
 
     /// Sends `request` (an object with `op`) and returns the response;
     /// `ok: false` is an error.
-    pub fn request(&mut self, mut request: Value) -> Result<Value> {
+    pub fn request(&mut self, request: Value) -> Result<Value> {
+        let shown = request.to_string();
+        let value = self.call(request)?;
+        if value["ok"] != json!(true) {
+            return Err(format!("agent request {shown} failed: {value}"));
+        }
+        Ok(value)
+    }
+
+    /// For requests expected to fail: `None` if it worked, else the errno
+    /// the guest reported (-1 for a failure without one). Only a broken
+    /// channel is an error.
+    pub fn request_errno(&mut self, request: Value) -> Result<Option<i64>> {
+        let value = self.call(request)?;
+        if value["ok"] == json!(true) {
+            return Ok(None);
+        }
+        Ok(Some(value["errno"].as_i64().unwrap_or(-1)))
+    }
+
+    /// Sends `request` and returns its response line, whatever it says.
+    fn call(&mut self, mut request: Value) -> Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
         request["id"] = json!(id);
@@ -423,11 +445,58 @@ impl Agent {
             if value["id"] != json!(id) {
                 continue;
             }
-            if value["ok"] != json!(true) {
-                return Err(format!("agent request {request} failed: {value}"));
-            }
             return Ok(value);
         }
+    }
+}
+
+/// A daemon with a guest booted on it whose agent answers.
+pub struct Booted {
+    pub dir: RunDir,
+    pub daemon: Daemon,
+    pub vm: Vm,
+    pub agent: Agent,
+}
+
+/// How long a guest may take to boot and start its agent (TCG, debug
+/// kernel, a loaded CI machine).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Starts a daemon (with `daemon_args`) in a run directory `name` and boots
+/// the guest on it (`config.append` must run the agent), waiting for the
+/// agent.
+///
+/// Known open bug: now and then the guest's virtio-serial device shows no
+/// port at all (`/sys/class/virtio-ports` stays empty), so the agent
+/// cannot start. Such a boot, and only such a boot, is retried once, with
+/// a warning; any other boot failure is returned.
+pub fn boot_guest(
+    images: &Images,
+    name: &str,
+    config: &VmConfig,
+    daemon_args: &[&str],
+) -> Result<Booted> {
+    const MISSING_PORT: &str = "no virtio-serial port named";
+    let attempt = |name: &str| -> Result<Booted> {
+        let dir = RunDir::new(name);
+        let daemon = Daemon::start(&images.daemon, &dir, daemon_args)?;
+        let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
+        let agent = vm.agent(BOOT_TIMEOUT)?;
+        Ok(Booted {
+            dir,
+            daemon,
+            vm,
+            agent,
+        })
+    };
+    match attempt(name) {
+        Err(e) if e.contains(MISSING_PORT) => {
+            eprintln!(
+                "WARNING: [{name}] guest came up without its agent port (known bug); booting again:\n{e}"
+            );
+            attempt(&format!("{name}-retry"))
+        }
+        other => other,
     }
 }
 
@@ -444,28 +513,19 @@ pub struct GuestSession {
 }
 
 impl GuestSession {
-    pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
     pub const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
     /// Starts a daemon and boots the guest on it (`config.append` must run
-    /// the agent), waiting for the agent.
-    ///
-    /// Known open bug: now and then the guest's virtio-serial device shows
-    /// no port at all (`/sys/class/virtio-ports` stays empty), so the agent
-    /// cannot start. Such a boot, and only such a boot, is retried once,
-    /// with a warning; any other boot failure fails the test.
+    /// the agent), waiting for the agent; see [`boot_guest`].
     pub fn boot(name: &str, config: &VmConfig) -> GuestSession {
-        const MISSING_PORT: &str = "no virtio-serial port named";
         let images = Images::get();
-        let (dir, daemon, vm, mut agent) = match Self::try_boot(&images, name, config) {
-            Ok(booted) => booted,
-            Err(e) if e.contains(MISSING_PORT) => {
-                eprintln!("WARNING: [{name}] guest came up without its agent port (known bug); booting again:\n{e}");
-                Self::try_boot(&images, &format!("{name}-retry"), config).expect("guest agent")
-            }
-            Err(e) => panic!("guest agent: {e}"),
-        };
+        let Booted {
+            dir,
+            daemon,
+            vm,
+            mut agent,
+        } = boot_guest(&images, name, config, &[]).unwrap_or_else(|e| panic!("guest agent: {e}"));
         agent.set_timeout(Self::REQUEST_TIMEOUT);
         let control = daemon.control().expect("control socket");
         let serial = vm.serial_log.clone();
@@ -479,18 +539,6 @@ impl GuestSession {
         }
     }
 
-    fn try_boot(
-        images: &Images,
-        name: &str,
-        config: &VmConfig,
-    ) -> Result<(RunDir, Daemon, Vm, Agent)> {
-        let dir = RunDir::new(name);
-        let daemon = Daemon::start(&images.daemon, &dir, &[])?;
-        let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
-        let agent = vm.agent(Self::BOOT_TIMEOUT)?;
-        Ok((dir, daemon, vm, agent))
-    }
-
     /// An agent request that must succeed.
     pub fn req(&mut self, request: Value) -> Value {
         match self.agent.request(request) {
@@ -501,15 +549,9 @@ impl GuestSession {
 
     /// The request's errno if it failed, None if it worked.
     pub fn req_errno(&mut self, request: Value) -> Option<i64> {
-        match self.agent.request(request) {
-            Ok(_) => None,
-            Err(e) => {
-                // "agent request {request} failed: {response}"
-                let start = e.find('{').expect("agent error carries the response");
-                let body = &e[e[start..].find("failed: ").map_or(start, |i| start + i + 8)..];
-                let v: Value = serde_json::from_str(body).expect("agent response JSON");
-                Some(v["errno"].as_i64().unwrap_or(-1))
-            }
+        match self.agent.request_errno(request) {
+            Ok(errno) => errno,
+            Err(e) => panic!("{e}\nguest serial log (tail):\n{}", tail(&self.serial, 40)),
         }
     }
 

@@ -1,0 +1,278 @@
+//! Boot-and-stress runs: boot the guest on the gpuswap daemon, squeeze its
+//! memory from the host by a scenario while a GPU workload runs through
+//! evictions and restores, and check from the guest and from the daemon
+//! that no resource lost or mixed up a byte. `gpuswap-run` (the README's
+//! main job) is the command line around [`run`]; the test suite runs short
+//! ones, including one whose daemon corrupts a transfer on purpose.
+
+mod checks;
+mod options;
+mod pressure;
+mod report;
+mod rng;
+mod scenario;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub use checks::{Check, Checks};
+pub use options::{Mechanisms, Options, USAGE};
+pub use scenario::Scenario;
+
+use crate::qmp::Qmp;
+use crate::timeline::Timeline;
+use crate::{boot_guest, kernel_problems, tail, Agent, Control, Images, VmConfig};
+use pressure::{Pressure, ShrinkerCounts};
+use rng::Rng;
+use workload::{Bo, Totals};
+
+/// How often the timeline is sampled (and the progress line redrawn).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Agent requests can be slow in a squeezed TCG guest.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a run produced.
+pub struct Outcome {
+    pub passed: bool,
+    pub report: Value,
+    pub report_path: PathBuf,
+    pub picture_path: PathBuf,
+}
+
+/// A run in progress: the guest, the daemon, the workload's buffers and
+/// everything measured so far.
+struct Run {
+    o: Options,
+    agent: Agent,
+    control: Control,
+    qmp: Option<Qmp>,
+    /// The guest negotiated blob resources (blob-capable QEMU).
+    blob: bool,
+    rng: Rng,
+    bos: Vec<Bo>,
+    next_serial: u64,
+    checks: Checks,
+    totals: Totals,
+    timeline: Timeline,
+    pressure: Pressure,
+    last_counts: ShrinkerCounts,
+    hog_oom_kills: u64,
+    next_drop_caches: Instant,
+    next_forced_scan: Instant,
+    started: Instant,
+    progress: report::Progress,
+}
+
+/// Runs the scenario of `o` from boot to report (JSON and picture written).
+/// `Err` only when the run could not start at all (no images, no boot);
+/// everything after boot ends in a report.
+pub fn run(o: &Options) -> crate::Result<Outcome> {
+    let images = Images::get();
+    let config = VmConfig {
+        memory_mib: o.memory_mib,
+        append: format!("gpuswap.cmd=agent gpuswap.zram={}M", o.zram_mib),
+        qemu: o.qemu.clone(),
+        ..VmConfig::default()
+    };
+    let faults: Vec<&str> = o.daemon_faults.iter().map(String::as_str).collect();
+    eprintln!(
+        "[gpuswap-run] {} for {} s: booting a {} MiB guest on gpuswap-daemon",
+        o.scenario,
+        o.duration.as_secs(),
+        o.memory_mib
+    );
+    let booted = boot_guest(&images, "stress", &config, &faults)?;
+    let crate::Booted {
+        dir,
+        mut daemon,
+        vm,
+        mut agent,
+    } = booted;
+    agent.set_timeout(REQUEST_TIMEOUT);
+    let control = daemon.control()?;
+    let guest = agent.request(json!({"op": "hello"}))?;
+    let blob = guest["device"]["resource_blob"] == json!(true);
+    let qmp = if o.pressure.balloon {
+        Some(Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?)
+    } else {
+        None
+    };
+    let mut run = Run {
+        o: o.clone(),
+        agent,
+        control,
+        qmp,
+        blob,
+        rng: Rng::new(o.seed),
+        bos: Vec::new(),
+        next_serial: 0,
+        checks: Checks::default(),
+        totals: Totals::default(),
+        timeline: Timeline::new(),
+        pressure: Pressure::default(),
+        last_counts: ShrinkerCounts::default(),
+        hog_oom_kills: 0,
+        next_drop_caches: Instant::now(),
+        next_forced_scan: Instant::now(),
+        started: Instant::now(),
+        progress: report::Progress::new(o.progress),
+    };
+    for name in [
+        "guest_content_intact",
+        "final_content_intact",
+        "host_copy_matches_guest",
+        "attached_backing_matches_guest",
+        "scanout_stays_attached",
+        "no_protocol_violation",
+        "pressure_bit",
+        "guest_kernel_log_clean",
+        "no_resource_left",
+        "qemu_exited_cleanly",
+        "daemon_exited_cleanly",
+        "workload_completed",
+    ] {
+        run.checks.expect(name);
+    }
+    if o.madvise_share > 0.0 {
+        run.checks.expect("purged_buffer_refuses_use");
+    }
+
+    // The workload; an error here (the agent gone, the guest stuck) fails
+    // the run but still ends in a report with what was seen.
+    let workload = run.workload();
+    let workload_error = workload.as_ref().err().cloned();
+    run.checks.record(
+        "workload_completed",
+        workload.is_ok(),
+        || json!({"error": workload_error, "serial_tail": tail(&vm.serial_log, 30)}),
+    );
+    let shrinker = run.finish_guest(workload.is_ok()).unwrap_or(Value::Null);
+    run.progress.clear();
+
+    let serial = vm.serial_log.clone();
+    let qemu = vm.wait(Duration::from_secs(90));
+    run.checks.record(
+        "qemu_exited_cleanly",
+        matches!(qemu, Ok(s) if s.success()),
+        || json!({"qemu": format!("{qemu:?}"), "serial_tail": tail(&serial, 20)}),
+    );
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let problems = kernel_problems(&log);
+    run.checks.record(
+        "guest_kernel_log_clean",
+        problems.is_empty(),
+        || json!({"lines": problems, "serial": serial}),
+    );
+    let violations = run.control.violations().unwrap_or_default();
+    run.checks.record(
+        "no_protocol_violation",
+        violations.is_empty(),
+        || json!({"violations": violations.iter().take(20).collect::<Vec<_>>()}),
+    );
+    let status = run
+        .control
+        .request(json!({"cmd": "status"}))
+        .unwrap_or(Value::Null);
+    let counters = run.control.counters().unwrap_or(Value::Null);
+    let daemon_log = daemon.log.clone();
+    let alive = daemon.alive();
+    let exit = daemon.terminate();
+    run.checks.record(
+        "daemon_exited_cleanly",
+        alive && matches!(exit, Ok(s) if s.success()),
+        || json!({"alive": alive, "exit": format!("{exit:?}"), "daemon_log": tail(&daemon_log, 20)}),
+    );
+    run.checks.finish();
+    run.report(guest, status, counters, shrinker, dir.0.clone())
+}
+
+impl Run {
+    /// Buffers, then the scenario's pressure over the run's time with
+    /// workload steps in between, sampled every second.
+    fn workload(&mut self) -> crate::Result<()> {
+        for slot in 0..self.o.bos as usize {
+            let bo = self.create_bo(slot)?;
+            self.bos.push(bo);
+        }
+        // Slot 0 stays on the scanout: pinned, never evicted.
+        self.flip_scanout()?;
+        self.started = Instant::now();
+        let mut next_sample = Instant::now();
+        let mut phase: Option<(&'static str, f64)> = None;
+        loop {
+            let elapsed = self.started.elapsed();
+            if elapsed >= self.o.duration {
+                break;
+            }
+            let (level, name) = self.o.scenario.at(elapsed, self.o.duration, self.o.cycles);
+            let t = elapsed.as_secs_f64();
+            match phase {
+                Some((current, _)) if current == name => {}
+                Some((current, start)) => {
+                    self.timeline.push_phase(start, t, current);
+                    phase = Some((name, t));
+                }
+                None => phase = Some((name, t)),
+            }
+            self.apply_pressure(level)?;
+            self.periodic_pressure()?;
+            if Instant::now() >= next_sample {
+                self.sample()?;
+                self.check_scanout()?;
+                let line = self.progress_line(name);
+                self.progress.show(&line);
+                next_sample = Instant::now() + SAMPLE_EVERY;
+            }
+            self.step()?;
+        }
+        if let Some((current, start)) = phase {
+            self.timeline
+                .push_phase(start, self.started.elapsed().as_secs_f64(), current);
+        }
+        // Release the pressure, then look at every buffer once more.
+        self.apply_pressure(0.0)?;
+        self.sample()?;
+        self.final_pass()?;
+        self.sample()?;
+        Ok(())
+    }
+
+    /// Ends the workload side: pressure off, buffers closed, and the checks
+    /// that need the guest still up; then the agent ends the guest.
+    /// Returns the guest's last shrinker counters.
+    fn finish_guest(&mut self, workload_ok: bool) -> crate::Result<Value> {
+        if workload_ok {
+            let _ = self.agent.request(json!({"op": "scanout_off"}));
+            for bo in std::mem::take(&mut self.bos) {
+                self.agent
+                    .request(json!({"op": "close", "handle": bo.handle}))?;
+            }
+            let mut left = Vec::new();
+            for _ in 0..100 {
+                left = self.control.resources()?;
+                if left.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.checks.record(
+                "no_resource_left",
+                left.is_empty(),
+                || json!({"left": left.iter().take(10).collect::<Vec<_>>(), "count": left.len()}),
+            );
+        }
+        let stats = self.agent.request(json!({"op": "shrinker_stats"}))?;
+        let (evictions, restores) = (
+            stats["evictions"].as_u64().unwrap_or(0),
+            stats["restores"].as_u64().unwrap_or(0),
+        );
+        self.checks.record("pressure_bit", evictions > 0 && restores > 0, || {
+            json!({"error": "a run where nothing was evicted and restored proves nothing: raise --squeeze or lower --memory", "shrinker": stats})
+        });
+        let _ = self.agent.request(json!({"op": "exit", "status": 0}));
+        Ok(stats)
+    }
+}

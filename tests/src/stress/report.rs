@@ -1,0 +1,295 @@
+//! What a run tells its user: the live progress line, the JSON report, the
+//! timeline picture and the human summary (with, on failure, each failed
+//! buffer's story from the guest and from the daemon, and the command that
+//! reproduces the run).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{Outcome, Run};
+use crate::timeline;
+
+/// Without a terminal, a progress line this often (CI logs).
+const PLAIN_EVERY: Duration = Duration::from_secs(15);
+
+pub struct Progress {
+    terminal: bool,
+    enabled: bool,
+    last_plain: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    pub fn new(forced: Option<bool>) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        Progress {
+            terminal,
+            enabled: forced.unwrap_or(true),
+            last_plain: None,
+            drawn: false,
+        }
+    }
+
+    /// Shows `line`: redrawn in place on a terminal, else now and then.
+    pub(super) fn show(&mut self, line: &str) {
+        if !self.enabled {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.drawn = true;
+        } else if self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+            let _ = writeln!(err, "{line}");
+            self.last_plain = Some(Instant::now());
+        }
+    }
+
+    /// Ends the progress line so that what follows starts on its own line.
+    pub fn clear(&mut self) {
+        if self.drawn {
+            let _ = writeln!(std::io::stderr());
+            self.drawn = false;
+        }
+    }
+}
+
+impl Run {
+    /// Phase, time left, pressure, evictions/restores, GPU memory.
+    pub(super) fn progress_line(&self, phase: &str) -> String {
+        let left = self.o.duration.saturating_sub(self.started.elapsed());
+        let s = self.timeline.samples.last();
+        format!(
+            "[{} {phase:<8}] {:>4} s left | level {:>3.0}% | evictions {:>6} restores {:>6} | GPU resident {:>6.1} MiB evicted {:>6.1} MiB | guest free {:>5.1} MiB | checks {}",
+            self.o.scenario,
+            left.as_secs(),
+            self.pressure.level * 100.0,
+            self.last_counts.evictions,
+            self.last_counts.restores,
+            s.map_or(0.0, |s| s.resident_mib),
+            s.map_or(0.0, |s| s.evicted_mib),
+            s.map_or(0.0, |s| s.guest_free_mib),
+            if self.checks.passed() { "ok" } else { "FAILING" },
+        )
+    }
+
+    /// Writes the JSON report and the picture, prints the summary.
+    pub(super) fn report(
+        &mut self,
+        guest: Value,
+        status: Value,
+        counters: Value,
+        shrinker: Value,
+        logs: PathBuf,
+    ) -> crate::Result<Outcome> {
+        let passed = self.checks.passed();
+        let picture_path = self.o.picture_path();
+        let title = format!(
+            "gpuswap {} run, seed {}: {}",
+            self.o.scenario,
+            self.o.seed,
+            if passed { "passed" } else { "FAILED" }
+        );
+        let picture = timeline::render_svg(&self.timeline, &title, &picture_path);
+        let report = json!({
+            "passed": passed,
+            "scenario": self.o.scenario.to_string(),
+            "seed": self.o.seed,
+            "options": {
+                "duration_s": self.o.duration.as_secs(),
+                "cycles": self.o.cycles,
+                "memory_mib": self.o.memory_mib,
+                "bos": self.o.bos,
+                "sizes": self.o.sizes,
+                "blob_share": self.o.blob_share,
+                "madvise_share": self.o.madvise_share,
+                "pressure": self.o.pressure.list(),
+                "squeeze_mib": self.o.squeeze_mib,
+                "zram_mib": self.o.zram_mib,
+                "daemon_faults": self.o.daemon_faults,
+            },
+            "qemu": {
+                "path": self.o.qemu.as_ref().map(|q| q.display().to_string()),
+                "blob_negotiated": self.blob,
+                "daemon_status": status,
+            },
+            "guest": guest,
+            "checks": self.checks.json(),
+            "workload": self.totals,
+            "guest_shrinker": shrinker,
+            "hog_oom_kills": self.hog_oom_kills,
+            "daemon_counters": counters,
+            "timeline": self.timeline,
+            "picture": picture.as_ref().map(|()| picture_path.display().to_string()).map_err(|e| e.clone()),
+            "reproduce": self.o.reproduce_command(),
+            "logs": logs,
+        });
+        if let Some(parent) = self.o.report.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(&self.o.report, text)
+            .map_err(|e| format!("{}: {e}", self.o.report.display()))?;
+        print_summary(&report, &self.checks, &self.o.report, &picture_path);
+        Ok(Outcome {
+            passed,
+            report,
+            report_path: self.o.report.clone(),
+            picture_path,
+        })
+    }
+}
+
+fn mib(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
+}
+
+fn print_summary(
+    report: &Value,
+    checks: &super::Checks,
+    report_path: &std::path::Path,
+    picture_path: &std::path::Path,
+) {
+    let passed = report["passed"] == json!(true);
+    let w = &report["workload"];
+    let o = &report["options"];
+    println!();
+    println!(
+        "gpuswap run: {}  ({} scenario, {} s, {} buffers, {} MiB guest, squeeze {} MiB by {}, seed {})",
+        if passed { "PASSED" } else { "FAILED" },
+        report["scenario"].as_str().unwrap_or("?"),
+        o["duration_s"],
+        o["bos"],
+        o["memory_mib"],
+        o["squeeze_mib"],
+        o["pressure"].as_str().unwrap_or("?"),
+        report["seed"],
+    );
+    println!(
+        "  QEMU: {}; blobs {}",
+        report["qemu"]["path"]
+            .as_str()
+            .unwrap_or("launcher's choice"),
+        if report["qemu"]["blob_negotiated"] == json!(true) {
+            "negotiated"
+        } else {
+            "not offered (2D only)"
+        }
+    );
+    println!(
+        "  workload: {} steps, {} writes ({:.1} MiB), {} transfers, {} read-backs, {} DONTNEED / {} WILLNEED, {} purged seen, {} recreated, {} scanout flips",
+        w["steps"], w["writes"], mib(&w["bytes_written"]), w["transfers"], w["verifies"],
+        w["dontneed"], w["willneed"], w["purged_seen"], w["recreated"], w["scanout_flips"],
+    );
+    let g = &report["guest_shrinker"];
+    println!(
+        "  guest shrinker: {} evictions, {} restores, {} purges; hog OOM-killed {} times",
+        g["evictions"], g["restores"], g["purges"], report["hog_oom_kills"]
+    );
+    let c = &report["daemon_counters"]["counters"];
+    println!(
+        "  daemon: {} attaches, {} detaches, {} transfers ({:.1} MiB), {} violations, {} faults injected",
+        c["attaches"],
+        c["detaches"],
+        c["transfers"],
+        mib(&c["bytes_transferred"]),
+        c["violations"],
+        c["faults_injected"],
+    );
+    println!("  checks:");
+    for (name, check) in checks.iter() {
+        let mark = if check.failed == 0 { "ok  " } else { "FAIL" };
+        let skipped = if check.skipped > 0 {
+            format!(", {} skipped", check.skipped)
+        } else {
+            String::new()
+        };
+        println!(
+            "    {mark} {name:<32} {} passed, {} failed{skipped}",
+            check.passed, check.failed
+        );
+    }
+    for (name, check) in checks.iter().filter(|(_, c)| c.failed > 0) {
+        for f in &check.failures {
+            print_failure(name, f);
+        }
+    }
+    println!("  report:  {}", report_path.display());
+    match report["picture"].get("Ok") {
+        Some(_) => println!("  picture: {}", picture_path.display()),
+        None => println!("  picture: not drawn: {}", report["picture"]["Err"]),
+    }
+    if !passed {
+        println!("  logs:    {}", report["logs"].as_str().unwrap_or("?"));
+        println!(
+            "  reproduce: {}",
+            report["reproduce"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// One failure: what went wrong, and for a buffer, the harness's and the
+/// guest's view next to the daemon's trace of its resource, by time.
+fn print_failure(name: &str, f: &Value) {
+    println!();
+    let Some(res_id) = f["res_id"].as_u64() else {
+        println!("  FAIL {name}: {f}");
+        return;
+    };
+    println!(
+        "  FAIL {name}: resource {res_id} (buffer {}, {} {}x{}, {} pattern, version {}) at {:.1} s",
+        f["buffer"],
+        f["kind"].as_str().unwrap_or("?"),
+        f["size"][0],
+        f["size"][1],
+        f["pattern"].as_str().unwrap_or("?"),
+        f["version"],
+        f["t_s"].as_f64().unwrap_or(0.0)
+    );
+    println!("       {}", f["detail"]);
+    println!("       guest now: {}", f["guest_info"]);
+    let mut lines: Vec<(u64, String)> = Vec::new();
+    for h in f["guest_history"].as_array().into_iter().flatten() {
+        lines.push((
+            h["time_us"].as_u64().unwrap_or(0),
+            format!(
+                "guest   {:<18} v{} {}",
+                h["action"].as_str().unwrap_or("?"),
+                h["version"],
+                h["detail"]
+            ),
+        ));
+    }
+    for e in f["daemon_trace"].as_array().into_iter().flatten() {
+        let mut rest = e.clone();
+        if let Some(m) = rest.as_object_mut() {
+            for k in ["seq", "time_us", "resource_id", "event", "generation"] {
+                m.remove(k);
+            }
+        }
+        lines.push((
+            e["time_us"].as_u64().unwrap_or(0),
+            format!(
+                "daemon  {:<18} g{} {}",
+                e["event"].as_str().unwrap_or("?"),
+                e["generation"],
+                rest
+            ),
+        ));
+    }
+    lines.sort_by_key(|(t, _)| *t);
+    let first = lines.first().map_or(0, |(t, _)| *t);
+    println!("       guest (harness) and daemon, by time:");
+    for (t, line) in lines {
+        let line = if line.chars().count() > 160 {
+            line.chars().take(157).chain("...".chars()).collect()
+        } else {
+            line
+        };
+        println!("       {:>9.3} s  {line}", (t - first) as f64 / 1e6);
+    }
+}

@@ -1,0 +1,104 @@
+//! Short boot-and-stress runs of the main job (`gpuswap-run`) in the test
+//! suite: one that must pass with every check, and one whose daemon
+//! corrupts a transfer on purpose, which the checks must catch and name.
+
+use std::time::Duration;
+
+use gpuswap_tests::stress::{self, Options, Scenario};
+use serde_json::Value;
+
+fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
+    let mut o = Options::new(scenario);
+    o.duration = Duration::from_secs(seconds);
+    o.cycles = 2;
+    o.memory_mib = 384;
+    o.squeeze_mib = 384 * 6 / 10;
+    o.bos = 32;
+    o.seed = 11;
+    o.progress = Some(true);
+    let dir = gpuswap_tests::root().join("target/stress-tests");
+    o.report = dir.join(format!("{name}.json"));
+    o
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    &report["checks"][name]
+}
+
+#[test]
+fn short_sawtooth_run_passes_every_check() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let o = short(Scenario::Sawtooth, "sawtooth", 75);
+    let outcome = stress::run(&o).expect("the run starts");
+    let r = &outcome.report;
+    assert!(
+        outcome.passed,
+        "stress run failed: see {}",
+        outcome.report_path.display()
+    );
+    // Pressure bit and the host saw it: evictions are DETACHes there.
+    assert!(
+        r["guest_shrinker"]["evictions"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert!(r["guest_shrinker"]["restores"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["daemon_counters"]["counters"]["detaches"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    for name in [
+        "host_copy_matches_guest",
+        "guest_content_intact",
+        "final_content_intact",
+    ] {
+        assert!(
+            check(r, name)["passed"].as_u64().unwrap() > 0,
+            "{name}: {r}"
+        );
+    }
+    let svg = std::fs::read_to_string(&outcome.picture_path).expect("picture");
+    assert!(svg.starts_with("<svg"), "not an SVG");
+    assert!(r["timeline"]["samples"].as_array().unwrap().len() > 30);
+}
+
+/// The daemon flips one byte of a host copy after one transfer: the run
+/// must fail on exactly that check, name that resource (the one the
+/// daemon's trace shows the fault on) and print how to reproduce it.
+#[test]
+fn a_corrupted_transfer_is_detected_and_named() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut o = short(Scenario::Steady, "corrupt", 20);
+    o.cycles = 1;
+    o.daemon_faults = vec!["--fault-corrupt-transfers".into(), "1".into()];
+    let outcome = stress::run(&o).expect("the run starts");
+    let r = &outcome.report;
+    assert!(!outcome.passed, "a corrupted transfer went unnoticed: {r}");
+    let host = check(r, "host_copy_matches_guest");
+    assert_eq!(host["failed"], 1, "{host}");
+    let failure = &host["failures"][0];
+    let res_id = failure["res_id"]
+        .as_u64()
+        .expect("the failure names a resource");
+    let fault = failure["daemon_trace"]
+        .as_array()
+        .expect("the daemon's trace of that resource")
+        .iter()
+        .find(|e| e["event"] == "fault")
+        .unwrap_or_else(|| panic!("no fault event in the trace of resource {res_id}: {failure}"));
+    assert_eq!(fault["fault"], "corrupt_transfer");
+    assert_eq!(fault["resource_id"].as_u64(), Some(res_id));
+    assert!(failure["guest_history"]
+        .as_array()
+        .is_some_and(|h| !h.is_empty()));
+    // Everything else held: the corruption is the only thing wrong.
+    for (name, c) in r["checks"].as_object().unwrap() {
+        if name != "host_copy_matches_guest" && name != "pressure_bit" {
+            assert_eq!(c["failed"], 0, "{name}: {c}");
+        }
+    }
+    assert_eq!(r["daemon_counters"]["counters"]["faults_injected"], 1);
+    let reproduce = r["reproduce"].as_str().unwrap();
+    assert!(reproduce.contains("--seed 11") && reproduce.contains("--fault-corrupt-transfers 1"));
+}
