@@ -18,6 +18,9 @@ const HISTORY: usize = 24;
 /// queued by the guest's fault and processed asynchronously).
 const HOST_SETTLE: Duration = Duration::from_secs(3);
 
+/// The scanout buffer's size: one of the display's modes.
+const SCANOUT_SIZE: (u32, u32) = (1024, 768);
+
 const EINVAL: i64 = 22;
 const SIGBUS: i64 = 7;
 
@@ -102,7 +105,11 @@ pub struct Totals {
 impl Run {
     /// Creates the buffer for `slot` (new or replacing a closed one).
     pub(super) fn create_bo(&mut self, slot: usize) -> Result<Bo> {
-        let (width, height) = self.o.sizes[self.rng.below(self.o.sizes.len() as u64) as usize];
+        let (width, height) = if slot == 0 {
+            SCANOUT_SIZE
+        } else {
+            self.o.sizes[self.rng.below(self.o.sizes.len() as u64) as usize]
+        };
         let kind = if self.blob && self.rng.chance(self.o.blob_share) {
             BoKind::Blob
         } else {
