@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use gpuswap_tests::{kernel_problems, tail, Daemon, Images, RunDir, Vm, VmConfig};
+use gpuswap_tests::{
+    boot_guest, kernel_problems, tail, Booted, Images, RunDir, Vm, VmConfig, BOOT_TIMEOUT,
+};
 use serde_json::{json, Value};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Creates a 2D BO, fills it with a pattern, transfers it; returns
@@ -51,11 +52,12 @@ fn assert_clean_guest_log(vm_log: &std::path::Path) {
 fn guest_transfer_reaches_the_gpuswap_host_copy() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let images = Images::get();
-    let dir = RunDir::new("boot");
-    let mut daemon = Daemon::start(&images.daemon, &dir, &[]).expect("start the daemon");
-    let mut vm =
-        Vm::start(&images, &daemon.socket, &dir, &VmConfig::default()).expect("start QEMU");
-    let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");
+    let Booted {
+        dir: _dir,
+        mut daemon,
+        vm,
+        mut agent,
+    } = boot_guest(&images, "boot", &VmConfig::default(), &[]).expect("guest agent");
     agent.set_timeout(Duration::from_secs(60));
 
     let hello = agent.request(json!({"op": "hello"})).expect("hello");
