@@ -7,6 +7,9 @@ use std::time::Duration;
 use gpuswap_tests::stress::{self, Options, Scenario};
 use serde_json::Value;
 
+/// Debian's QEMU 10, which hides blob resources from the guest.
+const STOCK_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
 fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
     let mut o = Options::new(scenario);
     o.duration = Duration::from_secs(seconds);
@@ -31,6 +34,7 @@ fn short_sawtooth_run_passes_every_check() {
     let o = short(Scenario::Sawtooth, "sawtooth", 75);
     let outcome = stress::run(&o).expect("the run starts");
     let r = &outcome.report;
+    assert_eq!(r["qemu"]["blob_negotiated"], true, "{}", r["qemu"]);
     assert!(
         outcome.passed,
         "stress run failed: see {}",
@@ -66,15 +70,18 @@ fn short_sawtooth_run_passes_every_check() {
 /// The daemon flips one byte of a host copy after one transfer: the run
 /// must fail on exactly that check, name that resource (the one the
 /// daemon's trace shows the fault on) and print how to reproduce it.
+/// On stock QEMU, so the harness's 2D-only path runs in the suite too.
 #[test]
 fn a_corrupted_transfer_is_detected_and_named() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let mut o = short(Scenario::Steady, "corrupt", 20);
     o.cycles = 1;
+    o.qemu = Some(STOCK_QEMU.into());
     o.daemon_faults = vec!["--fault-corrupt-transfers".into(), "1".into()];
     let outcome = stress::run(&o).expect("the run starts");
     let r = &outcome.report;
     assert!(!outcome.passed, "a corrupted transfer went unnoticed: {r}");
+    assert_eq!(r["qemu"]["blob_negotiated"], false, "{}", r["qemu"]);
     let host = check(r, "host_copy_matches_guest");
     assert_eq!(host["failed"], 1, "{host}");
     let failure = &host["failures"][0];

@@ -48,7 +48,9 @@ struct Run {
     o: Options,
     agent: Agent,
     control: Control,
-    qmp: Option<Qmp>,
+    qmp: Qmp,
+    /// Which QEMU, its version, whether blobs were negotiated.
+    qemu: Value,
     /// The guest negotiated blob resources (blob-capable QEMU).
     blob: bool,
     rng: Rng,
@@ -95,16 +97,19 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     let control = daemon.control()?;
     let guest = agent.request(json!({"op": "hello"}))?;
     let blob = guest["device"]["resource_blob"] == json!(true);
-    let qmp = if o.pressure.balloon {
-        Some(Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?)
-    } else {
-        None
-    };
+    let qmp = Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?;
+    let qemu = json!({
+        "binary": o.qemu.clone().or_else(|| std::env::var_os("GPUSWAP_QEMU").map(PathBuf::from))
+            .map_or("qemu-system-x86_64 (PATH)".to_string(), |q| q.display().to_string()),
+        "version": qmp.version(),
+        "blob_negotiated": blob,
+    });
     let mut run = Run {
         o: o.clone(),
         agent,
         control,
         qmp,
+        qemu,
         blob,
         rng: Rng::new(o.seed),
         bos: Vec::new(),

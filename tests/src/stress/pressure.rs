@@ -59,13 +59,13 @@ impl Run {
         let level = level.clamp(0.0, 1.0);
         let (balloon_share, hog_share) = self.shares();
         self.pressure.level = level;
-        if let Some(qmp) = self.qmp.as_mut() {
+        if self.o.pressure.balloon {
             let target = u64::from(self.o.memory_mib) - (level * balloon_share as f64) as u64;
             let current = self.pressure.balloon_target_mib;
             if current.is_none_or(|c| {
                 c.abs_diff(target) >= BALLOON_STEP_MIB || (level == 0.0 && c != target)
             }) {
-                qmp.balloon(target * MIB)?;
+                self.qmp.balloon(target * MIB)?;
                 self.pressure.balloon_target_mib = Some(target);
             }
         }
@@ -115,9 +115,10 @@ impl Run {
             restores: stats["restores"].as_u64().unwrap_or(0),
             purges: stats["purges"].as_u64().unwrap_or(0),
         };
-        let balloon_actual_mib = match self.qmp.as_mut() {
-            Some(qmp) => Some(qmp.query_balloon()? as f64 / MIB as f64),
-            None => None,
+        let balloon_actual_mib = if self.o.pressure.balloon {
+            Some(self.qmp.query_balloon()? as f64 / MIB as f64)
+        } else {
+            None
         };
         let sample = Sample {
             t_s,

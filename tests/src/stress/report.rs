@@ -112,11 +112,8 @@ impl Run {
                 "zram_mib": self.o.zram_mib,
                 "daemon_faults": self.o.daemon_faults,
             },
-            "qemu": {
-                "path": self.o.qemu.as_ref().map(|q| q.display().to_string()),
-                "blob_negotiated": self.blob,
-                "daemon_status": status,
-            },
+            "qemu": self.qemu,
+            "daemon_status": status,
             "guest": guest,
             "checks": self.checks.json(),
             "workload": self.totals,
@@ -170,10 +167,9 @@ fn print_summary(
         report["seed"],
     );
     println!(
-        "  QEMU: {}; blobs {}",
-        report["qemu"]["path"]
-            .as_str()
-            .unwrap_or("launcher's choice"),
+        "  QEMU {} ({}); blobs {}",
+        report["qemu"]["version"].as_str().unwrap_or("?"),
+        report["qemu"]["binary"].as_str().unwrap_or("?"),
         if report["qemu"]["blob_negotiated"] == json!(true) {
             "negotiated"
         } else {
