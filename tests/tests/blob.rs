@@ -3,7 +3,8 @@
 //! negotiates VIRTIO_GPU_F_RESOURCE_BLOB with the gpuswap daemon, creates
 //! mappable BLOB_MEM_GUEST blobs, and the daemon's control socket shows
 //! them with the right size and the guest's content in the backing; the
-//! blobs go through eviction and restore and stay consistent. With stock
+//! blobs go through eviction and restore and stay consistent, and one is
+//! shown with SET_SCANOUT_BLOB (pinned while shown). With stock
 //! QEMU 10.0 the guest never sees the feature and create_blob fails with
 //! EOPNOTSUPP.
 
@@ -234,6 +235,72 @@ fn mappable_blob_content_reaches_the_host() {
     for b in &blobs {
         g.req(json!({"op": "close", "handle": b.handle}));
     }
+    g.finish();
+}
+
+/// A mappable guest blob created with RESOURCE_CREATE_BLOB, written through
+/// its mapping and shown with ADDFB2 + SETCRTC: the guest sends
+/// SET_SCANOUT_BLOB, the host shows it, attached, with the guest's content.
+/// On scanout it is pinned (a forced scan leaves it alone); off scanout it
+/// is evicted, and a read through the mapping brings it back, attached again
+/// with the same content.
+#[test]
+fn created_blob_is_shown_with_set_scanout_blob_and_pinned_there() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("blob-scanout", patched_qemu());
+    let (width, height) = (1024u64, 768u64);
+    let size = width * height * 4;
+    let v = g.req(json!({"op": "create_blob", "size": size}));
+    let mut b = Blob {
+        handle: v["handle"].as_u64().expect("handle"),
+        res_id: v["res_id"].as_u64().expect("res_id"),
+        size,
+        index: 7,
+        version: 0,
+        hash: String::new(),
+    };
+    write_blob(&mut g, &mut b, 1);
+    let shown = g.req(json!({"op": "scanout", "handle": b.handle,
+        "width": width, "height": height}));
+    eprintln!("scanout: {shown}");
+    let hash = b.hash.clone();
+    let res = wait_host(&mut g, b.res_id, "shown with the guest's content", |r| {
+        r["backing"] == "attached"
+            && r["scanouts"] == json!([0])
+            && r["backing_hash"] == json!(hash)
+    });
+    let generation = res["generation"].as_u64().expect("generation");
+    let trace = g.control.trace(0, Some(b.res_id)).expect("trace");
+    assert!(
+        trace
+            .iter()
+            .any(|e| e["event"] == "scanout" && e["enabled"] == json!(true)),
+        "no scanout event for resource {}: {trace:?}",
+        b.res_id
+    );
+
+    // Pinned while shown.
+    g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
+    let res = g.host(b.res_id);
+    assert_eq!(
+        res["backing"], "attached",
+        "a scanout blob was evicted: {res}"
+    );
+    assert_eq!(res["generation"], json!(generation), "{res}");
+
+    // Off the scanout it is an ordinary evictable blob.
+    g.req(json!({"op": "scanout_off"}));
+    g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
+    wait_host(&mut g, b.res_id, "detach on eviction", |r| {
+        r["backing"] == "detached"
+    });
+    verify_blob(&mut g, &b);
+    wait_host(&mut g, b.res_id, "re-attach after restore", |r| {
+        r["backing"] == "attached"
+            && r["generation"].as_u64().unwrap_or(0) > generation
+            && r["backing_hash"] == json!(hash)
+    });
+    g.req(json!({"op": "close", "handle": b.handle}));
     g.finish();
 }
 
