@@ -599,7 +599,8 @@ pub fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Lines of a guest kernel log that report a kernel problem: WARN, BUG,
-/// Oops, panic, lockdep, KASAN, UBSAN, hung tasks, RCU stalls.
+/// Oops, panic, lockdep, KASAN, UBSAN, hung tasks, RCU stalls, and running
+/// out of memory (allocation failures, OOM kills), which dump a stack too.
 pub fn kernel_problems(log: &str) -> Vec<String> {
     const MARKERS: &[&str] = &[
         "WARNING:",
@@ -615,6 +616,8 @@ pub fn kernel_problems(log: &str) -> Vec<String> {
         "UBSAN:",
         "blocked for more than",
         "rcu_sched self-detected stall",
+        "page allocation failure",
+        "invoked oom-killer",
         "Call Trace:",
     ];
     log.lines()

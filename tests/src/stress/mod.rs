@@ -166,11 +166,16 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     );
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
     let problems = kernel_problems(&log);
-    run.checks.record(
-        "guest_kernel_log_clean",
-        problems.is_empty(),
-        || json!({"lines": problems, "serial": serial}),
-    );
+    let out_of_memory = problems
+        .iter()
+        .any(|l| l.contains("page allocation failure") || l.contains("oom-killer"));
+    run.checks
+        .record("guest_kernel_log_clean", problems.is_empty(), || {
+            let hint = out_of_memory.then_some(
+                "the guest ran out of memory: lower --squeeze, or raise --memory or --zram",
+            );
+            json!({"lines": problems, "hint": hint, "serial": serial})
+        });
     let violations = run.control.violations().unwrap_or_default();
     run.checks.record(
         "no_protocol_violation",

@@ -114,7 +114,7 @@ options:
   --madvise-share F     share of buffers going through madvise (default 0.15)
   --seed N              workload and content seed (default 1)
   --pressure LIST       balloon,hog,drop-caches,scan (default balloon,hog,drop-caches)
-  --squeeze MiB         peak memory taken by balloon + hog (default 60% of RAM)
+  --squeeze MiB         peak memory taken by balloon + hog (default 50% of RAM)
   --zram MiB            guest zram swap (default 512)
   --fault-fail-attaches N, --fault-corrupt-transfers N, --fault-delay CMD=MS
                         daemon fault injection (passed through)
@@ -151,7 +151,7 @@ impl Options {
                 drop_caches: true,
                 forced_scan: false,
             },
-            squeeze_mib: memory_mib * 6 / 10,
+            squeeze_mib: memory_mib / 2,
             zram_mib: 512,
             daemon_faults: Vec::new(),
             qemu: None,
@@ -213,14 +213,18 @@ impl Options {
         if let Some(c) = cycles {
             o.cycles = c;
         }
-        o.squeeze_mib = squeeze.unwrap_or(o.memory_mib * 6 / 10);
+        o.squeeze_mib = squeeze.unwrap_or(o.memory_mib / 2);
         o.check()?;
         Ok(o)
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.duration.is_zero() || self.cycles == 0 || self.bos == 0 {
-            return Err("--duration, --cycles and --bos must be at least 1".into());
+        if self.duration.is_zero() || self.cycles == 0 {
+            return Err("--duration and --cycles must be at least 1".into());
+        }
+        // One buffer stays on scanout; the workload needs at least one more.
+        if self.bos < 2 {
+            return Err("--bos must be at least 2".into());
         }
         if self.memory_mib < 128 {
             return Err("--memory must be at least 128 MiB".into());
@@ -306,7 +310,7 @@ mod tests {
     fn bare_command_is_the_steady_scenario() {
         let o = parse("").unwrap();
         assert_eq!(o, Options::new(Scenario::Steady));
-        assert_eq!(o.squeeze_mib, 307);
+        assert_eq!(o.squeeze_mib, 256);
     }
 
     #[test]
@@ -335,7 +339,8 @@ mod tests {
             ("nosuch", "unknown scenario"),
             ("--bos", "needs a value"),
             ("--bos x", "--bos x"),
-            ("--bos 0", "at least 1"),
+            ("--bos 1", "at least 2"),
+            ("--cycles 0", "at least 1"),
             ("--blob-share 2", "share between 0 and 1"),
             ("--sizes 10", "expected WxH"),
             ("--sizes 0x5", "1..4096"),
