@@ -15,7 +15,7 @@ fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
     o.duration = Duration::from_secs(seconds);
     o.cycles = 2;
     o.memory_mib = 384;
-    o.squeeze_mib = 384 / 2;
+    o.squeeze_mib = 384 * 6 / 10;
     o.bos = 32;
     o.seed = 11;
     o.progress = Some(true);

@@ -41,11 +41,10 @@
 //! swappable), grown with `mremap(MREMAP_MAYMOVE)` and shrunk by unmapping the
 //! tail; `mib: 0` kills the child, which releases everything (RAM and swap
 //! slots). `MADV_NOHUGEPAGE` keeps it on 4 KiB pages so reclaim swaps it page
-//! by page without compaction stalls. Every byte of every new page is written
-//! with the [`crate::pattern`] random stream (one stream per MiB, per child),
-//! so zram can neither store a page as same-filled nor compress it: a
-//! swapped-out hog page keeps costing a page of RAM in zram, which sustains the
-//! pressure instead of relieving it.
+//! by page without compaction stalls. Every new page is written (see [`fill`]):
+//! half random, so zram can neither store it as same-filled nor shrink it
+//! much below half a page; a swapped-out hog page still costs RAM in zram, so
+//! the pressure stays, without filling zram with incompressible data.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
@@ -471,9 +470,23 @@ impl Region {
     }
 }
 
-/// The hog content of MiB `chunk`: random words, distinct per MiB and seed.
+/// The hog content of MiB `chunk`, distinct per page, MiB and seed: the
+/// first half of each page random, the rest one repeated word. Like most
+/// application memory it compresses about 2:1 on zram, and no page is
+/// same-filled (which zram would store for free). Incompressible pages
+/// would make swapping the hog pointless: reclaim would then fill zram with
+/// them until its own allocations fail.
 pub fn fill(bytes: &mut [u8], seed: u64, chunk: u64) {
-    pattern::fill_kind(pattern::Kind::Random, bytes, seed, chunk, 0);
+    const HALF_PAGE_WORDS: usize = 256;
+    let key = pattern::key(seed, chunk, 0);
+    for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
+        let value = if i % (2 * HALF_PAGE_WORDS) < HALF_PAGE_WORDS {
+            pattern::word(key, i as u64)
+        } else {
+            key
+        };
+        word.copy_from_slice(&value.to_le_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -502,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn fill_is_random_per_page_and_chunk() {
+    fn fill_is_distinct_per_page_and_chunk_and_never_same_filled() {
         let mut a = vec![0u8; MIB];
         let mut b = vec![0u8; MIB];
         fill(&mut a, 7, 0);

@@ -113,8 +113,8 @@ options:
                         QEMU that does not offer blobs)
   --madvise-share F     share of buffers going through madvise (default 0.15)
   --seed N              workload and content seed (default 1)
-  --pressure LIST       balloon,hog,drop-caches,scan (default balloon,hog,drop-caches)
-  --squeeze MiB         peak memory taken by balloon + hog (default 50% of RAM)
+  --pressure LIST       balloon,hog,drop-caches,scan (default balloon,hog)
+  --squeeze MiB         peak memory taken by balloon + hog (default 60% of RAM)
   --zram MiB            guest zram swap (default 512)
   --fault-fail-attaches N, --fault-corrupt-transfers N, --fault-delay CMD=MS
                         daemon fault injection (passed through)
@@ -148,10 +148,10 @@ impl Options {
             pressure: Mechanisms {
                 balloon: true,
                 hog: true,
-                drop_caches: true,
+                drop_caches: false,
                 forced_scan: false,
             },
-            squeeze_mib: memory_mib / 2,
+            squeeze_mib: memory_mib * 6 / 10,
             zram_mib: 512,
             daemon_faults: Vec::new(),
             qemu: None,
@@ -213,7 +213,7 @@ impl Options {
         if let Some(c) = cycles {
             o.cycles = c;
         }
-        o.squeeze_mib = squeeze.unwrap_or(o.memory_mib / 2);
+        o.squeeze_mib = squeeze.unwrap_or(o.memory_mib * 6 / 10);
         o.check()?;
         Ok(o)
     }
@@ -310,7 +310,7 @@ mod tests {
     fn bare_command_is_the_steady_scenario() {
         let o = parse("").unwrap();
         assert_eq!(o, Options::new(Scenario::Steady));
-        assert_eq!(o.squeeze_mib, 256);
+        assert_eq!(o.squeeze_mib, 307);
     }
 
     #[test]
