@@ -324,7 +324,18 @@ unsafe fn child_main(keep: [RawFd; 2], inherited: &[(usize, usize)], parent: i32
         base: std::ptr::null_mut(),
         mib: 0,
     };
+    let mut cursor = 0;
     loop {
+        let mut poll = libc::pollfd {
+            fd: cmd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, count 1.
+        if unsafe { libc::poll(&mut poll, 1, TOUCH_INTERVAL_MS) } == 0 {
+            cursor = region.touch(cursor, TOUCH_MIB);
+            continue;
+        }
         let mut buf = [0u8; 8];
         // SAFETY: `buf` is a live local array of the length passed.
         if !unsafe { io_full(cmd, buf.as_mut_ptr(), buf.len(), false) } {
@@ -399,6 +410,13 @@ unsafe fn io_full(fd: RawFd, buf: *mut u8, len: usize, write: bool) -> bool {
     true
 }
 
+/// Between commands the child reads one byte of every page of the next
+/// `TOUCH_MIB` MiB each `TOUCH_INTERVAL_MS`, round robin: the hog is a
+/// working set, not a block reclaim can swap out once and forget, so the
+/// pressure lasts (swapped-out hog pages keep coming back).
+const TOUCH_INTERVAL_MS: libc::c_int = 100;
+const TOUCH_MIB: usize = 8;
+
 /// The child's one anonymous mapping of `mib` MiB at `base`.
 struct Region {
     base: *mut u8,
@@ -467,6 +485,26 @@ impl Region {
             fill(bytes, seed, chunk as u64);
         }
         want as i64
+    }
+}
+
+impl Region {
+    /// Reads a byte of each page of `mib` MiB from MiB `cursor` on
+    /// (wrapping); returns where the next touch starts.
+    fn touch(&self, cursor: usize, mib: usize) -> usize {
+        if self.mib == 0 {
+            return 0;
+        }
+        let mut chunk = cursor % self.mib;
+        for _ in 0..mib.min(self.mib) {
+            for page in (0..MIB).step_by(4096) {
+                // SAFETY: inside MiB `chunk` of our own read-write mapping;
+                // a volatile read so the fault (swap-in) really happens.
+                unsafe { std::ptr::read_volatile(self.base.add(chunk * MIB + page)) };
+            }
+            chunk = (chunk + 1) % self.mib;
+        }
+        chunk
     }
 }
 
