@@ -98,9 +98,16 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     let guest = agent.request(json!({"op": "hello"}))?;
     let blob = guest["device"]["resource_blob"] == json!(true);
     let qmp = Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?;
+    // The launcher's choice when none is given: $GPUSWAP_QEMU, else PATH.
+    let qemu_binary = o
+        .qemu
+        .clone()
+        .or_else(|| std::env::var_os("GPUSWAP_QEMU").map(PathBuf::from))
+        .map_or("qemu-system-x86_64 (PATH)".into(), |q| {
+            q.display().to_string()
+        });
     let qemu = json!({
-        "binary": o.qemu.clone().or_else(|| std::env::var_os("GPUSWAP_QEMU").map(PathBuf::from))
-            .map_or("qemu-system-x86_64 (PATH)".to_string(), |q| q.display().to_string()),
+        "binary": qemu_binary,
         "version": qmp.version(),
         "blob_negotiated": blob,
     });
