@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::sysinfo::parse_counters;
 
 /// Where DRM puts per-minor debugfs directories.
 const DRI_DEBUGFS: &str = "/sys/kernel/debug/dri";
@@ -63,18 +64,6 @@ pub fn dir() -> Result<PathBuf> {
             nix::errno::Errno::ENOENT,
         )
     })
-}
-
-/// Parses `name value` lines into `{"name": value}` (numbers only).
-pub fn parse_counters(text: &str) -> Map<String, Value> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let name = words.next()?;
-            let value: u64 = words.next()?.parse().ok()?;
-            Some((name.to_owned(), Value::from(value)))
-        })
-        .collect()
 }
 
 /// The counters: `evictable_pages`, `evicted_pages`, `purgeable_pages`,

@@ -45,9 +45,10 @@ pub const VMSTAT_KEYS: &[&str] = &[
     "oom_kill",
 ];
 
-/// Parse /proc/vmstat text (`name value` lines) into `{"name": value}`; every
-/// line with a numeric value is kept under its exact name.
-pub fn parse_vmstat(text: &str) -> Map<String, Value> {
+/// Parse `name value` lines (/proc/vmstat, the driver's debugfs counters)
+/// into `{"name": value}`; every line with a numeric value is kept under its
+/// exact name.
+pub fn parse_counters(text: &str) -> Map<String, Value> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
@@ -73,7 +74,7 @@ pub fn select(counters: &Map<String, Value>, keys: &[&str]) -> Map<String, Value
 /// The [`VMSTAT_KEYS`] counters of this system's /proc/vmstat.
 pub fn vmstat() -> Result<Map<String, Value>> {
     let text = fs::read_to_string("/proc/vmstat").map_err(|e| Error::io("/proc/vmstat", &e))?;
-    Ok(select(&parse_vmstat(&text), VMSTAT_KEYS))
+    Ok(select(&parse_counters(&text), VMSTAT_KEYS))
 }
 
 /// Where `drop_caches` writes.
@@ -124,7 +125,7 @@ mod tests {
         let text = "nr_free_pages 1234\npswpin 5\npswpout 6\npgscan_kswapd 7\n\
                     pgscan_direct 8\npgsteal_kswapd 9\npgsteal_direct 10\noom_kill 1\n\
                     bogus\nhalf x\n";
-        let all = parse_vmstat(text);
+        let all = parse_counters(text);
         assert_eq!(all.len(), 8);
         assert_eq!(all["nr_free_pages"], 1234);
         let sel = select(&all, VMSTAT_KEYS);
@@ -133,7 +134,7 @@ mod tests {
             serde_json::json!({"pswpin": 5, "pswpout": 6, "pgscan_kswapd": 7,
                 "pgscan_direct": 8, "pgsteal_kswapd": 9, "pgsteal_direct": 10, "oom_kill": 1})
         );
-        let sparse = select(&parse_vmstat("pswpin 1\n"), VMSTAT_KEYS);
+        let sparse = select(&parse_counters("pswpin 1\n"), VMSTAT_KEYS);
         assert_eq!(sparse.len(), VMSTAT_KEYS.len());
         assert_eq!(sparse["pswpin"], 1);
         assert_eq!(sparse["oom_kill"], Value::Null);
