@@ -47,12 +47,15 @@ pub fn find_port(name: &str) -> Result<PathBuf> {
     let mut ports: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     ports.sort();
     for port in ports {
+        let vport = port.file_name().expect("read_dir entries have names");
+        // The name arrives from the host after the port appears: an unnamed
+        // port is a different failure from no port at all, so say which.
         let Ok(port_name) = fs::read_to_string(port.join("name")) else {
+            seen.push(format!("{} (unnamed)", vport.to_string_lossy()));
             continue;
         };
         let port_name = port_name.trim();
         if port_name == name {
-            let vport = port.file_name().expect("read_dir entries have names");
             let node = Path::new("/dev").join(vport);
             devnode::ensure_char_dev(&node, &port.join("dev"))?;
             return Ok(node);
