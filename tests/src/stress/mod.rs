@@ -148,8 +148,9 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     ] {
         run.checks.expect(name);
     }
+    // Whether a DONTNEED buffer gets purged is up to the guest's shrinker.
     if o.madvise_share > 0.0 {
-        run.checks.expect("purged_buffer_refuses_use");
+        run.checks.optional("purged_buffer_refuses_use");
     }
 
     // The workload; an error here (the agent gone, the guest stuck) fails

@@ -94,6 +94,11 @@ impl Run {
             self.o.seed,
             if passed { "passed" } else { "FAILED" }
         );
+        for path in [&self.o.report, &picture_path] {
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+        }
         let picture = timeline::render_svg(&self.timeline, &title, &picture_path);
         let report = json!({
             "passed": passed,
@@ -125,9 +130,6 @@ impl Run {
             "reproduce": self.o.reproduce_command(),
             "logs": logs,
         });
-        if let Some(parent) = self.o.report.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(&self.o.report, text)
             .map_err(|e| format!("{}: {e}", self.o.report.display()))?;
@@ -203,6 +205,11 @@ fn print_summary(
             format!(", {} skipped", check.skipped)
         } else {
             String::new()
+        };
+        let skipped = if check.optional && check.passed + check.failed == 0 {
+            format!("{skipped} (not exercised this run)")
+        } else {
+            skipped
         };
         println!(
             "    {mark} {name:<32} {} passed, {} failed{skipped}",
