@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use super::rng::Rng;
 use super::Run;
 use crate::Result;
 
@@ -105,12 +106,18 @@ pub struct Totals {
 impl Run {
     /// Creates the buffer for `slot` (new or replacing a closed one).
     pub(super) fn create_bo(&mut self, slot: usize) -> Result<Bo> {
+        // Each buffer's traits come from its own stream (seed, serial), not
+        // from the action stream: a buffer replaced because the shrinker
+        // purged it does not shift the actions that follow.
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let mut rng = Rng::new(self.o.seed ^ serial.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let (width, height) = if slot == 0 {
             SCANOUT_SIZE
         } else {
-            self.o.sizes[self.rng.below(self.o.sizes.len() as u64) as usize]
+            self.o.sizes[rng.below(self.o.sizes.len() as u64) as usize]
         };
-        let kind = if self.blob && self.rng.chance(self.o.blob_share) {
+        let kind = if self.blob && rng.chance(self.o.blob_share) {
             BoKind::Blob
         } else {
             BoKind::TwoD
@@ -124,23 +131,18 @@ impl Run {
                 .agent
                 .request(json!({"op": "create_blob", "size": bytes}))?,
         };
-        self.next_serial += 1;
         let mut bo = Bo {
-            serial: self.next_serial,
+            serial,
             handle: created["handle"].as_u64().ok_or("create: no handle")?,
             res_id: created["res_id"].as_u64().ok_or("create: no res_id")?,
             kind,
             width,
             height,
             bytes,
-            pattern: if self.rng.chance(0.25) {
-                "random"
-            } else {
-                "sparse"
-            },
+            pattern: if rng.chance(0.25) { "random" } else { "sparse" },
             version: 0,
             hash: Value::Null,
-            madvise: slot != 0 && self.rng.chance(self.o.madvise_share),
+            madvise: slot != 0 && rng.chance(self.o.madvise_share),
             dontneed: false,
             history: VecDeque::new(),
         };
