@@ -203,6 +203,10 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         alive && matches!(exit, Ok(s) if s.success()),
         || json!({"alive": alive, "exit": format!("{exit:?}"), "daemon_log": tail(&daemon_log, 20)}),
     );
+    // Only 2D buffers have a host copy (a run of blobs alone has none).
+    if run.totals.created_2d == 0 {
+        run.checks.optional("host_copy_matches_guest");
+    }
     run.checks.finish();
     run.report(guest, status, counters, shrinker, dir.0.clone())
 }

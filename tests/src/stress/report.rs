@@ -179,9 +179,10 @@ fn print_summary(
         }
     );
     println!(
-        "  workload: {} steps, {} writes ({:.1} MiB), {} transfers, {} read-backs, {} DONTNEED / {} WILLNEED, {} purged seen, {} recreated, {} scanout flips",
-        w["steps"], w["writes"], mib(&w["bytes_written"]), w["transfers"], w["verifies"],
-        w["dontneed"], w["willneed"], w["purged_seen"], w["recreated"], w["scanout_flips"],
+        "  workload: {} steps on {} 2D buffers and {} blobs (over the run), {} writes ({:.1} MiB), {} transfers, {} read-backs, {} DONTNEED / {} WILLNEED, {} purged seen, {} recreated, {} scanout flips",
+        w["steps"], w["created_2d"], w["created_blobs"], w["writes"], mib(&w["bytes_written"]),
+        w["transfers"], w["verifies"], w["dontneed"], w["willneed"], w["purged_seen"],
+        w["recreated"], w["scanout_flips"],
     );
     let g = &report["guest_shrinker"];
     println!(

@@ -92,6 +92,8 @@ pub fn now_us() -> u64 {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Totals {
     pub steps: u64,
+    pub created_2d: u64,
+    pub created_blobs: u64,
     pub writes: u64,
     pub transfers: u64,
     pub verifies: u64,
@@ -131,6 +133,10 @@ impl Run {
                 .agent
                 .request(json!({"op": "create_blob", "size": bytes}))?,
         };
+        match kind {
+            BoKind::TwoD => self.totals.created_2d += 1,
+            BoKind::Blob => self.totals.created_blobs += 1,
+        }
         let mut bo = Bo {
             serial,
             handle: created["handle"].as_u64().ok_or("create: no handle")?,
