@@ -94,12 +94,16 @@ struct Blob {
 }
 
 /// Polls the host until `check` holds for the resource (the guest's
-/// commands are asynchronous to the agent's reply), or panics with the
-/// last state seen.
+/// commands are asynchronous to the agent's reply; a resource not live yet
+/// is `null`), or panics with the last state seen.
 fn wait_host(g: &mut Guest, res_id: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let res = g.host(res_id);
+        let res = g
+            .control
+            .resource(res_id)
+            .expect("control query")
+            .unwrap_or(Value::Null);
         if check(&res) {
             return res;
         }
@@ -134,7 +138,9 @@ fn create_blobs(g: &mut Guest) -> Vec<Blob> {
             version: 0,
             hash: String::new(),
         };
-        let res = g.host(blob.res_id);
+        // RESOURCE_CREATE_BLOB is not fenced: the agent's reply can come
+        // before the daemon has the resource.
+        let res = wait_host(g, blob.res_id, "creation", |r| !r.is_null());
         eprintln!("created blob {}: {res}", blob.res_id);
         assert_eq!(res["kind"], "blob", "{res}");
         assert_eq!(res["size"], json!(size), "{res}");
