@@ -244,6 +244,19 @@ impl Control {
         Ok(v["events"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Waits up to `timeout` for the daemon to hold no resource (the guest
+    /// frees them asynchronously after a close) and returns what is left.
+    pub fn resources_left(&mut self, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.resources()?;
+            if left.is_empty() || Instant::now() >= deadline {
+                return Ok(left);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Every violation event in the retained trace.
     pub fn violations(&mut self) -> Result<Vec<Value>> {
         Ok(self
@@ -578,14 +591,12 @@ impl GuestSession {
         let violations = self.control.violations().expect("trace");
         assert!(violations.is_empty(), "protocol violations: {violations:?}");
         assert!(self.daemon.alive(), "daemon died");
-        let mut counters = self.control.counters().expect("counters");
-        for _ in 0..100 {
-            if counters["resources"] == json!(0) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            counters = self.control.counters().expect("counters");
-        }
+        let left = self.control.resources_left(Duration::from_secs(5));
+        assert!(
+            left.as_ref().is_ok_and(Vec::is_empty),
+            "resources left: {left:?}"
+        );
+        let counters = self.control.counters().expect("counters");
         assert_eq!(counters["resources"], json!(0), "{counters}");
         assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
     }

@@ -272,14 +272,7 @@ impl Run {
                 self.agent
                     .request(json!({"op": "close", "handle": bo.handle}))?;
             }
-            let mut left = Vec::new();
-            for _ in 0..100 {
-                left = self.control.resources()?;
-                if left.is_empty() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let left = self.control.resources_left(Duration::from_secs(5))?;
             self.checks.record(
                 "no_resource_left",
                 left.is_empty(),

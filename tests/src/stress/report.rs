@@ -202,18 +202,15 @@ fn print_summary(
     println!("  checks:");
     for (name, check) in checks.iter() {
         let mark = if check.failed == 0 { "ok  " } else { "FAIL" };
-        let skipped = if check.skipped > 0 {
-            format!(", {} skipped", check.skipped)
-        } else {
-            String::new()
-        };
-        let skipped = if check.optional && check.passed + check.failed == 0 {
-            format!("{skipped} (not exercised this run)")
-        } else {
-            skipped
-        };
+        let mut note = String::new();
+        if check.skipped > 0 {
+            note += &format!(", {} skipped", check.skipped);
+        }
+        if check.optional && check.passed + check.failed == 0 {
+            note += " (not exercised this run)";
+        }
         println!(
-            "    {mark} {name:<32} {} passed, {} failed{skipped}",
+            "    {mark} {name:<32} {} passed, {} failed{note}",
             check.passed, check.failed
         );
     }
