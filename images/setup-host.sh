@@ -21,7 +21,9 @@ BOOKWORM_PKGS=(
 # QEMU 10.0 lives in bookworm-backports (bookworm has 7.2, which lacks
 # what vhost-user-gpu-pci needs from a modern backend).
 # meson too: QEMU 10 needs >= 1.5, bookworm has 1.0.
-BACKPORTS_PKGS=(qemu-system-x86 qemu-system-gui qemu-system-data meson)
+# libvirt 11.3 too: the libvirt end-to-end test (images/libvirt-up.sh).
+BACKPORTS_PKGS=(qemu-system-x86 qemu-system-gui qemu-system-data meson
+	libvirt-daemon-system libvirt-clients)
 
 missing=()
 for p in "${BOOKWORM_PKGS[@]}" "${BACKPORTS_PKGS[@]}"; do
@@ -60,8 +62,21 @@ if ! "$BINDGEN" --version 2>/dev/null | grep -qx "bindgen $BINDGEN_VERSION"; the
 	cargo install --locked --quiet --root "$CACHE/tools" bindgen-cli --version "$BINDGEN_VERSION"
 fi
 
+# cargo-fuzz on the nightly toolchain: `cargo xtask fuzz` and the fuzz part
+# of `cargo xtask test` (crates/fuzz).
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+	log "installing the nightly toolchain (for cargo-fuzz)"
+	rustup toolchain install nightly --profile minimal >/dev/null
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+	log "installing cargo-fuzz"
+	cargo +nightly install --locked --quiet cargo-fuzz
+fi
+
 log "qemu:    $(qemu-system-x86_64 --version | head -1)"
 log "rustc:   $(/usr/bin/rustc --version)"
 log "bindgen: $("$BINDGEN" --version)"
+log "fuzz:    $(cargo +nightly fuzz --version)"
 log "linux:   $(ls /usr/src/linux-source-6.12.tar.xz)"
 log "meson:   $(meson --version)"
+log "libvirt: $(virsh --version)"

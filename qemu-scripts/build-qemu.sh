@@ -90,6 +90,9 @@ for p in "${patches[@]}"; do
 done
 # The +ds tarball has no firmware blobs, but pc-bios/meson.build still lists
 # the edk2 images: empty stand-ins (never installed, never used on x86 here).
+# The binary searches Debian's firmware (qemu-system-data, seabios,
+# ipxe-qemu) by itself (--firmwarepath, as Debian's own build does), so it
+# runs without -L wherever it is started from, libvirt included.
 edk2=$(sed -n "s/.*'\(edk2-[^']*\.fd\)'.*/\1/p" "$build/pc-bios/meson.build" | sort -u)
 [ -n "$edk2" ] || die "no edk2 images listed in pc-bios/meson.build"
 for f in $edk2; do
@@ -100,7 +103,8 @@ log "$(echo "$edk2" | wc -l) edk2 stand-ins"
 	cd "$build"
 	./configure --python=/usr/bin/python3 --target-list=x86_64-softmmu \
 		--without-default-features --enable-tcg --enable-kvm --enable-vhost-user \
-		--enable-pixman --disable-docs --disable-install-blobs >&2
+		--enable-pixman --disable-docs --disable-install-blobs \
+		--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu >&2
 	make -j"$(nproc)" qemu-system-x86_64 >&2
 ) || die "QEMU build failed (tree left in $build)"
 cp "$build/build/qemu-system-x86_64" "$bin"

@@ -13,8 +13,13 @@
 //!    which userspace agreed to);
 //! 2. evict idle buffers, but only when there is swap: without it the pages
 //!    would just move from the driver to shmem and stay in memory;
-//! 3. and 4. the same for busy buffers, waiting briefly for them, but only
-//!    when the allocation that got us here may block.
+//! 3. and 4. the same, then wait a few milliseconds for the host to finish
+//!    the DETACHes queued, so their pages can go in this scan.
+//!
+//! Every mode may sleep briefly (it queues commands), so none runs when the
+//! allocation that got us here may not block. The driver never makes one
+//! reclaimer wait behind another's scan: a scan already running makes the
+//! next one return at once.
 //!
 //! Unloading is safe at any time: `shrinker_free()` waits for running
 //! callbacks, and the driver keeps no reference to this module. Buffers
@@ -81,12 +86,18 @@ mod virtio_gpu {
     }
 
     /// Scans up to `nr_to_scan` pages in `mode`; returns the pages given
-    /// back and adds the ones skipped to `remaining`. Sleeps.
-    pub(crate) fn scan(mode: Mode, nr_to_scan: c_ulong, remaining: &mut c_ulong) -> c_ulong {
+    /// back. May sleep briefly.
+    pub(crate) fn scan(mode: Mode, nr_to_scan: c_ulong) -> c_ulong {
+        // The pages skipped because their buffer was locked: a retry could
+        // get them, but the core retries anyway while we give pages back,
+        // and it ignores what a SHRINK_STOP return freed, so unlike msm we
+        // do not stop on them.
+        let mut skipped: c_ulong = 0;
         // SAFETY: `mode` is one of the values the C enum defines, and
-        // `remaining` is a valid, writable `unsigned long` for the call. The
-        // function may sleep, which every caller here (shrinker scan) allows.
-        unsafe { virtio_gpu_shrinker_scan(mode as c_uint, nr_to_scan, remaining) }
+        // `skipped` is a valid, writable `unsigned long` for the call. The
+        // function may sleep, which every caller here (shrinker scan with a
+        // blocking gfp mask) allows.
+        unsafe { virtio_gpu_shrinker_scan(mode as c_uint, nr_to_scan, &mut skipped) }
     }
 }
 
@@ -100,7 +111,8 @@ fn can_swap() -> bool {
     }
     // SAFETY: `nr_swap_pages` is a kernel global that lives forever and is
     // only ever modified atomically; `atomic_long_t` is a single aligned
-    // `s64`, so reading it through an `AtomicI64` is `atomic_long_read()`.
+    // `s64` (asserted below), so reading it through an `AtomicI64` is
+    // `atomic_long_read()`.
     let pages = unsafe {
         let counter = core::ptr::addr_of!(nr_swap_pages.counter);
         (*counter.cast::<AtomicI64>()).load(Ordering::Relaxed)
@@ -115,12 +127,12 @@ fn can_block(gfp_mask: bindings::gfp_t) -> bool {
 }
 
 /// The policy: the scan modes to try, cheapest first.
-fn stages(can_swap: bool, can_block: bool) -> [(Mode, bool); 4] {
+fn stages(can_swap: bool) -> [(Mode, bool); 4] {
     [
         (Mode::Purge, true),
         (Mode::Evict, can_swap),
-        (Mode::PurgeWait, can_block),
-        (Mode::EvictWait, can_swap && can_block),
+        (Mode::PurgeWait, true),
+        (Mode::EvictWait, can_swap),
     ]
 }
 
@@ -155,16 +167,18 @@ unsafe extern "C" fn scan_objects(
     // SAFETY: the shrinker core passes a valid `shrink_control` that nothing
     // else touches while the callback runs.
     let sc = unsafe { &*sc };
+    if !can_block(sc.gfp_mask) {
+        return SHRINK_STOP;
+    }
     let nr_to_scan = sc.nr_to_scan;
     let mut freed: c_ulong = 0;
-    let mut remaining: c_ulong = 0;
 
-    for (mode, enabled) in stages(can_swap(), can_block(sc.gfp_mask)) {
+    for (mode, enabled) in stages(can_swap()) {
         if freed >= nr_to_scan {
             break;
         }
         if enabled {
-            freed += virtio_gpu::scan(mode, nr_to_scan - freed, &mut remaining);
+            freed += virtio_gpu::scan(mode, nr_to_scan - freed);
         }
     }
 
@@ -199,7 +213,7 @@ impl Shrinker {
             let s = ptr.as_ptr();
             (*s).count_objects = Some(count_objects);
             (*s).scan_objects = Some(scan_objects);
-            (*s).seeks = bindings::DEFAULT_SEEKS as i32;
+            // `shrinker_alloc` already set `seeks` to DEFAULT_SEEKS.
             bindings::shrinker_register(s);
         }
         Ok(Shrinker(ptr))
@@ -245,3 +259,7 @@ impl Drop for GpuswapShrinker {
 
 // Keep the wire types honest: the C side passes an enum as `unsigned int`.
 const _: () = assert!(core::mem::size_of::<Mode>() == core::mem::size_of::<c_uint>());
+// `can_swap` reads `atomic_long_t` as an `AtomicI64`: a 64-bit kernel only.
+const _: () = assert!(
+    core::mem::size_of::<bindings::atomic_long_t>() == core::mem::size_of::<AtomicI64>()
+);

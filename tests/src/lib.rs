@@ -7,10 +7,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod libvirt;
 pub mod qmp;
 pub mod stress;
 pub mod timeline;
@@ -157,6 +159,15 @@ impl Daemon {
         Control::connect(&self.control)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's resident memory (VmRSS), KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        Ok(ProcMemory::of(self.pid())?.rss_kib)
+    }
+
     /// Whether the daemon is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -276,6 +287,8 @@ pub struct VmConfig {
     pub append: String,
     /// QEMU binary; `None` lets the launcher choose.
     pub qemu: Option<PathBuf>,
+    /// Let the guest reboot (QEMU keeps running) instead of exiting QEMU.
+    pub reboot: bool,
 }
 
 impl Default for VmConfig {
@@ -285,6 +298,7 @@ impl Default for VmConfig {
             cpus: 2,
             append: "gpuswap.cmd=agent".into(),
             qemu: None,
+            reboot: false,
         }
     }
 }
@@ -294,6 +308,8 @@ pub struct Vm {
     child: Child,
     pub serial_log: PathBuf,
     pub agent_socket: PathBuf,
+    /// The guest sampler's read-only channel (`gpuswap-guest sampler`).
+    pub sampler_socket: PathBuf,
     pub qmp_socket: PathBuf,
 }
 
@@ -306,6 +322,7 @@ impl Vm {
     ) -> Result<Vm> {
         let serial_log = dir.path("serial.log");
         let agent_socket = dir.path("agent.sock");
+        let sampler_socket = dir.path("sampler.sock");
         let qmp_socket = dir.path("qmp.sock");
         let mut cmd = Command::new(root().join("qemu-scripts/gpuswap-vm"));
         cmd.arg("--kernel")
@@ -320,11 +337,16 @@ impl Vm {
             .arg(&serial_log)
             .arg("--agent-socket")
             .arg(&agent_socket)
+            .arg("--sampler-socket")
+            .arg(&sampler_socket)
             .arg("--qmp-socket")
             .arg(&qmp_socket)
             .args(["--append", &config.append]);
         if let Some(qemu) = &config.qemu {
             cmd.arg("--qemu").arg(qemu);
+        }
+        if config.reboot {
+            cmd.arg("--reboot");
         }
         let qemu_log = std::fs::File::create(dir.path("qemu.log")).map_err(|e| e.to_string())?;
         let child = cmd
@@ -337,48 +359,47 @@ impl Vm {
             child,
             serial_log,
             agent_socket,
+            sampler_socket,
             qmp_socket,
         })
     }
 
     /// Connects to the guest agent once the guest tool is up.
     pub fn agent(&mut self, timeout: Duration) -> Result<Agent> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "QEMU exited ({status}) before the agent answered; serial log:\n{}",
-                    tail(&self.serial_log, 40)
-                ));
-            }
-            // /init prints this when the workload ended: no agent is coming.
-            let serial = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
-            if serial.contains("GPUSWAP-INIT-EXIT") {
-                return Err(format!(
-                    "the guest workload exited before the agent answered; serial log:\n{}",
-                    tail(&self.serial_log, 40)
-                ));
-            }
-            if let Ok(mut agent) = Agent::connect(&self.agent_socket) {
-                // The chardev accepts before the guest opens its port: only
-                // a hello answered proves the agent is there.
-                if agent.request(json!({"op": "hello"})).is_ok() {
-                    return Ok(agent);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no guest agent within {timeout:?}; serial log:\n{}",
-                    tail(&self.serial_log, 40)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        self.agent_after(0, timeout)
+    }
+
+    /// The agent of the boot whose serial log starts at byte `from` (for a
+    /// guest that rebooted: [`VmConfig::reboot`]).
+    pub fn agent_after(&mut self, from: usize, timeout: Duration) -> Result<Agent> {
+        let child = &mut self.child;
+        wait_for_agent_after(
+            &self.agent_socket,
+            &self.serial_log,
+            from,
+            timeout,
+            || match child.try_wait() {
+                Ok(Some(status)) => Some(format!("QEMU exited ({status})")),
+                _ => None,
+            },
+        )
     }
 
     /// Waits for QEMU to exit (the guest reboots, QEMU runs -no-reboot).
     pub fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
         wait_timeout(&mut self.child, timeout)
+    }
+
+    /// QEMU's process id (the launcher execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills QEMU with SIGKILL, as the OOM killer or a crash would, and
+    /// reaps it.
+    pub fn kill(mut self) -> Result<ExitStatus> {
+        self.child.kill().map_err(|e| format!("kill QEMU: {e}"))?;
+        self.child.wait().map_err(|e| format!("wait for QEMU: {e}"))
     }
 }
 
@@ -389,11 +410,81 @@ impl Drop for Vm {
     }
 }
 
-/// A JSON-lines client for the guest agent (`gpuswap-guest agent`).
+/// Connects to the guest agent at `socket` once the guest tool answers,
+/// for a guest whose console goes to `serial`. `gone` says why the guest
+/// can no longer answer (its VMM exited), if it cannot.
+pub fn wait_for_agent(
+    socket: &Path,
+    serial: &Path,
+    timeout: Duration,
+    gone: impl FnMut() -> Option<String>,
+) -> Result<Agent> {
+    wait_for_agent_after(socket, serial, 0, timeout, gone)
+}
+
+/// [`wait_for_agent`] for a guest that booted before in the same serial
+/// log (a reboot): only the log from byte `from` on is this boot's.
+pub fn wait_for_agent_after(
+    socket: &Path,
+    serial: &Path,
+    from: usize,
+    timeout: Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> Result<Agent> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(why) = gone() {
+            return Err(format!(
+                "{why} before the agent answered; serial log:\n{}",
+                tail(serial, 40)
+            ));
+        }
+        // /init prints this when the workload ended: no agent is coming.
+        let log = std::fs::read(serial).unwrap_or_default();
+        let this_boot = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
+        if this_boot.contains("GPUSWAP-INIT-EXIT") {
+            return Err(format!(
+                "the guest workload exited before the agent answered; serial log:\n{}",
+                tail(serial, 40)
+            ));
+        }
+        if let Ok(mut agent) = Agent::connect(socket) {
+            // The chardev accepts before the guest opens its port: only
+            // a hello answered proves the agent is there.
+            if agent.request(json!({"op": "hello"})).is_ok() {
+                return Ok(agent);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no guest agent within {timeout:?}; serial log:\n{}",
+                tail(serial, 40)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The request an agent connection is waiting on, for a watcher on another
+/// thread (the stress run's sampler).
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub op: String,
+    pub since: Instant,
+}
+
+/// Where an [`Agent`] publishes its request in flight.
+pub type InFlightSlot = Arc<Mutex<Option<InFlight>>>;
+
+/// A JSON-lines client for the guest agent (`gpuswap-guest agent`) or the
+/// guest sampler (`gpuswap-guest sampler`).
 pub struct Agent {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next_id: u64,
+    /// A reply line read only in part when a read timed out.
+    partial: String,
+    in_flight: Option<InFlightSlot>,
 }
 
 impl Agent {
@@ -407,12 +498,19 @@ impl Agent {
             reader: BufReader::new(stream),
             writer,
             next_id: 1,
+            partial: String::new(),
+            in_flight: None,
         })
     }
 
     /// Sets how long a request may take (TCG guests are slow).
     pub fn set_timeout(&mut self, timeout: Duration) {
         let _ = self.reader.get_ref().set_read_timeout(Some(timeout));
+    }
+
+    /// Publishes each request in `slot` while it waits for its reply.
+    pub fn watch_in_flight(&mut self, slot: InFlightSlot) {
+        self.in_flight = Some(slot);
     }
 
     /// Sends `request` (an object with `op`) and returns the response;
@@ -437,29 +535,74 @@ impl Agent {
         Ok(Some(value["errno"].as_i64().unwrap_or(-1)))
     }
 
-    /// Sends `request` and returns its response line, whatever it says.
-    fn call(&mut self, mut request: Value) -> Result<Value> {
+    /// Sends `request` without waiting; returns its id for
+    /// [`Agent::poll_reply`].
+    pub fn send(&mut self, mut request: Value) -> Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         request["id"] = json!(id);
         writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// Waits up to `timeout` for the reply to `id`: `None` if it has not
+    /// come yet (ask again), replies to other ids skipped.
+    pub fn poll_reply(&mut self, id: u64, timeout: Duration) -> Result<Option<Value>> {
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
         loop {
+            match self.reader.read_line(&mut self.partial) {
+                Ok(0) => return Err("agent closed the channel".into()),
+                Ok(_) => {
+                    let line = std::mem::take(&mut self.partial);
+                    match serde_json::from_str::<Value>(&line) {
+                        Ok(value) if value["id"] == json!(id) => return Ok(Some(value)),
+                        _ => continue,
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(format!("agent: {e}")),
+            }
+        }
+    }
+
+    /// Sends `request` and returns its response line, whatever it says.
+    fn call(&mut self, request: Value) -> Result<Value> {
+        if let Some(slot) = &self.in_flight {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(InFlight {
+                op: request["op"].as_str().unwrap_or("?").to_string(),
+                since: Instant::now(),
+            });
+        }
+        let result = self.send(request).and_then(|id| loop {
             let mut line = String::new();
             let n = self
                 .reader
                 .read_line(&mut line)
                 .map_err(|e| format!("agent: {e}"))?;
             if n == 0 {
-                return Err("agent closed the channel".into());
+                break Err("agent closed the channel".into());
             }
             let Ok(value) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if value["id"] != json!(id) {
-                continue;
+            if value["id"] == json!(id) {
+                break Ok(value);
             }
-            return Ok(value);
+        });
+        if let Some(slot) = &self.in_flight {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+        result
     }
 }
 
@@ -489,8 +632,7 @@ pub fn boot_guest(
     config: &VmConfig,
     daemon_args: &[&str],
 ) -> Result<Booted> {
-    const MISSING_PORT: &str = "no virtio-serial port named";
-    let attempt = |name: &str| -> Result<Booted> {
+    retry_missing_port(name, |name| {
         let dir = RunDir::new(name);
         let daemon = Daemon::start(&images.daemon, &dir, daemon_args)?;
         let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
@@ -501,13 +643,35 @@ pub fn boot_guest(
             vm,
             agent,
         })
-    };
-    match attempt(name) {
+    })
+}
+
+/// Boots the guest on a daemon that is already running (a second VMM on
+/// the same daemon), in run directory `name`; see [`boot_guest`].
+pub fn boot_guest_on(
+    images: &Images,
+    daemon: &Daemon,
+    name: &str,
+    config: &VmConfig,
+) -> Result<(RunDir, Vm, Agent)> {
+    retry_missing_port(name, |name| {
+        let dir = RunDir::new(name);
+        let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
+        let agent = vm.agent(BOOT_TIMEOUT)?;
+        Ok((dir, vm, agent))
+    })
+}
+
+/// Runs `boot(name)`, and once more (as `name-retry`) when it failed on
+/// the known missing-port signature only.
+fn retry_missing_port<T>(name: &str, mut boot: impl FnMut(&str) -> Result<T>) -> Result<T> {
+    const MISSING_PORT: &str = "no virtio-serial port named";
+    match boot(name) {
         Err(e) if e.contains(MISSING_PORT) => {
             eprintln!(
                 "WARNING: [{name}] guest came up without its agent port (known bug); booting again:\n{e}"
             );
-            attempt(&format!("{name}-retry"))
+            boot(&format!("{name}-retry"))
         }
         other => other,
     }
@@ -532,13 +696,20 @@ impl GuestSession {
     /// Starts a daemon and boots the guest on it (`config.append` must run
     /// the agent), waiting for the agent; see [`boot_guest`].
     pub fn boot(name: &str, config: &VmConfig) -> GuestSession {
+        Self::boot_with_daemon(name, config, &[])
+    }
+
+    /// As [`GuestSession::boot`], the daemon started with `daemon_args`
+    /// (fault injection, e.g. `--fault-delay resource_detach_backing=5000`).
+    pub fn boot_with_daemon(name: &str, config: &VmConfig, daemon_args: &[&str]) -> GuestSession {
         let images = Images::get();
         let Booted {
             dir,
             daemon,
             vm,
             mut agent,
-        } = boot_guest(&images, name, config, &[]).unwrap_or_else(|e| panic!("guest agent: {e}"));
+        } = boot_guest(&images, name, config, daemon_args)
+            .unwrap_or_else(|e| panic!("guest agent: {e}"));
         agent.set_timeout(Self::REQUEST_TIMEOUT);
         let control = daemon.control().expect("control socket");
         let serial = vm.serial_log.clone();
@@ -574,32 +745,44 @@ impl GuestSession {
         let _ = self.agent.request(json!({"op": "exit", "status": 0}));
         let vm = self.vm.take().expect("vm");
         let status = vm.wait(Self::EXIT_TIMEOUT).expect("QEMU exits");
-        let log = std::fs::read_to_string(&self.serial).expect("serial log");
-        let problems = kernel_problems(&log);
-        assert!(
-            problems.is_empty(),
-            "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
-            problems.join("\n"),
-            tail(&self.serial, 80)
-        );
+        assert_guest_ended_cleanly(&self.serial);
         assert!(status.success(), "QEMU exited with {status}");
-        assert!(
-            log.contains("GPUSWAP-INIT-EXIT status=0"),
-            "guest workload did not finish cleanly:\n{}",
-            tail(&self.serial, 40)
-        );
-        let violations = self.control.violations().expect("trace");
-        assert!(violations.is_empty(), "protocol violations: {violations:?}");
         assert!(self.daemon.alive(), "daemon died");
-        let left = self.control.resources_left(Duration::from_secs(5));
-        assert!(
-            left.as_ref().is_ok_and(Vec::is_empty),
-            "resources left: {left:?}"
-        );
-        let counters = self.control.counters().expect("counters");
-        assert_eq!(counters["resources"], json!(0), "{counters}");
-        assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
+        assert_host_clean(&mut self.control);
     }
+}
+
+/// The guest's serial log shows a clean kernel and a workload that ended
+/// with status 0.
+pub fn assert_guest_ended_cleanly(serial: &Path) {
+    let log = std::fs::read_to_string(serial).expect("serial log");
+    let problems = kernel_problems(&log);
+    assert!(
+        problems.is_empty(),
+        "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
+        problems.join("\n"),
+        tail(serial, 80)
+    );
+    assert!(
+        log.contains("GPUSWAP-INIT-EXIT status=0"),
+        "guest workload did not finish cleanly:\n{}",
+        tail(serial, 40)
+    );
+}
+
+/// The daemon saw no protocol violation and holds no resource once the
+/// guest is gone.
+pub fn assert_host_clean(control: &mut Control) {
+    let violations = control.violations().expect("trace");
+    assert!(violations.is_empty(), "protocol violations: {violations:?}");
+    let left = control.resources_left(Duration::from_secs(5));
+    assert!(
+        left.as_ref().is_ok_and(Vec::is_empty),
+        "resources left: {left:?}"
+    );
+    let counters = control.counters().expect("counters");
+    assert_eq!(counters["resources"], json!(0), "{counters}");
+    assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
 }
 
 /// The last `lines` lines of a file, for error messages.
@@ -649,4 +832,38 @@ mod tests {
         assert_eq!(kernel_problems(log).len(), 2);
         assert!(kernel_problems("[ 1.0] all fine\n[ 2.0] gpuswap_shrinker: loaded\n").is_empty());
     }
+}
+
+/// A process's memory as /proc/PID/status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcMemory {
+    /// VmRSS: everything resident, guest RAM the process touched included.
+    pub rss_kib: u64,
+    /// RssAnon: the process's own heap and stacks.
+    pub anon_kib: u64,
+}
+
+impl ProcMemory {
+    pub fn of(pid: u32) -> Result<ProcMemory> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .ok_or_else(|| format!("no {name} in {path}"))
+        };
+        Ok(ProcMemory {
+            rss_kib: field("VmRSS:")?,
+            anon_kib: field("RssAnon:")?,
+        })
+    }
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    Ok(entries.count() as u64)
 }

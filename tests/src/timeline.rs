@@ -78,12 +78,40 @@ pub struct Phase {
     pub name: String,
 }
 
+/// A span in which the guest did not answer within the run's bound.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stall {
+    pub start_s: f64,
+    pub end_s: f64,
+    /// What went unanswered: `sampler` or `agent request OP`.
+    pub what: String,
+}
+
+/// The daemon's side at one moment, from its control socket (which never
+/// waits on the guest).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonSample {
+    pub t_s: f64,
+    pub resources: u64,
+    pub host_memory_mib: f64,
+    pub attaches: u64,
+    pub detaches: u64,
+    pub transfers: u64,
+    /// The daemon process from /proc (None when it could not be read).
+    pub rss_mib: Option<f64>,
+    /// Its anonymous memory: heap, where host copies live.
+    pub anon_mib: Option<f64>,
+    pub open_fds: Option<u64>,
+}
+
 /// Everything recorded over one run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Timeline {
     pub samples: Vec<Sample>,
     pub events: Vec<Event>,
     pub phases: Vec<Phase>,
+    pub stalls: Vec<Stall>,
+    pub daemon: Vec<DaemonSample>,
 }
 
 impl Timeline {
@@ -114,6 +142,14 @@ impl Timeline {
             start_s,
             end_s,
             name: name.into(),
+        });
+    }
+
+    pub fn push_stall(&mut self, start_s: f64, end_s: f64, what: impl Into<String>) {
+        self.stalls.push(Stall {
+            start_s,
+            end_s,
+            what: what.into(),
         });
     }
 
@@ -276,6 +312,7 @@ fn time_range(t: &Timeline) -> (f64, f64) {
             .map(|s| s.t_s)
             .chain(t.events.iter().map(|e| e.t_s))
             .chain(t.phases.iter().flat_map(|p| [p.start_s, p.end_s]))
+            .chain(t.stalls.iter().flat_map(|s| [s.start_s, s.end_s]))
     };
     let lo = finite_min(times()).unwrap_or(0.0).min(0.0);
     let hi = finite_max(times()).unwrap_or(1.0);
@@ -351,6 +388,7 @@ fn draw(root: DrawingArea<SVGBackend<'_>, Shift>, t: &Timeline, title: &str) -> 
         .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
         .draw()?;
     draw_phases(&mut chart, t, (y_min, y_max), true)?;
+    draw_stalls(&mut chart, t, (y_min, y_max), true)?;
     for line in &LINES {
         let runs = runs(&t.samples, line.value);
         let style = line.color.stroke_width(2);
@@ -436,6 +474,7 @@ fn draw(root: DrawingArea<SVGBackend<'_>, Shift>, t: &Timeline, title: &str) -> 
         .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
         .draw()?;
     draw_phases(&mut chart, t, (0.0, c_max), false)?;
+    draw_stalls(&mut chart, t, (0.0, c_max), false)?;
     let w = bar_width(t, x1 - x0);
     for (i, kind) in EventKind::ALL.into_iter().enumerate() {
         let color = kind.color();
@@ -492,6 +531,35 @@ fn draw_phases(
     Ok(())
 }
 
+/// Marks each stall across the panel in red; names it when `label`.
+fn draw_stalls(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    t: &Timeline,
+    (y_min, y_max): (f64, f64),
+    label: bool,
+) -> DrawResult {
+    let red = RGBColor(0xd6, 0x27, 0x28);
+    for s in t
+        .stalls
+        .iter()
+        .filter(|s| s.start_s.is_finite() && s.end_s.is_finite())
+    {
+        let (a, b) = (s.start_s.min(s.end_s), s.start_s.max(s.end_s));
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(a, y_min), (b, y_max)],
+            red.mix(0.18).filled(),
+        )))?;
+        if label {
+            let font = (FONT, 13).into_font().color(&red);
+            let text = format!("stall {:.1} s ({})", b - a, s.what);
+            chart.draw_series(std::iter::once(
+                EmptyElement::at((a, y_max)) + Text::new(text, (4, 20), font),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +589,7 @@ mod tests {
         t.push_phase(0.0, 20.0, "ramp");
         t.push_phase(20.0, 40.0, "hold");
         t.push_phase(40.0, 60.0, "release");
+        t.push_stall(25.0, 31.5, "sampler");
         for i in 0..=60 {
             let ts = i as f64;
             let hog = if ts < 20.0 {
@@ -573,6 +642,7 @@ mod tests {
             "ramp",
             "hold",
             "release",
+            "stall 6.5 s (sampler)",
             "memory (MiB)",
             "time since start (s)",
             "events per sample interval",

@@ -7,16 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use gpuswap_device::{DeviceConfig, GpuDevice, RutabagaRenderer};
+use gpuswap_device::log_limit::LogLimit;
+use gpuswap_device::{limited_warn, DeviceConfig, GpuDevice, RutabagaRenderer};
 use gpuswap_protocol::wire::{CtrlHeader, MemEntry, ResourceCreateBlob, VirtioGpuConfig};
 use gpuswap_protocol::{ctrl_type, features, DecodeError, ErrorCode, Request, Response};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{
     ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
 };
@@ -60,6 +61,31 @@ pub struct GpuBackendDevice {
     acked_features: Arc<AtomicU64>,
     /// Used by the one worker thread only.
     scratch: Mutex<Scratch>,
+    /// Set when a ring can no longer be trusted; the queues are not served
+    /// again until the frontend has gone.
+    ring_broken: AtomicBool,
+    /// Rings found broken since the daemon started (one per connection at
+    /// most).
+    ring_errors: Arc<AtomicU64>,
+    /// Ends the current frontend connection.
+    connection: Mutex<Option<ShutdownHandle>>,
+}
+
+/// Why a ring can no longer be trusted. Unlike a malformed chain, which
+/// is answered and forgotten, these leave the device unable to tell which
+/// chains the driver made available, so no later completion would mean
+/// anything.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("cannot read the available ring: {0}")]
+    Avail(virtio_queue::Error),
+    #[error("available chain head {head} is outside the queue of {size}")]
+    Head { head: u16, size: u16 },
+    #[error("cannot complete chain {head}: {error}")]
+    Used {
+        head: u16,
+        error: virtio_queue::Error,
+    },
 }
 
 impl GpuBackendDevice {
@@ -73,7 +99,37 @@ impl GpuBackendDevice {
             event_idx: AtomicBool::new(false),
             acked_features: Arc::default(),
             scratch: Mutex::default(),
+            ring_broken: AtomicBool::new(false),
+            ring_errors: Arc::default(),
+            connection: Mutex::default(),
         })
+    }
+
+    /// The connection now being served, which a broken ring ends.
+    pub fn set_connection(&self, connection: Option<ShutdownHandle>) {
+        let mut current = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        *current = connection;
+        // A ring may have broken before the handle arrived.
+        if self.ring_broken.load(Ordering::Acquire) {
+            if let Some(connection) = current.as_ref() {
+                connection.shutdown();
+            }
+        }
+    }
+
+    /// Stops serving the queues and ends the connection: the frontend (and
+    /// whoever runs it) sees the backend go, and the daemon serves the next
+    /// one. Reported once per connection.
+    fn distrust_ring(&self, queue: u16, error: RingError) {
+        if self.ring_broken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.ring_errors.fetch_add(1, Ordering::Relaxed);
+        error!("queue {queue}: {error}; dropping the frontend connection");
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(connection) = connection.as_ref() {
+            connection.shutdown();
+        }
     }
 
     /// The device model.
@@ -87,32 +143,51 @@ impl GpuBackendDevice {
         ControlHandle {
             device: self.device.clone(),
             acked_features: self.acked_features.clone(),
+            ring_errors: self.ring_errors.clone(),
+            fault_injection: false,
         }
     }
 
     /// The frontend went away: free everything and forget its memory.
     pub fn disconnected(&self) {
         let mut device = self.device();
-        device.reset();
+        device.disconnect();
         device.set_display(None);
         drop(device);
         *self.mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.acked_features.store(0, Ordering::Relaxed);
         self.event_idx.store(false, Ordering::Relaxed);
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.ring_broken.store(false, Ordering::Release);
+        // The allocator keeps freed heap for the next attach (see
+        // tune_allocator in main.rs); with the frontend gone, give it back.
+        // SAFETY: malloc_trim only returns free heap memory to the kernel.
+        unsafe { libc::malloc_trim(0) };
     }
 
     fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
         let atomic = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(atomic) = atomic else {
-            warn!("queue {queue} kicked before the memory table was set");
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            limited_warn!(
+                scratch.log_limit,
+                "kick without memory",
+                "queue {queue} kicked before the memory table was set"
+            );
             return Ok(());
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         loop {
+            if self.ring_broken.load(Ordering::Acquire) {
+                return Ok(());
+            }
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            self.drain_queue(vring, queue, &atomic)?;
+            if let Err(error) = self.drain_queue(vring, queue, &atomic)? {
+                self.distrust_ring(queue, error);
+                return Ok(());
+            }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 break;
             }
@@ -120,23 +195,26 @@ impl GpuBackendDevice {
         Ok(())
     }
 
+    /// Handles every available chain; the inner error is a ring that can no
+    /// longer be trusted (what was completed before it is signalled).
     fn drain_queue(
         &self,
         vring: &VringRwLock,
         queue: u16,
         atomic: &GuestMemoryAtomic<GuestMemory>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Result<(), RingError>> {
         let mut completed = 0;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut device = lock(&self.device);
         loop {
             let mem = atomic.memory();
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
-            let Some(chain) = chain else {
-                break;
+            let chain = match next_chain(vring, mem.clone()) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(error) => {
+                    signal(vring, &mut completed)?;
+                    return Ok(Err(error));
+                }
             };
             let head = chain.head_index();
             let (used_len, delay) = handle_chain(&mut device, &mut scratch, &mem, chain, queue);
@@ -149,10 +227,38 @@ impl GpuBackendDevice {
                 std::thread::sleep(delay);
                 device = lock(&self.device);
             }
-            vring.add_used(head, used_len).map_err(io::Error::other)?;
+            let used = vring
+                .get_mut()
+                .get_queue_mut()
+                .add_used(&*mem, head, used_len);
+            if let Err(error) = used {
+                signal(vring, &mut completed)?;
+                return Ok(Err(RingError::Used { head, error }));
+            }
             completed += 1;
         }
-        signal(vring, &mut completed)
+        signal(vring, &mut completed)?;
+        Ok(Ok(()))
+    }
+}
+
+/// The next available chain, or why the ring cannot be trusted.
+fn next_chain(
+    vring: &VringRwLock,
+    mem: GuestMemoryLoadGuard<GuestMemory>,
+) -> Result<Option<DescriptorChain<GuestMemoryLoadGuard<GuestMemory>>>, RingError> {
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    let size = queue.size();
+    // `iter` refuses an available index more than a queue size ahead of
+    // the device's (the driver cannot have made that many chains available).
+    let chain = queue.iter(mem).map_err(RingError::Avail)?.next();
+    match chain {
+        Some(chain) if chain.head_index() >= size => Err(RingError::Head {
+            head: chain.head_index(),
+            size,
+        }),
+        chain => Ok(chain),
     }
 }
 
@@ -161,6 +267,8 @@ impl GpuBackendDevice {
 pub struct ControlHandle {
     device: Arc<Mutex<Device>>,
     acked_features: Arc<AtomicU64>,
+    ring_errors: Arc<AtomicU64>,
+    fault_injection: bool,
 }
 
 impl ControlHandle {
@@ -171,6 +279,25 @@ impl ControlHandle {
     /// Virtio features the current frontend acked (0 when none is connected).
     pub fn acked_features(&self) -> u64 {
         self.acked_features.load(Ordering::Relaxed)
+    }
+
+    /// Rings found broken since the daemon started.
+    pub fn ring_errors(&self) -> u64 {
+        self.ring_errors.load(Ordering::Relaxed)
+    }
+
+    /// Lets clients change fault injection (off unless whoever started
+    /// the daemon asked for it).
+    pub fn with_fault_injection(self, allowed: bool) -> Self {
+        ControlHandle {
+            fault_injection: allowed,
+            ..self
+        }
+    }
+
+    /// Whether clients may change fault injection.
+    pub fn fault_injection(&self) -> bool {
+        self.fault_injection
     }
 }
 
@@ -188,11 +315,12 @@ fn signal(vring: &VringRwLock, completed: &mut usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Buffers reused across requests.
+/// Buffers reused across requests, and the worker's log limits.
 #[derive(Default)]
 struct Scratch {
     request: Vec<u8>,
     response: Vec<u8>,
+    log_limit: LogLimit,
 }
 
 /// Largest request we read: an ATTACH_BACKING or CREATE_BLOB with the
@@ -218,7 +346,11 @@ fn handle_chain(
     let (mut reader, mut writer) = match (reader, writer) {
         (Ok(r), Ok(w)) => (r, w),
         (Err(e), _) | (_, Err(e)) => {
-            warn!("queue {queue}: dropping malformed descriptor chain: {e}");
+            limited_warn!(
+                scratch.log_limit,
+                "malformed chain",
+                "queue {queue}: dropping malformed descriptor chain: {e}"
+            );
             device.record_malformed(None, &DecodeError::Short { need: 0, have: 0 });
             return (0, None);
         }
@@ -235,7 +367,11 @@ fn handle_chain(
     }
     let request = &mut scratch.request[..len];
     if let Err(e) = reader.read_exact(request) {
-        warn!("queue {queue}: cannot read request: {e}");
+        limited_warn!(
+            scratch.log_limit,
+            "unreadable request",
+            "queue {queue}: cannot read request: {e}"
+        );
         return (0, None);
     }
 
@@ -292,14 +428,18 @@ fn handle_chain(
                     ctrl_type::name(hdr.type_)
                 );
             } else {
-                warn!(
+                limited_warn!(
+                    scratch.log_limit,
+                    "no response buffer",
                     "queue {queue}: {} request has no room for a response ({room} writable bytes)",
                     ctrl_type::name(hdr.type_)
                 );
             }
             return (0, delay);
         }
-        warn!(
+        limited_warn!(
+            scratch.log_limit,
+            "short response buffer",
             "queue {queue}: {} response of {} bytes does not fit {room}; answering ERR_UNSPEC",
             ctrl_type::name(hdr.type_),
             scratch.response.len()
@@ -309,7 +449,11 @@ fn handle_chain(
     match writer.write_all(&scratch.response) {
         Ok(()) => (writer.bytes_written() as u32, delay),
         Err(e) => {
-            warn!("queue {queue}: cannot write response: {e}");
+            limited_warn!(
+                scratch.log_limit,
+                "unwritable response",
+                "queue {queue}: cannot write response: {e}"
+            );
             (0, delay)
         }
     }

@@ -1,45 +1,65 @@
 //! gpuswap-daemon: a vhost-user virtio-gpu backend that QEMU's
 //! `vhost-user-gpu-pci` and crosvm attach to.
 
-mod backend;
-mod control;
-mod display;
-
-use std::os::fd::{FromRawFd, RawFd};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::Parser;
 use gpuswap_device::{DeviceConfig, Faults};
 use gpuswap_protocol::ctrl_type;
 use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::backend::GpuBackendDevice;
+use gpuswap_daemon::backend::GpuBackendDevice;
+use gpuswap_daemon::{config, control, relay, seccomp};
 
 /// A vhost-user virtio-gpu backend with exact ATTACH/DETACH_BACKING, so a
 /// guest can evict GPU buffers under memory pressure and restore them.
+///
+/// Options can also come from a configuration file (see --config), one per
+/// line as `name = value`; the command line wins.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Args {
     /// Listen for the frontend on this unix socket path.
     #[arg(long, conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities"])]
     socket_path: Option<PathBuf>,
 
-    /// Listen on this inherited, already-bound unix socket fd (libvirt).
+    /// Serve the frontend on this inherited unix socket: a connected one
+    /// (libvirt, and QEMU's own backend convention: serve it, exit when it
+    /// closes) or a listening one (accept frontends on it).
     #[arg(long)]
     fd: Option<RawFd>,
+
+    /// Read options from this file [default: etc/gpuswap/daemon.conf of the
+    /// installation prefix, e.g. /usr/local/etc for /usr/local/libexec, if
+    /// it exists].
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
 
     /// Print the backend capabilities as JSON and exit.
     #[arg(long)]
     print_capabilities: bool,
 
-    /// Serve the JSON-lines control socket at this path.
+    /// Serve the JSON-lines control socket at this path; `{pid}` is
+    /// replaced by the daemon's process id. A missing parent directory is
+    /// created.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+
+    /// Append the log here instead of stderr (libvirt discards a backend's
+    /// stderr); `{pid}` is replaced by the daemon's process id. RUST_LOG
+    /// sets the level (default info).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
 
     /// Host memory for resources (host copies and bookkeeping); accepts
     /// K, M and G suffixes.
@@ -56,9 +76,14 @@ struct Args {
     scanouts: Vec<(u32, u32)>,
 
     /// Exit after the first frontend disconnects instead of waiting for the
-    /// next one.
+    /// next one (always so on a connected --fd).
     #[arg(long)]
     once: bool,
+
+    /// Let control-socket clients change fault injection (the `fault`
+    /// request). Implied by any --fault-* option.
+    #[arg(long, help_heading = "Fault injection")]
+    allow_fault_injection: bool,
 
     /// Fail the next N ATTACH_BACKINGs with ERR_OUT_OF_MEMORY (armed from
     /// the start, like the control socket's `fault` request).
@@ -94,6 +119,12 @@ struct Args {
         help_heading = "Fault injection"
     )]
     fault_delays: Vec<(u32, u64)>,
+
+    /// The seccomp sandbox: `kill` ends the daemon on a syscall outside
+    /// its allow-list, `log` only has the kernel log it, `off` installs no
+    /// filter.
+    #[arg(long, value_enum, default_value_t = seccomp::Mode::Kill)]
+    seccomp: seccomp::Mode,
 }
 
 impl Args {
@@ -145,6 +176,12 @@ fn parse_delay(s: &str) -> Result<(u32, u64), String> {
         .trim()
         .parse::<u64>()
         .map_err(|_| format!("{ms:?} is not a delay in milliseconds"))?;
+    if ms > control::MAX_DELAY_MS {
+        return Err(format!(
+            "a delay of {ms} ms is more than {} ms",
+            control::MAX_DELAY_MS
+        ));
+    }
     Ok((code, ms))
 }
 
@@ -180,12 +217,66 @@ fn tune_allocator() {
     }
 }
 
+/// The command line with the configuration file's options in front.
+fn parse_args() -> Args {
+    let cli: Vec<OsString> = std::env::args_os().collect();
+    let path =
+        config::path_from_args(&cli).or_else(|| config::default_path().filter(|p| p.exists()));
+    let Some(path) = path else {
+        return Args::parse_from(cli);
+    };
+    let from_file = match config::load(&path) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("gpuswap-daemon: configuration {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut argv = cli;
+    let rest = argv.split_off(1.min(argv.len()));
+    argv.extend(from_file);
+    argv.extend(rest);
+    match Args::try_parse_from(argv) {
+        Ok(args) => args,
+        Err(e) => {
+            // An error, not --help or --version: say where options came from.
+            if e.use_stderr() {
+                eprintln!("(with the options from {})", path.display());
+            }
+            e.exit()
+        }
+    }
+}
+
 fn main() {
     tune_allocator();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_micros()
-        .init();
-    let args = Args::parse();
+    let args = parse_args();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format_timestamp_micros();
+    if let Some(path) = &args.log_file {
+        let path = config::expand_pid(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        match file {
+            Ok(file) => {
+                logger.target(env_logger::Target::Pipe(Box::new(file)));
+            }
+            Err(e) => {
+                eprintln!(
+                    "gpuswap-daemon: cannot open the log file {}: {e}",
+                    path.display()
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    logger.init();
     if args.print_capabilities {
         // vhost-user.rst: a GPU backend lists "virgl" / "render-node" when
         // it has them; this one has neither.
@@ -209,7 +300,9 @@ fn run(args: Args) -> Result<(), String> {
         GpuBackendDevice::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
     );
     let faults = args.faults();
-    if faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !faults.delay_ms.is_empty() {
+    let armed =
+        faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !faults.delay_ms.is_empty();
+    if armed {
         let delays: Vec<String> = faults
             .delay_ms
             .iter()
@@ -224,65 +317,153 @@ fn run(args: Args) -> Result<(), String> {
     }
     *backend.device().faults_mut() = faults;
 
+    let control_socket = args.control_socket.as_deref().map(config::expand_pid);
+    // Taken before anything else can open descriptors over the inherited
+    // one's number.
+    let frontends = Frontends::from_args(&args)?;
     let cleanup: Vec<PathBuf> = args
         .socket_path
         .iter()
-        .chain(args.control_socket.iter())
+        .chain(control_socket.iter())
         .cloned()
         .collect();
     handle_termination(cleanup)?;
 
-    if let Some(path) = &args.control_socket {
-        control::serve(path, backend.control_handle())
+    if let Some(path) = &control_socket {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let handle = backend
+            .control_handle()
+            .with_fault_injection(args.allow_fault_injection || armed);
+        control::serve(path, handle)
             .map_err(|e| format!("cannot serve {}: {e}", path.display()))?;
     }
 
-    let mut listener = match (&args.socket_path, args.fd) {
-        (Some(path), _) => Listener::new(path, true)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
-        // SAFETY: by the vhost-user backend program conventions the caller
-        // passes a listening socket it no longer uses; we take ownership.
-        (None, Some(fd)) => unsafe { Listener::from_raw_fd(fd) },
-        (None, None) => return Err("need --socket-path or --fd".into()),
-    };
+    // Everything that needs a syscall only once is done (arguments, log
+    // file, sockets bound, inherited descriptor checked, allocator tuned,
+    // signal and control threads started): serve frontends sandboxed.
+    seccomp::install(args.seccomp).map_err(|e| e.to_string())?;
 
-    let current: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>> = Default::default();
-    loop {
-        info!("waiting for a frontend");
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("gpuswap".into(), backend.clone(), mem)
-            .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
-        daemon
-            .start(&mut listener)
-            .map_err(|e| format!("cannot accept a frontend: {e}"))?;
-        info!("frontend connected");
-        if let Ok(mut slot) = current.lock() {
-            *slot = daemon.shutdown_handle();
-        }
-        let result = daemon.wait();
-        for handler in daemon.get_epoll_handlers() {
-            handler.send_exit_event();
-        }
-        drop(daemon);
-        match result {
-            Ok(()) => info!("frontend disconnected"),
-            Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected,
-            )) => {
-                info!("frontend disconnected")
+    match frontends {
+        Frontends::Listening(mut listener) => loop {
+            info!("waiting for a frontend");
+            serve_frontend(&backend, |daemon| {
+                daemon.start(&mut listener).map_err(StartError::Daemon)
+            })?;
+            if args.once {
+                break;
             }
-            Err(e) => warn!("frontend connection ended: {e}"),
-        }
-        backend.disconnected();
-        if args.once {
-            // As on a signal, leave no dead socket behind (the listener
-            // unlinks the vhost-user one when dropped).
-            if let Some(path) = &args.control_socket {
-                let _ = std::fs::remove_file(path);
-            }
-            return Ok(());
+        },
+        Frontends::Connected(stream) => {
+            serve_frontend(&backend, |daemon| {
+                let private = relay::PrivateSocket::new().map_err(StartError::Relay)?;
+                let path = private.path().to_string_lossy().into_owned();
+                daemon.start_client(&path).map_err(StartError::Daemon)?;
+                let own = private.accept_own().map_err(StartError::Relay)?;
+                relay::spawn(stream, own).map_err(StartError::Relay)?;
+                Ok(())
+            })?;
+            info!("the inherited connection is closed and nothing can reconnect: exiting");
         }
     }
+    // As on a signal, leave no dead socket behind (the listener unlinks the
+    // vhost-user one when dropped).
+    if let Some(path) = &control_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Where frontends come from.
+enum Frontends {
+    /// A listening socket: one frontend after another.
+    Listening(Listener),
+    /// One connection made by whoever started the daemon.
+    Connected(UnixStream),
+}
+
+impl Frontends {
+    fn from_args(args: &Args) -> Result<Self, String> {
+        match (&args.socket_path, args.fd) {
+            (Some(path), _) => Listener::new(path, true)
+                .map(Frontends::Listening)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display())),
+            (None, Some(fd)) => Self::inherited(fd).map_err(|e| format!("--fd {fd}: {e}")),
+            (None, None) => Err("need --socket-path or --fd".into()),
+        }
+    }
+
+    /// Takes ownership of an inherited unix stream socket and tells a
+    /// listening one from a connected one.
+    fn inherited(fd: RawFd) -> Result<Self, String> {
+        // SAFETY: F_GETFD reads a descriptor's flags and touches no memory;
+        // it only tells whether `fd` is open.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err("not an open file descriptor".into());
+        }
+        // SAFETY: `fd` is open, and by the vhost-user backend program
+        // conventions the caller hands it to us: nothing else in this
+        // process uses it, so it can have one owner from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| match e {
+            nix::errno::Errno::ENOTSOCK => "not a socket".to_string(),
+            e => e.to_string(),
+        })?;
+        let family = getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .map_err(|e| e.to_string())?
+            .family();
+        if kind != SockType::Stream || family != Some(AddressFamily::Unix) {
+            return Err("not a unix stream socket".into());
+        }
+        if getsockopt(&fd, sockopt::AcceptConn).map_err(|e| e.to_string())? {
+            // SAFETY: `fd` is ours (above) and is passed on whole.
+            let listener = unsafe { Listener::from_raw_fd(fd.into_raw_fd()) };
+            info!("accepting frontends on the inherited listening socket");
+            Ok(Frontends::Listening(listener))
+        } else {
+            info!("serving the frontend on the inherited connected socket");
+            Ok(Frontends::Connected(UnixStream::from(fd)))
+        }
+    }
+}
+
+/// Why a frontend connection could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{0}")]
+    Daemon(vhost_user_backend::Error),
+    #[error("cannot relay the inherited connection: {0}")]
+    Relay(std::io::Error),
+}
+
+/// Serves one frontend connection from `start` to its end, then frees
+/// everything the frontend had.
+fn serve_frontend(
+    backend: &Arc<GpuBackendDevice>,
+    start: impl FnOnce(&mut VhostUserDaemon<Arc<GpuBackendDevice>>) -> Result<(), StartError>,
+) -> Result<(), String> {
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new("gpuswap".into(), backend.clone(), mem)
+        .map_err(|e| format!("cannot create the vhost-user daemon: {e}"))?;
+    start(&mut daemon).map_err(|e| format!("cannot start serving a frontend: {e}"))?;
+    backend.set_connection(daemon.shutdown_handle());
+    info!("frontend connected");
+    let result = daemon.wait();
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    drop(daemon);
+    match result {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+            info!("frontend disconnected")
+        }
+        Err(e) => warn!("frontend connection ended: {e}"),
+    }
+    backend.disconnected();
+    Ok(())
 }
 
 /// Exits cleanly on SIGTERM, SIGINT or SIGHUP: sockets are removed and the
@@ -315,6 +496,19 @@ fn handle_termination(paths: Vec<PathBuf>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The file `cargo xtask install` installs is one the daemon takes.
+    #[test]
+    fn shipped_configuration_parses() {
+        let args = config::parse(include_str!("../daemon.conf")).unwrap();
+        let mut argv = vec![OsString::from("gpuswap-daemon"), OsString::from("--fd=3")];
+        argv.extend(args);
+        let parsed = Args::try_parse_from(argv).unwrap();
+        assert_eq!(
+            parsed.control_socket,
+            Some(PathBuf::from("/run/gpuswap/{pid}.sock"))
+        );
+    }
 
     #[test]
     fn sizes_and_modes_parse() {

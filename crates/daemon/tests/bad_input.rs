@@ -564,3 +564,125 @@ fn host_memory_exhaustion_then_unref_frees() {
     let errors = ctl.counters()["counters"]["errors"].clone();
     assert_eq!(errors["resource_create_2d"], 2);
 }
+
+/// How a test breaks a ring behind the frontend's back.
+#[derive(Clone, Copy, Debug)]
+enum RingDamage {
+    /// The available index jumps far past the chains the driver made.
+    AvailIndexJump,
+    /// One available entry names a head outside the queue.
+    HeadOutOfRange,
+}
+
+fn damage_ring(gpu: &GpuFrontend, queue: QueueId, damage: RingDamage) {
+    let layout = gpu.ring_layout(queue);
+    let next = gpu.avail_index(queue);
+    let idx = match damage {
+        RingDamage::AvailIndexJump => next.wrapping_add(layout.size + 7),
+        RingDamage::HeadOutOfRange => {
+            let slot = u64::from(next % layout.size);
+            let head = layout.size + 3;
+            gpu.ram()
+                .write(layout.avail + 4 + 2 * slot, &head.to_le_bytes())
+                .unwrap();
+            next.wrapping_add(1)
+        }
+    };
+    gpu.ram()
+        .write(layout.avail + 2, &idx.to_le_bytes())
+        .unwrap();
+}
+
+/// A ring the device can no longer trust is reported once (log line and
+/// counter), the connection is dropped so the VMM sees the backend go, and
+/// the next frontend is served.
+#[test]
+fn a_broken_ring_drops_the_connection_and_the_next_frontend_is_served() {
+    for (queue, damage) in [
+        (QueueId::Control, RingDamage::AvailIndexJump),
+        (QueueId::Control, RingDamage::HeadOutOfRange),
+        (QueueId::Cursor, RingDamage::AvailIndexJump),
+        (QueueId::Cursor, RingDamage::HeadOutOfRange),
+    ] {
+        let what = format!("{queue:?} {damage:?}");
+        let mut d = Daemon::spawn("broken-ring", &[]);
+        let mut ctl = d.ctl();
+        let mut gpu = d.connect(small_ram());
+        still_serving(&mut d, &mut gpu, "connecting");
+        gpu.resource_create_2d(1, FMT, 64, 64).unwrap();
+
+        damage_ring(&gpu, queue, damage);
+        // Kicked over and over: still one report.
+        for _ in 0..5 {
+            gpu.kick(queue).unwrap();
+        }
+        let reported = (0..250).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            ctl.counters()["ring_errors"] == 1
+        });
+        assert!(reported, "{what}: not reported\n{}", d.log());
+        let dropped = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            gpu.read_config().is_err()
+        });
+        assert!(dropped, "{what}: the connection is still up\n{}", d.log());
+        // The frontend's resources went with it.
+        d.wait_status(&what, |s| s["resources"] == 0);
+
+        let mut next = d.connect(small_ram());
+        still_serving(&mut d, &mut next, &what);
+        next.resource_create_2d(1, FMT, 64, 64).unwrap();
+        assert_eq!(ctl.counters()["ring_errors"], 1, "{what}");
+        let log = d.log();
+        assert_eq!(
+            log.matches("dropping the frontend connection").count(),
+            1,
+            "{what}: {log}"
+        );
+    }
+}
+
+/// A guest sending thousands of bad requests gets every one answered and
+/// counted, but cannot fill the host's log: each kind of warning is
+/// limited to a burst per window.
+#[test]
+fn a_flood_of_bad_requests_is_counted_exactly_and_logged_sparingly() {
+    const FLOOD: usize = 2000;
+    let mut d = Daemon::spawn("flood", &[]);
+    let mut gpu = d.connect(small_ram());
+    let mut ctl = d.ctl();
+    let buf = Buffers::new(&mut gpu);
+    let short = &header(ctrl_type::RESOURCE_UNREF)[..8];
+    buf.load(&gpu, short);
+    for _ in 0..FLOOD {
+        assert_eq!(
+            code(gpu.resource_flush(99, rect(0, 0, 1, 1))),
+            ErrorCode::InvalidResourceId
+        );
+        let used = gpu
+            .submit_raw(
+                QueueId::Control,
+                &[
+                    RawDesc::readable(buf.req, 8),
+                    RawDesc::writable(buf.resp, 24),
+                ],
+            )
+            .unwrap();
+        assert_eq!(used, 24);
+    }
+    still_serving(&mut d, &mut gpu, "the flood");
+    let counters = ctl.counters()["counters"].clone();
+    assert_eq!(counters["errors"]["resource_flush"], FLOOD, "{counters}");
+    assert_eq!(counters["malformed"], FLOOD, "{counters}");
+    let log = d.log();
+    let flush_lines = log
+        .lines()
+        .filter(|l| l.contains("resource_flush:"))
+        .count();
+    let malformed_lines = log.lines().filter(|l| l.contains("malformed")).count();
+    let limit = gpuswap_device::log_limit::BURST as usize;
+    assert!(
+        (1..=limit).contains(&flush_lines) && (1..=limit).contains(&malformed_lines),
+        "{flush_lines} flush and {malformed_lines} malformed lines for {FLOOD} each"
+    );
+}

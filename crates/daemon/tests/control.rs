@@ -134,7 +134,7 @@ fn subscribe_streams_events_live() {
 
 #[test]
 fn fault_fail_attaches_fails_exactly_two() {
-    let d = Daemon::spawn("failattach", &[]);
+    let d = Daemon::spawn("failattach", &["--allow-fault-injection"]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let mut ctl = d.ctl();
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
@@ -179,7 +179,7 @@ fn fault_fail_attaches_fails_exactly_two() {
 
 #[test]
 fn fault_delay_command_delays_completion_not_the_control_socket() {
-    let d = Daemon::spawn("delay", &[]);
+    let d = Daemon::spawn("delay", &["--allow-fault-injection"]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let mut ctl = d.ctl();
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
@@ -281,6 +281,16 @@ fn fault_delay_command_delays_completion_not_the_control_socket() {
     );
 }
 
+/// A `kB` field of /proc/PID/status (e.g. `VmRSS:`), in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Creates a `w`x`h` 2D resource `id` on scattered pages holding `pixels`,
 /// attached and transferred in full.
 fn upload(gpu: &mut GpuFrontend, id: u32, (w, h): (u32, u32), pixels: &[u8]) -> Pages {
@@ -319,7 +329,7 @@ fn corruptions(ctl: &mut Control, seq: u64, id: u32) -> Vec<Value> {
 
 #[test]
 fn fault_corrupt_transfers_spoils_one_host_copy_and_the_trace_names_it() {
-    let d = Daemon::spawn("corrupt", &[]);
+    let d = Daemon::spawn("corrupt", &["--allow-fault-injection"]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let mut ctl = d.ctl();
     let (w, h) = (32u32, 16u32);
@@ -464,7 +474,7 @@ fn faults_armed_on_the_command_line_fire_from_the_first_frontend() {
 
 #[test]
 fn bad_control_requests_get_ok_false() {
-    let d = Daemon::spawn("badctl", &[]);
+    let d = Daemon::spawn("badctl", &["--allow-fault-injection"]);
     let mut ctl = d.ctl();
     for line in [
         "not json",
@@ -486,6 +496,9 @@ fn bad_control_requests_get_ok_false() {
         r#"{"cmd": "fault", "corrupt_transfers": "one"}"#,
         // Refused as a whole: the valid knobs beside it are not applied.
         r#"{"cmd": "fault", "fail_attaches": 2, "corrupt_transfers": 2, "delay_command": "warp_drive", "delay_ms": 5}"#,
+        // Three years of delay: bounded at one minute.
+        r#"{"cmd": "fault", "fail_attaches": 2, "delay_command": "resource_detach_backing", "delay_ms": 99999999999}"#,
+        r#"{"cmd": "fault", "delay_command": "resource_detach_backing", "delay_ms": 60001}"#,
     ] {
         let r: Value = ctl.raw(line);
         assert_eq!(r["ok"], false, "{line} -> {r}");
@@ -514,7 +527,7 @@ fn bad_control_requests_get_ok_false() {
 
 #[test]
 fn disconnect_during_a_delayed_completion() {
-    let mut d = Daemon::spawn("delay-disc", &[]);
+    let mut d = Daemon::spawn("delay-disc", &["--allow-fault-injection"]);
     let mut ctl = d.ctl();
     let mut gpu = d.connect(FrontendConfig::default());
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
@@ -545,4 +558,195 @@ fn disconnect_during_a_delayed_completion() {
     let mut gpu = d.connect(FrontendConfig::default());
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
     gpu.get_display_info().unwrap();
+}
+
+/// Whatever a local client does, the daemon's memory and threads stay
+/// bounded: a request line without an end is cut off at 64 KiB (not
+/// buffered whole), and clients past 32 at once are turned away with an
+/// error, while the ones already connected keep working.
+#[test]
+fn hostile_control_clients_are_bounded() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let d = Daemon::spawn("ctlbounds", &[]);
+    let rss_kib = |pid: u32| status_kib(pid, "VmRSS:");
+    let before = rss_kib(d.pid());
+
+    // 64 MiB without a newline: the daemon answers and hangs up after the
+    // first 64 KiB instead of reading on.
+    let mut long = UnixStream::connect(&d.control).unwrap();
+    long.set_read_timeout(Some(WAIT)).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        match long.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // the daemon closed the connection
+        }
+    }
+    let mut reply = String::new();
+    let _ = BufReader::new(&long).read_line(&mut reply);
+    let r: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().unwrap().contains("longer than 65536"),
+        "{r}"
+    );
+    let mut rest = Vec::new();
+    let _ = long.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the connection stayed open");
+    assert!(sent >= 64 << 10, "only {sent} bytes went out");
+    let after = rss_kib(d.pid());
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+
+    // 32 clients at once are served; the 33rd is told why it is not.
+    let mut held: Vec<Control> = (0..32).map(|_| d.ctl()).collect();
+    let mut extra = UnixStream::connect(&d.control).unwrap();
+    extra.set_read_timeout(Some(WAIT)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&extra).read_line(&mut line).unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().contains("too many"), "{r}");
+    let _ = writeln!(extra, "{{\"cmd\":\"status\"}}");
+    for ctl in &mut held {
+        assert_eq!(ctl.status()["ok"], true);
+    }
+    // A client that leaves frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = UnixStream::connect(&d.control).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        writeln!(c, "{{\"cmd\":\"status\"}}").unwrap();
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line).unwrap();
+        let r: Value = serde_json::from_str(&line).unwrap();
+        if r["ok"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place never came back: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A monitoring client polling `resources` neither holds up the queues
+/// while it hashes (the device lock is taken per snapshot and per band of
+/// rows, never across a whole hash) nor makes a copy of any host copy.
+#[test]
+fn resources_hashes_without_holding_up_the_queues_or_copying_host_copies() {
+    let d = Daemon::spawn("resources-poll", &[]);
+    let mut gpu = d.connect(FrontendConfig::default().headless());
+    let (w, h) = (4096, 2048);
+    let contents: Vec<Vec<u8>> = (0..2).map(|i| pattern(w * h * 4, 70 + i)).collect();
+    let _pages: Vec<Pages> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| upload(&mut gpu, i as u32 + 1, (w as u32, h as u32), c))
+        .collect();
+    let mut ctl = d.ctl();
+    for (i, content) in contents.iter().enumerate() {
+        let r = ctl.live(i as u32 + 1);
+        assert_eq!(r["host_hash"], hash_hex(content), "{r}");
+        assert_eq!(r["backing_hash"], hash_hex(content), "{r}");
+    }
+    let bare = ctl.ok(json!({"cmd": "resources", "hashes": false}));
+    for r in bare["resources"].as_array().unwrap() {
+        assert!(
+            r["host_hash"].is_null() && r["backing_hash"].is_null(),
+            "{r}"
+        );
+        assert_eq!(r["backing"], "attached");
+    }
+
+    let hwm_kib = |pid: u32| status_kib(pid, "VmHWM:");
+    // The requests below cycle through the frontend's bounce buffers in
+    // guest RAM, which the daemon maps: have it touch all of them first.
+    let requests_for = |gpu: &mut GpuFrontend, how_long: Duration| {
+        let mut slowest = Duration::ZERO;
+        let deadline = Instant::now() + how_long;
+        while Instant::now() < deadline {
+            let start = Instant::now();
+            gpu.get_display_info().unwrap();
+            slowest = slowest.max(start.elapsed());
+        }
+        slowest
+    };
+    requests_for(&mut gpu, Duration::from_secs(3));
+    let hwm_before = hwm_kib(d.pid());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (mut ctl, stop) = (d.ctl(), stop.clone());
+        std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || replies.len() < 3 {
+                let start = Instant::now();
+                let r = ctl.ok(json!({"cmd": "resources"}));
+                replies.push(start.elapsed());
+                assert_eq!(r["resources"].as_array().unwrap().len(), 2);
+            }
+            replies
+        })
+    };
+    let slowest = requests_for(&mut gpu, Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = poller.join().unwrap();
+    let quickest_reply = *replies.iter().min().unwrap();
+    assert!(
+        slowest < quickest_reply / 4,
+        "a request waited {slowest:?} while `resources` replies took {quickest_reply:?} \
+         or more ({} replies)",
+        replies.len()
+    );
+    let grown = hwm_kib(d.pid()).saturating_sub(hwm_before);
+    assert!(
+        grown < 8 * 1024,
+        "peak RSS grew by {grown} KiB while hashing two 32 MiB host copies"
+    );
+}
+
+/// The control socket is its owner's alone, and it changes fault
+/// injection only for a daemon started with it allowed.
+#[test]
+fn fault_injection_needs_the_opt_in_and_the_socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let d = Daemon::spawn("faults-off", &[]);
+    let mode = std::fs::metadata(&d.control).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+    let mut ctl = d.ctl();
+    for req in [
+        json!({"cmd": "fault", "fail_attaches": 1}),
+        json!({"cmd": "fault", "delay_command": "resource_flush", "delay_ms": 100}),
+        json!({"cmd": "fault", "clear": true}),
+    ] {
+        let r = ctl.request(req.clone());
+        assert_eq!(r["ok"], false, "{req} -> {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("--allow-fault-injection"),
+            "{r}"
+        );
+    }
+    // Refused means nothing armed: the first attach succeeds.
+    let mut gpu = d.connect(FrontendConfig::default().headless());
+    gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
+    let pages = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
+    gpu.attach_backing(1, &pages.entries()).unwrap();
+    assert_eq!(ctl.counters()["counters"]["faults_injected"], 0);
+
+    // A fault armed on the command line is an opt-in of its own.
+    let armed = Daemon::spawn("faults-armed", &["--fault-fail-attaches", "1"]);
+    let r = armed.ctl().fault(json!({"fail_attaches": 0}));
+    assert_eq!(r["fail_attaches"], 0, "{r}");
 }

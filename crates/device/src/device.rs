@@ -11,13 +11,17 @@ use gpuswap_protocol::{
 };
 use log::{debug, warn};
 use vm_memory::GuestMemoryBackend;
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::display::{Display, DisplayMode, CURSOR_SIZE};
 use crate::edid;
+use crate::limited_warn;
+use crate::log_limit::LogLimit;
 use crate::memory::{self, GuestExtent, PageOwners};
 use crate::renderer::{Rect2d, Renderer};
 use crate::trace::{Counters, DetachReason, Event, EventKind, InjectedFault, Trace, Violation};
+
+mod inspect;
+pub use inspect::{hex, ResourceInfo, ResourceSnapshot, HOST_BAND};
 
 /// Host memory charged per live resource for its bookkeeping.
 const RESOURCE_OVERHEAD: u64 = 256;
@@ -117,33 +121,14 @@ struct Resource {
     /// Host memory charged to this resource, excluding its backing entries.
     charged: u64,
     uuid: Option<[u8; 16]>,
+    /// Changes whenever the host copy does (see [`GpuDevice::host_copy_written`]).
+    host_version: u64,
 }
 
 impl Resource {
     fn is_attached(&self) -> bool {
         matches!(self.backing, Backing::Attached { .. })
     }
-}
-
-/// A resource as the control socket shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ResourceInfo {
-    pub id: u32,
-    pub kind: &'static str,
-    pub format: Option<u32>,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub size: u64,
-    pub backing: &'static str,
-    pub generation: u64,
-    pub entries: usize,
-    pub backing_bytes: u64,
-    /// xxh3-64 of the host copy (2D only), 16 hex digits.
-    pub host_hash: Option<String>,
-    /// xxh3-64 of the first `size` bytes of the attached backing.
-    pub backing_hash: Option<String>,
-    pub scanouts: Vec<u32>,
-    pub uuid: Option<String>,
 }
 
 /// What a scanout shows.
@@ -204,6 +189,10 @@ pub struct GpuDevice<R: Renderer, M: GuestMemoryBackend> {
     counters: Counters,
     faults: Faults,
     uuid_seed: u64,
+    /// The last host-copy version handed out.
+    host_versions: u64,
+    /// For the warnings a guest can trigger.
+    log_limit: LogLimit,
 }
 
 impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
@@ -227,6 +216,8 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             counters: Counters::default(),
             faults: Faults::default(),
             uuid_seed,
+            host_versions: 0,
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -289,34 +280,42 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             };
             let resolved = memory::resolve(&*mem, extents);
             let generation = res.generation;
-            match resolved {
+            // Detached first in every case: after this loop the renderer
+            // holds no pointer into the previous table, which goes below.
+            self.renderer.detach_backing(id);
+            let lost = match resolved {
                 Ok(iovecs) => {
                     self.owners.claim(id, extents);
                     // SAFETY: the iovecs point into `mem`, which the device
                     // keeps alive (`self.mem`) until the next `set_memory`,
-                    // which re-attaches first, or until the backing is
+                    // which detaches first, or until the backing is
                     // detached.
-                    let attached = self
-                        .renderer
-                        .detach_backing(id)
-                        .and_then(|_| unsafe { self.renderer.attach_backing(id, &iovecs) });
-                    if let Err(e) = attached {
-                        warn!("resource {id}: re-attach after memory change failed: {e}");
-                    }
+                    unsafe { self.renderer.attach_backing(id, &iovecs) }
+                        .err()
+                        .map(|e| {
+                            (
+                                format!("re-attach failed: {e}"),
+                                DetachReason::ReattachFailed,
+                                Violation::BackingLostOnMemoryChange,
+                            )
+                        })
                 }
-                Err(e) => {
-                    warn!("resource {id}: {e} after memory change; detaching");
-                    let _ = self.renderer.detach_backing(id);
-                    self.drop_backing(id);
-                    self.trace.record(
-                        id,
-                        generation,
-                        EventKind::Detach {
-                            reason: DetachReason::MemoryRemoved,
-                        },
-                    );
-                    self.violation(id, Violation::BackingLeftGuestRam, "set_mem_table");
-                }
+                Err(e) => Some((
+                    e.to_string(),
+                    DetachReason::MemoryRemoved,
+                    Violation::BackingLeftGuestRam,
+                )),
+            };
+            if let Some((why, reason, violation)) = lost {
+                limited_warn!(
+                    self.log_limit,
+                    "set_mem_table",
+                    "resource {id}: {why} after a memory change; detaching"
+                );
+                self.drop_backing(id);
+                self.trace
+                    .record(id, generation, EventKind::Detach { reason });
+                self.violation(id, violation, "set_mem_table");
             }
         }
         self.mem = Some(mem);
@@ -338,13 +337,20 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         }
     }
 
+    /// Frees every resource and forgets the guest memory table: the
+    /// frontend that owns it is gone, and its guest RAM stays allocated on
+    /// the host for as long as anything keeps it mapped.
+    pub fn disconnect(&mut self) {
+        self.reset();
+        self.mem = None;
+        self.owners = PageOwners::default();
+    }
+
     /// Counts and logs a request that could not be decoded.
     pub fn record_malformed(&mut self, type_: Option<u32>, err: &DecodeError) {
         self.counters.malformed += 1;
-        warn!(
-            "malformed {} request: {err}",
-            type_.map_or("(no header)", ctrl_type::name)
-        );
+        let name = type_.map_or("(no header)", ctrl_type::name);
+        limited_warn!(self.log_limit, name, "malformed {name} request: {err}");
     }
 
     /// Executes one request and returns its response. Never panics on guest
@@ -399,7 +405,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             Ok(response) => response,
             Err(f) => {
                 *self.counters.errors.entry(name).or_default() += 1;
-                warn!("{name}: {} ({})", f.why, f.code);
+                limited_warn!(self.log_limit, name, "{name}: {} ({})", f.why, f.code);
                 Response::Err(f.code)
             }
         }
@@ -573,8 +579,10 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 generation: 0,
                 charged,
                 uuid: None,
+                host_version: 0,
             },
         );
+        self.host_copy_written(id);
         self.counters.resources_created += 1;
         self.trace.record(
             id,
@@ -584,6 +592,15 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 size: kind.content_len(),
             },
         );
+    }
+
+    /// Gives resource `id`'s host copy a version no other host copy has
+    /// had, so that an inspection reading it in bands sees any change.
+    fn host_copy_written(&mut self, id: u32) {
+        self.host_versions += 1;
+        if let Some(res) = self.resources.get_mut(&id) {
+            res.host_version = self.host_versions;
+        }
     }
 
     fn create_blob(
@@ -721,7 +738,11 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         // Overlap is a guest bug (pages freed while still attached), not a
         // reason to refuse: record it for the harness and go on.
         for other in conflicts {
-            warn!("resource {id}: backing overlaps live resource {other}");
+            limited_warn!(
+                self.log_limit,
+                "overlapping backing",
+                "resource {id}: backing overlaps live resource {other}"
+            );
             self.violation(id, Violation::OverlappingBacking { other }, name);
         }
         Ok(Response::OkNoData)
@@ -753,9 +774,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             ));
         }
         let generation = res.generation;
-        if let Err(e) = self.renderer.detach_backing(id) {
-            warn!("resource {id}: {e}");
-        }
+        self.renderer.detach_backing(id);
         self.drop_backing(id);
         self.counters.detaches += 1;
         self.trace.record(
@@ -867,6 +886,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         self.renderer
             .transfer_to_host_2d(id, rect, args.offset, stride as u32)
             .map_err(|e| fail(ErrorCode::InvalidParameter, e.to_string()))?;
+        self.host_copy_written(id);
         self.counters.transfers += 1;
         self.counters.bytes_transferred += row * u64::from(rect.height);
         self.trace.record(
@@ -906,6 +926,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             warn!("resource {id}: injected transfer corruption failed: {e}");
             return;
         }
+        self.host_copy_written(id);
         let host_offset = u64::from(rect.y) * stride + u64::from(rect.x) * u64::from(bpp);
         warn!("resource {id}: injected fault: host copy byte {host_offset} flipped after transfer");
         self.faults.corrupt_transfers -= 1;
@@ -1074,7 +1095,12 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 continue;
             };
             if let Err(f) = self.update_scanout(scanout as u32, source, rect) {
-                warn!("flush of resource {id} to scanout {scanout}: {}", f.why);
+                limited_warn!(
+                    self.log_limit,
+                    "scanout update",
+                    "flush of resource {id} to scanout {scanout}: {}",
+                    f.why
+                );
             }
         }
         Ok(Response::OkNoData)
@@ -1208,86 +1234,61 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         }
     }
 
-    /// Every live resource, with hashes of its host copy and backing.
-    pub fn resources(&mut self) -> Vec<ResourceInfo> {
-        let ids: Vec<u32> = self.resources.keys().copied().collect();
-        ids.into_iter()
-            .filter_map(|id| self.resource_info(id))
-            .collect()
-    }
-
-    /// One live resource, with hashes.
-    pub fn resource_info(&mut self, id: u32) -> Option<ResourceInfo> {
-        let res = self.resources.get(&id)?;
-        let kind = res.kind;
-        let (format, width, height) = match kind {
-            ResourceKind::TwoD {
-                format,
-                width,
-                height,
-            } => (Some(format), Some(width), Some(height)),
-            ResourceKind::GuestBlob { .. } => (None, None, None),
-        };
-        let size = kind.content_len();
-        let (entries, backing_bytes, backing_hash) = match (&res.backing, &self.mem) {
-            (Backing::Attached { extents, len }, Some(mem)) => (
-                extents.len(),
-                *len,
-                memory::hash_backing(&**mem, extents, size).ok(),
-            ),
-            (Backing::Attached { extents, len }, None) => (extents.len(), *len, None),
-            (Backing::Detached, _) => (0, 0, None),
-        };
-        let info = ResourceInfo {
-            id,
-            kind: kind.name(),
-            format,
-            width,
-            height,
-            size,
-            backing: if res.is_attached() {
-                "attached"
-            } else {
-                "detached"
-            },
-            generation: res.generation,
-            entries,
-            backing_bytes,
-            host_hash: None,
-            backing_hash: backing_hash.map(hex),
-            scanouts: (0..self.scanouts.len() as u32)
-                .filter(|&s| self.scanouts[s as usize].is_some_and(|src| src.resource_id() == id))
-                .collect(),
-            uuid: res
-                .uuid
-                .map(|u| u.iter().map(|b| format!("{b:02x}")).collect()),
-        };
-        let host_hash = match kind {
-            ResourceKind::TwoD { width, height, .. } => {
-                let mut copy = vec![0u8; size as usize];
-                let full = Rect2d {
-                    x: 0,
-                    y: 0,
-                    width,
-                    height,
-                };
-                self.renderer
-                    .read_host_copy(id, full, &mut copy, width * format::BYTES_PER_PIXEL)
-                    .ok()
-                    .map(|_| hex(xxh3_64(&copy)))
-            }
-            ResourceKind::GuestBlob { .. } => None,
-        };
-        Some(ResourceInfo { host_hash, ..info })
-    }
-
     /// Events after `after`, optionally for one resource.
     pub fn events(&self, after: u64, resource_id: Option<u32>) -> Vec<Event> {
         self.trace.since(after, resource_id)
     }
 }
 
-/// A hash as the control socket and the guest tool print it.
-pub fn hex(hash: u64) -> String {
-    format!("{hash:016x}")
+/// Self-checks, for tests and fuzzing.
+impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
+    /// Cross-checks the device's bookkeeping: the host memory charged is
+    /// exactly what the live resources and their backing entries hold; an
+    /// attached backing's length is the sum of its extents; the
+    /// page-ownership index holds exactly the attached backings (see
+    /// `PageOwners::check_consistency`); every scanout shows a live
+    /// resource of the kind it was set up with, inside its bounds. Walks
+    /// every claimed page: not for the request path.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let mut charged = 0u64;
+        let mut attached = BTreeMap::new();
+        for (&id, res) in &self.resources {
+            charged += res.charged;
+            if let Backing::Attached { extents, len } = &res.backing {
+                charged += extents.len() as u64 * ENTRY_OVERHEAD;
+                let sum: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
+                if sum != *len {
+                    return Err(format!("resource {id}: backing of {sum} bytes says {len}"));
+                }
+                attached.insert(id, extents.as_slice());
+            }
+        }
+        if charged != self.host_memory_used {
+            return Err(format!(
+                "{} bytes charged, resources hold {charged}",
+                self.host_memory_used
+            ));
+        }
+        self.owners.check_consistency(&attached)?;
+        for (scanout, source) in self.scanouts.iter().enumerate() {
+            let Some(source) = source else { continue };
+            let id = source.resource_id();
+            let kind = self.resources.get(&id).map(|r| r.kind);
+            let rect = source.rect();
+            let fits = match (source, kind) {
+                (
+                    ScanoutSource::Resource2d { .. },
+                    Some(ResourceKind::TwoD { width, height, .. }),
+                ) => Self::check_rect(id, rect, width, height).is_ok(),
+                (ScanoutSource::Blob { .. }, Some(ResourceKind::GuestBlob { .. })) => true,
+                _ => false,
+            };
+            if !fits {
+                return Err(format!(
+                    "scanout {scanout} shows {source:?}, resource is {kind:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -19,10 +19,13 @@
 mod device;
 pub mod display;
 pub mod edid;
+pub mod log_limit;
 pub mod memory;
 pub mod renderer;
 pub mod trace;
 
-pub use device::{hex, DeviceConfig, Faults, GpuDevice, ResourceInfo, ResourceKind};
+pub use device::{
+    hex, DeviceConfig, Faults, GpuDevice, ResourceInfo, ResourceKind, ResourceSnapshot, HOST_BAND,
+};
 pub use display::{Display, DisplayMode};
 pub use renderer::{HostIovec, Rect2d, Renderer, RendererError, RutabagaRenderer};

@@ -512,6 +512,69 @@ impl PageOwners {
             self.spare = claimed;
         }
     }
+
+    /// Cross-checks the index against `expected`, each live resource's
+    /// attached extents (what the device's resource table says), for tests
+    /// and fuzzing: the kept claims must be exactly those, the held bits
+    /// exactly the pages they cover, and the shared pages exactly those
+    /// more than one resource covers, with those holders. Recomputes the
+    /// whole index, so it costs a walk over every claimed page.
+    pub fn check_consistency(
+        &self,
+        expected: &BTreeMap<u32, &[GuestExtent]>,
+    ) -> Result<(), String> {
+        let claimed: BTreeMap<u32, &[GuestExtent]> = self
+            .claims
+            .iter()
+            .map(|(&id, extents)| (id, extents.as_slice()))
+            .collect();
+        if claimed != *expected {
+            return Err(format!(
+                "page index claims {claimed:?}, resource table has {expected:?}"
+            ));
+        }
+        let mut regions: Vec<RegionOwners> = self
+            .regions
+            .iter()
+            .map(|r| RegionOwners {
+                held: vec![0; r.held.len()],
+                ..*r
+            })
+            .collect();
+        let mut holders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for (&id, extents) in expected {
+            Self::for_each_extent_run(&mut regions, extents, |region, first, count| {
+                for slot in first..first + count {
+                    region.held[slot / 64] |= 1 << (slot % 64);
+                    let ids = holders
+                        .entry(region.start + slot as u64 * PAGE_SIZE)
+                        .or_default();
+                    if ids.last() != Some(&id) {
+                        ids.push(id);
+                    }
+                }
+            });
+        }
+        for (have, want) in self.regions.iter().zip(&regions) {
+            if have.held != want.held {
+                return Err(format!(
+                    "held pages of the region at {:#x} differ from the claims",
+                    have.start
+                ));
+            }
+        }
+        holders.retain(|_, ids| ids.len() > 1);
+        let mut shared = self.shared.clone();
+        for ids in shared.values_mut() {
+            ids.sort_unstable();
+        }
+        if shared != holders {
+            return Err(format!(
+                "shared pages {shared:x?}, claims overlap on {holders:x?}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -691,6 +754,9 @@ mod tests {
                 assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
                 model.insert(id, ext);
             }
+            let expected: BTreeMap<u32, &[GuestExtent]> =
+                model.iter().map(|(&id, e)| (id, e.as_slice())).collect();
+            owners.check_consistency(&expected).unwrap();
             // Every page with a slot is held exactly when the model says.
             let held = pages_of(&model.values().flatten().copied().collect::<Vec<_>>());
             for r in &owners.regions {
@@ -727,5 +793,36 @@ mod tests {
         assert_eq!(owners.claim(2, &b), vec![1]);
         owners.release(1, &a);
         assert!(owners.claim(2, &b).is_empty());
+    }
+
+    #[test]
+    fn consistency_check_catches_a_wrong_table_and_a_lost_bit() {
+        use std::collections::BTreeMap;
+        let mem = two_regions();
+        let mut owners = PageOwners::for_memory(&mem);
+        let a = [GuestExtent {
+            addr: 0x1000,
+            len: 0x2000,
+        }];
+        let b = [GuestExtent {
+            addr: 0x2000,
+            len: 0x1000,
+        }];
+        owners.claim(1, &a);
+        owners.claim(2, &b);
+        let both = BTreeMap::from([(1, &a[..]), (2, &b[..])]);
+        owners.check_consistency(&both).unwrap();
+        assert_eq!(owners.shared.get(&0x2000), Some(&vec![1, 2]));
+        let only_a = BTreeMap::from([(1, &a[..])]);
+        assert!(owners.check_consistency(&only_a).is_err());
+        let swapped = BTreeMap::from([(1, &b[..]), (2, &a[..])]);
+        assert!(owners.check_consistency(&swapped).is_err());
+        owners.regions[0].held[0] &= !(1 << 1);
+        let err = owners.check_consistency(&both).unwrap_err();
+        assert!(err.contains("held pages"), "{err}");
+        owners.regions[0].held[0] |= 1 << 1;
+        owners.shared.clear();
+        let err = owners.check_consistency(&both).unwrap_err();
+        assert!(err.contains("shared"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 
+use log::debug;
 use rutabaga_gfx::{
     ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType,
     RutabagaHandler, RutabagaIovec, Transfer3D, RUTABAGA_BLOB_MEM_GUEST,
@@ -41,8 +42,10 @@ pub trait Renderer {
     /// pointers and dereferences them on later transfers.
     unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> RendererResult<()>;
 
-    /// Forgets the backing of resource `id`; its host copy is kept.
-    fn detach_backing(&mut self, id: u32) -> RendererResult<()>;
+    /// Forgets the backing of resource `id` (if it has one); its host copy
+    /// is kept. Cannot fail: afterwards the renderer holds no pointer into
+    /// that backing, which the caller may then unmap.
+    fn detach_backing(&mut self, id: u32);
 
     /// Copies `rect` from the backing into the host copy. The rect's first
     /// pixel is `offset` bytes into the backing and its rows are `stride`
@@ -117,7 +120,10 @@ pub struct RutabagaRenderer {
 // with capset mask 0 and the 2D component as default, which creates no
 // context-capable component: what remains is the 2D component (holding a
 // `Send + Sync` fence handler) and resources made of heap memory and
-// `RutabagaIovec`s (declared `Send` by rutabaga). None of it has thread
+// `RutabagaIovec`s (declared `Send` by rutabaga). `backings` holds raw
+// pointers (`HostIovec`) into guest memory mappings, which are valid from
+// any thread for as long as `attach_backing`'s contract keeps them
+// mapped; no pointer is into thread-local data. None of it has thread
 // affinity, so moving the renderer between threads is sound; the device
 // model is used by one thread at a time behind the daemon's lock.
 unsafe impl Send for RutabagaRenderer {}
@@ -134,6 +140,75 @@ impl RutabagaRenderer {
             backings: HashMap::new(),
             sizes: HashMap::new(),
         })
+    }
+}
+
+impl RutabagaRenderer {
+    /// Gives rutabaga resource `id`'s real backing (or none) again after a
+    /// transfer through a temporary one. If that fails the resource is
+    /// left without a backing in rutabaga rather than with pointers into
+    /// memory about to be freed.
+    fn restore_backing(&mut self, id: u32) -> RendererResult<()> {
+        let restored = match self.backings.get(&id) {
+            Some(backing) => self.rutabaga.attach_backing(id, rutabaga_iovecs(backing)),
+            None => self.rutabaga.detach_backing(id),
+        };
+        restored.map_err(|e| {
+            let _ = self.rutabaga.detach_backing(id);
+            self.backings.remove(&id);
+            err("re-attach", id)(e)
+        })
+    }
+}
+
+/// Address space put in front of a backing for a transfer whose data
+/// starts before the rect's own position: rutabaga reads a rect where it
+/// sits in a whole image, so the bytes before it are never read. The pad
+/// is private anonymous memory that is never touched, so however long the
+/// guest makes it (up to a resource's size) it costs no RAM and needs no
+/// room in --max-host-memory.
+struct UntouchedPad {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl UntouchedPad {
+    fn new(len: u64) -> RendererResult<Self> {
+        let too_long = || RendererError(format!("a transfer pad of {len} bytes"));
+        let len = usize::try_from(len).map_err(|_| too_long())?;
+        // SAFETY: a new private anonymous mapping, placed by the kernel;
+        // it touches no existing memory. NORESERVE: it is never written.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(too_long());
+        }
+        let base = std::ptr::NonNull::new(base).ok_or_else(too_long)?;
+        Ok(UntouchedPad { base, len })
+    }
+
+    fn iovec(&self) -> HostIovec {
+        HostIovec {
+            base: self.base.as_ptr().cast(),
+            len: self.len,
+        }
+    }
+}
+
+impl Drop for UntouchedPad {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `len` are the mapping `new` made, which
+        // nothing uses any more: rutabaga got its real backing back first
+        // (see `restore_backing`).
+        unsafe { libc::munmap(self.base.as_ptr(), self.len) };
     }
 }
 
@@ -196,9 +271,13 @@ impl Renderer for RutabagaRenderer {
         Ok(())
     }
 
-    fn detach_backing(&mut self, id: u32) -> RendererResult<()> {
+    fn detach_backing(&mut self, id: u32) {
         self.backings.remove(&id);
-        self.rutabaga.detach_backing(id).map_err(err("detach", id))
+        // Rutabaga refuses only a resource it does not know, which has no
+        // backing to forget either.
+        if let Err(e) = self.rutabaga.detach_backing(id) {
+            debug!("detach of resource {id}: {e}");
+        }
     }
 
     fn transfer_to_host_2d(
@@ -221,27 +300,20 @@ impl Renderer for RutabagaRenderer {
         // The rect's data starts before its own position (e.g. a packed
         // sub-rect at offset 0). Rutabaga has no negative base: put a pad
         // of the difference in front of the backing for this one transfer.
-        // Rutabaga never reads the pad: its first read is at `position`.
         let backing = self
             .backings
             .get(&id)
             .ok_or_else(|| RendererError(format!("transfer of resource {id}: no backing")))?;
-        let mut pad = vec![0u8; (position - offset) as usize];
-        let mut padded = vec![HostIovec {
-            base: pad.as_mut_ptr(),
-            len: pad.len(),
-        }];
+        let pad = UntouchedPad::new(position - offset)?;
+        let mut padded = vec![pad.iovec()];
         padded.extend_from_slice(backing);
-        let original = rutabaga_iovecs(backing);
         let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
         let result = self
             .rutabaga
             .attach_backing(id, rutabaga_iovecs(&padded))
             .and_then(|_| self.rutabaga.transfer_write(0, id, transfer, None));
         // Put the real backing back before `pad` goes away.
-        self.rutabaga
-            .attach_backing(id, original)
-            .map_err(err("re-attach", id))?;
+        self.restore_backing(id)?;
         result.map_err(err("transfer", id))
     }
 
@@ -310,30 +382,31 @@ impl Renderer for RutabagaRenderer {
         let stride = width as usize * 4;
         let row = rect.width as usize * 4;
         let start = rect.y as usize * stride + rect.x as usize * 4;
-        let mut image = vec![0u8; start + (rect.height as usize - 1) * stride + row];
+        // The image before `start` is never read: a pad, not memory.
+        let pad = (start > 0)
+            .then(|| UntouchedPad::new(start as u64))
+            .transpose()?;
+        let mut image = vec![0u8; (rect.height as usize - 1) * stride + row];
         for y in 0..rect.height as usize {
             let from = y * src_stride as usize;
             let line = src.get(from..from + row).ok_or_else(|| {
                 RendererError(format!("write of resource {id}: {rect:?} does not fit src"))
             })?;
-            let at = start + y * stride;
+            let at = y * stride;
             image[at..at + row].copy_from_slice(line);
         }
-        let scratch = [HostIovec {
+        let mut scratch: Vec<HostIovec> = pad.iter().map(UntouchedPad::iovec).collect();
+        scratch.push(HostIovec {
             base: image.as_mut_ptr(),
             len: image.len(),
-        }];
+        });
         let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
         let result = self
             .rutabaga
             .attach_backing(id, rutabaga_iovecs(&scratch))
             .and_then(|_| self.rutabaga.transfer_write(0, id, transfer, None));
         // Put the real backing back before `image` goes away.
-        let restored = match self.backings.get(&id) {
-            Some(backing) => self.rutabaga.attach_backing(id, rutabaga_iovecs(backing)),
-            None => self.rutabaga.detach_backing(id),
-        };
-        restored.map_err(err("re-attach", id))?;
+        self.restore_backing(id)?;
         result.map_err(err("write", id))
     }
 
@@ -367,7 +440,7 @@ mod tests {
             height: 2,
         };
         r.transfer_to_host_2d(1, full, 0, 16).unwrap();
-        r.detach_backing(1).unwrap();
+        r.detach_backing(1);
         // Detached: the host copy stays, transfers fail.
         assert!(r.transfer_to_host_2d(1, full, 0, 16).is_err());
         let mut out = vec![0u8; 32];

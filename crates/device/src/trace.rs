@@ -21,12 +21,15 @@ pub enum DetachReason {
     Reset,
     /// The memory table changed and the backing is no longer guest RAM.
     MemoryRemoved,
+    /// The memory table changed and the renderer refused the backing again.
+    ReattachFailed,
 }
 
 /// A broken protocol rule. The offending request gets an error response and
 /// changes nothing, except `OverlappingBacking` (the attach goes through: the
-/// overlap is a guest bug to report, not to refuse) and `BackingLeftGuestRam`
-/// (raised by a memory-table change, not by a request).
+/// overlap is a guest bug to report, not to refuse), `BackingLeftGuestRam`
+/// and `BackingLostOnMemoryChange` (raised by a memory-table change, not by
+/// a request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "violation")]
 pub enum Violation {
@@ -44,6 +47,9 @@ pub enum Violation {
     DuplicateResource,
     /// A live backing left guest RAM on a memory-table change.
     BackingLeftGuestRam,
+    /// A live backing could not be given back to the renderer after a
+    /// memory-table change (the resource is left detached).
+    BackingLostOnMemoryChange,
 }
 
 /// What happened.

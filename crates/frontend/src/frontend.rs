@@ -701,6 +701,11 @@ impl GpuFrontend {
         self.queues[queue.index()].ring.next_avail()
     }
 
+    /// Where `queue`'s rings are in guest RAM (for tests that corrupt them).
+    pub fn ring_layout(&self, queue: QueueId) -> RingLayout {
+        self.queues[queue.index()].ring.layout()
+    }
+
     /// Chains submitted on `queue` whose completion has not been returned
     /// yet (owned by the backend, or completed and not yet waited for).
     pub fn in_flight(&self, queue: QueueId) -> usize {

@@ -20,6 +20,8 @@ use crate::uapi;
 
 /// Default virtio-serial port name of the agent channel.
 pub const DEFAULT_PORT: &str = "org.gpuswap.agent";
+/// Default virtio-serial port name of the sampler channel.
+pub const SAMPLER_PORT: &str = "org.gpuswap.sampler";
 
 /// How long `wait_for_port` waits for the port to be named.
 pub const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -95,6 +97,8 @@ pub struct Agent {
     scan_loop: Option<shrinker::ScanLoop>,
     /// The memory hog child (killed when the agent is dropped).
     hog: Hog,
+    /// Only requests that read the guest's state are served (the sampler).
+    read_only: bool,
 }
 
 impl Agent {
@@ -105,6 +109,17 @@ impl Agent {
             gpu: Gpu::open(card),
             scan_loop: None,
             hog: Hog::new(),
+            read_only: false,
+        }
+    }
+
+    /// The sampler: no device, and only `hello`, `meminfo`,
+    /// `shrinker_stats`, `vmstat` and `sample`, so a second channel into
+    /// the guest cannot change what the workload's channel sees.
+    pub fn sampler() -> Agent {
+        Agent {
+            read_only: true,
+            ..Agent::without_device(Error::msg("the sampler opens no device"))
         }
     }
 
@@ -114,6 +129,7 @@ impl Agent {
             gpu: Err(err),
             scan_loop: None,
             hog: Hog::new(),
+            read_only: false,
         }
     }
 
@@ -136,6 +152,20 @@ impl Agent {
 
     /// Run one request.
     pub fn dispatch(&mut self, req: Request) -> Result<(Map<String, Value>, Outcome)> {
+        let reads_only = matches!(
+            req,
+            Request::Hello {}
+                | Request::Meminfo {}
+                | Request::ShrinkerStats {}
+                | Request::Vmstat {}
+                | Request::Sample {}
+        );
+        if self.read_only && !reads_only {
+            return Err(Error::with_errno(
+                "the sampler channel only reads (hello, meminfo, shrinker_stats, vmstat, sample)",
+                nix::errno::Errno::EPERM,
+            ));
+        }
         let mut outcome = Outcome::Continue;
         let v = match req {
             Request::Hello {} => self.hello(),
@@ -293,6 +323,11 @@ impl Agent {
                 json!({})
             }
             Request::Vmstat {} => Value::Object(sysinfo::vmstat()?),
+            Request::Sample {} => json!({
+                "meminfo": sysinfo::meminfo()?,
+                "shrinker": shrinker::stats().ok(),
+                "vmstat": sysinfo::vmstat()?,
+            }),
             Request::Run { argv } => shrinker::run(&argv)?,
             Request::Exit { status } => {
                 outcome = Outcome::Exit(status.unwrap_or(0));
@@ -498,6 +533,31 @@ mod tests {
         assert_eq!(r[0]["pid"], std::process::id());
         assert_eq!(r[0]["device"], Value::Null);
         assert!(r[0]["device_error"].as_str().unwrap().contains("card0"));
+    }
+
+    /// The sampler reads the guest's state and nothing else.
+    #[test]
+    fn sampler_only_reads() {
+        let mut sampler = Agent::sampler();
+        let reply = |agent: &mut Agent, line: &str| -> Value {
+            serde_json::from_str(&agent.handle_line(line).0).unwrap()
+        };
+        let r = reply(&mut sampler, r#"{"id":1,"op":"sample"}"#);
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(r["meminfo"]["MemTotal"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["vmstat"].is_object(), "{r}");
+        for op in [
+            r#"{"id":2,"op":"hog","mib":1}"#,
+            r#"{"id":3,"op":"create_2d","width":4,"height":4}"#,
+            r#"{"id":4,"op":"drop_caches"}"#,
+            r#"{"id":5,"op":"exit"}"#,
+        ] {
+            let (line, outcome) = sampler.handle_line(op);
+            let r: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(r["ok"], false, "{op}: {r}");
+            assert_eq!(r["errno"], nix::errno::Errno::EPERM as i32, "{op}: {r}");
+            assert_eq!(outcome, Outcome::Continue);
+        }
     }
 
     #[test]

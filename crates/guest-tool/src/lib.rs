@@ -13,8 +13,10 @@ pub mod hog;
 pub mod kms;
 pub mod pattern;
 pub mod proto;
+pub mod shrink;
 pub mod shrinker;
 pub mod sysinfo;
+pub mod touch;
 #[allow(non_camel_case_types)]
 pub mod uapi;
 pub mod virtgpu;

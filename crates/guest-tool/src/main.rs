@@ -7,13 +7,28 @@ use std::time::Duration;
 
 use gpuswap_guest::agent::{self, Agent, OnEof};
 use gpuswap_guest::gpu::{Gpu, RegionArgs, DEFAULT_FORMAT};
-use gpuswap_guest::{hog, kms, pattern, Error, Result};
+use gpuswap_guest::{hog, kms, pattern, shrink, Error, Result};
 
 fn usage() -> &'static str {
     "usage:
   gpuswap-guest agent [--port NAME] [--stdio] [--card PATH] [--exit-on-eof]
       serve the agent protocol on the virtio-serial port NAME
       (default org.gpuswap.agent), or on stdin/stdout with --stdio
+  gpuswap-guest sampler [--port NAME]
+      serve the read-only requests (hello, meminfo, shrinker_stats, vmstat,
+      sample) on the virtio-serial port NAME (default org.gpuswap.sampler),
+      locked in memory, so the host can sample the guest while the agent's
+      requests block; gives up quietly if the port never appears
+  gpuswap-guest touch [--mib M]
+      map M MiB (default 64) of anonymous memory, write each page once and
+      print the first-touch latencies as JSON (max, mean, slow ones)
+  gpuswap-guest shrink --variant mmap|transfer [--id N] [--bos K] [--rows R]
+                [--rounds N] [--seed S] [--dontneed-share F] [--hold-until PATH]
+      one process of an igt-style shrinker test: create K 1024xR 2D BOs
+      (default 16 x 1024 rows, 4 MiB each), write them, mark a share F
+      DONTNEED, use the rest again N times (mmap: read back; transfer: to
+      the host), check the DONTNEED ones, print a JSON report, then hold the
+      BOs until PATH exists (default: exit at once)
   gpuswap-guest smoke [--width W] [--height H] [--seed S] [--card PATH]
       create a 2D BO (default 64x64), write pattern (S, bo 0, version 0),
       transfer it to the host and print
@@ -30,6 +45,12 @@ enum Command {
         card: Option<PathBuf>,
         exit_on_eof: bool,
     },
+    Sampler {
+        port: String,
+    },
+    Touch {
+        mib: u64,
+    },
     Smoke {
         width: u32,
         height: u32,
@@ -39,6 +60,10 @@ enum Command {
     Info {
         card: Option<PathBuf>,
     },
+    Shrink {
+        plan: shrink::Plan,
+        hold_until: Option<PathBuf>,
+    },
     Help,
 }
 
@@ -46,10 +71,25 @@ fn parse_args(args: &[String]) -> Result<Command> {
     let Some((sub, rest)) = args.split_first() else {
         return Err(Error::msg("missing subcommand"));
     };
-    let mut port = agent::DEFAULT_PORT.to_owned();
+    let mut port = match sub.as_str() {
+        "sampler" => agent::SAMPLER_PORT,
+        _ => agent::DEFAULT_PORT,
+    }
+    .to_owned();
     let (mut stdio, mut exit_on_eof) = (false, false);
     let mut card = None;
     let (mut width, mut height, mut seed) = (64u32, 64u32, 1u64);
+    let mut mib = 64u64;
+    let mut plan = shrink::Plan {
+        variant: shrink::Variant::Mmap,
+        id: 0,
+        bos: 16,
+        rows: 1024,
+        rounds: 2,
+        seed: 1,
+        dontneed_share: 0.0,
+    };
+    let mut hold_until = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -64,12 +104,26 @@ fn parse_args(args: &[String]) -> Result<Command> {
         match (sub.as_str(), flag.as_str()) {
             (_, "-h" | "--help") => return Ok(Command::Help),
             ("agent" | "smoke" | "info", "--card") => card = Some(PathBuf::from(value()?)),
-            ("agent", "--port") => port = value()?,
+            ("agent" | "sampler", "--port") => port = value()?,
             ("agent", "--stdio") => stdio = true,
             ("agent", "--exit-on-eof") => exit_on_eof = true,
+            ("touch", "--mib") => mib = num(flag, value()?)?,
             ("smoke", "--width") => width = num(flag, value()?)?,
             ("smoke", "--height") => height = num(flag, value()?)?,
             ("smoke", "--seed") => seed = num(flag, value()?)?,
+            ("shrink", "--variant") => plan.variant = value()?.parse()?,
+            ("shrink", "--id") => plan.id = num(flag, value()?)?,
+            ("shrink", "--bos") => plan.bos = num(flag, value()?)?,
+            ("shrink", "--rows") => plan.rows = num(flag, value()?)?,
+            ("shrink", "--rounds") => plan.rounds = num(flag, value()?)?,
+            ("shrink", "--seed") => plan.seed = num(flag, value()?)?,
+            ("shrink", "--dontneed-share") => {
+                plan.dontneed_share = num(flag, value()?)?;
+                if !(0.0..=1.0).contains(&plan.dontneed_share) {
+                    return Err(Error::msg("--dontneed-share takes a share from 0 to 1"));
+                }
+            }
+            ("shrink", "--hold-until") => hold_until = Some(PathBuf::from(value()?)),
             _ => {
                 return Err(Error::msg(format!(
                     "unexpected argument {flag:?} for {sub:?}"
@@ -78,6 +132,8 @@ fn parse_args(args: &[String]) -> Result<Command> {
         }
     }
     Ok(match sub.as_str() {
+        "sampler" => Command::Sampler { port },
+        "touch" => Command::Touch { mib },
         "agent" => Command::Agent {
             port,
             stdio,
@@ -91,6 +147,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
             card,
         },
         "info" => Command::Info { card },
+        "shrink" => Command::Shrink { plan, hold_until },
         "help" | "-h" | "--help" => Command::Help,
         other => return Err(Error::msg(format!("unknown subcommand {other:?}"))),
     })
@@ -111,14 +168,7 @@ fn run_agent(port: &str, stdio: bool, card: Option<PathBuf>, exit_on_eof: bool) 
         );
     }
     let node = agent::wait_for_port(port, agent::PORT_WAIT)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&node)
-        .map_err(|e| Error::io(format!("open {}", node.display()), &e))?;
-    let reader = file
-        .try_clone()
-        .map_err(|e| Error::io("dup agent port", &e))?;
+    let (reader, file) = open_port(&node)?;
     let mut agent = Agent::new(card.as_deref());
     eprintln!(
         "gpuswap-guest: agent serving on {} ({port})",
@@ -130,6 +180,61 @@ fn run_agent(port: &str, stdio: bool, card: Option<PathBuf>, exit_on_eof: bool) 
         OnEof::Retry(Duration::from_millis(50))
     };
     agent.serve(reader, file, on_eof)
+}
+
+/// A virtio-serial port node opened for reading and writing: (reader,
+/// writer).
+fn open_port(node: &std::path::Path) -> Result<(std::fs::File, std::fs::File)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(node)
+        .map_err(|e| Error::io(format!("open {}", node.display()), &e))?;
+    let reader = file
+        .try_clone()
+        .map_err(|e| Error::io(format!("dup {}", node.display()), &e))?;
+    Ok((reader, file))
+}
+
+fn run_sampler(port: &str) -> Result<i32> {
+    if let Err(e) = hog::protect_agent_from_oom() {
+        eprintln!("gpuswap-guest sampler: cannot lower its OOM score: {e}");
+    }
+    // Resident for good: a stall the host sees is the kernel's, never the
+    // sampler's own pages coming back from swap.
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        eprintln!("gpuswap-guest sampler: mlockall: {e}");
+    }
+    let node = match agent::wait_for_port(port, agent::PORT_WAIT) {
+        Ok(node) => node,
+        Err(e) => {
+            // The launcher may not offer a sampler channel: not an error.
+            eprintln!("gpuswap-guest sampler: {e}; not sampling");
+            return Ok(0);
+        }
+    };
+    let (reader, file) = open_port(&node)?;
+    eprintln!(
+        "gpuswap-guest: sampler serving on {} ({port})",
+        node.display()
+    );
+    Agent::sampler().serve(reader, file, OnEof::Retry(Duration::from_millis(50)))
+}
+
+/// One igt-style shrink process: report on stdout, exit status 1 if any
+/// content was wrong; the BOs stay open until `hold_until` exists.
+fn run_shrink(plan: &shrink::Plan, hold_until: Option<&std::path::Path>) -> Result<i32> {
+    let report = shrink::run(plan)?;
+    let line = serde_json::to_string(&report).map_err(|e| Error::msg(e.to_string()))?;
+    println!("{line}");
+    if let Some(path) = hold_until {
+        while !path.exists() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let bad = !report.mismatches.is_empty() || report.purged_but_readable > 0;
+    Ok(i32::from(bad))
 }
 
 fn run_smoke(width: u32, height: u32, seed: u64, card: Option<PathBuf>) -> Result<()> {
@@ -233,6 +338,11 @@ fn main() -> ExitCode {
             card,
             exit_on_eof,
         } => run_agent(&port, stdio, card, exit_on_eof),
+        Command::Sampler { port } => run_sampler(&port),
+        Command::Touch { mib } => gpuswap_guest::touch::run(mib).map(|v| {
+            println!("{v}");
+            0
+        }),
         Command::Smoke {
             width,
             height,
@@ -245,6 +355,7 @@ fn main() -> ExitCode {
             })
             .map(|()| 0),
         Command::Info { card } => run_info(card).map(|()| 0),
+        Command::Shrink { plan, hold_until } => run_shrink(&plan, hold_until.as_deref()),
     };
     match result {
         Ok(status) => ExitCode::from((status & 0xff) as u8),
@@ -268,6 +379,10 @@ mod tests {
         match parse_args(&args("agent --stdio --port p")).unwrap() {
             Command::Agent { port, stdio, .. } => assert_eq!((port.as_str(), stdio), ("p", true)),
             _ => panic!("expected agent"),
+        }
+        match parse_args(&args("sampler")).unwrap() {
+            Command::Sampler { port } => assert_eq!(port, "org.gpuswap.sampler"),
+            _ => panic!("expected sampler"),
         }
         match parse_args(&args("smoke --width 8 --seed 99")).unwrap() {
             Command::Smoke {

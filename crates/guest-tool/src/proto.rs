@@ -169,6 +169,10 @@ pub enum Request {
     /// pgscan_kswapd, pgscan_direct, pgsteal_kswapd, pgsteal_direct,
     /// oom_kill}` (null for a counter the kernel lacks).
     Vmstat {},
+    /// One timeline sample in one round trip -> `{meminfo, shrinker,
+    /// vmstat}` (each as its own request gives it; `shrinker` is null
+    /// without the driver's debugfs).
+    Sample {},
     /// Run a program -> `{status, signal, stdout, stderr}`.
     Run { argv: Vec<String> },
     /// Reply, clean up, exit with `status` (default 0).
@@ -205,6 +209,7 @@ pub const OPS: &[&str] = &[
     "hog",
     "drop_caches",
     "vmstat",
+    "sample",
     "run",
     "exit",
 ];

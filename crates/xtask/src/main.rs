@@ -1,6 +1,7 @@
 //! gpuswap's project commands. `cargo xtask test` is what CI runs;
 //! `cargo xtask run` is the main job. Both set the host up first.
-//! `cargo xtask bench` runs the benchmarks.
+//! `cargo xtask bench` runs the benchmarks, `cargo xtask fuzz` the fuzz
+//! targets of crates/fuzz.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -28,8 +29,9 @@ enum Cmd {
     /// The whole test suite: lints, unit and integration tests, and the
     /// end-to-end tests on a real guest under QEMU.
     Test,
-    /// Install the daemon in /usr/local/libexec and its vhost-user JSON
-    /// descriptor in /etc/qemu/vhost-user, where libvirt looks.
+    /// Install the daemon in /usr/local/libexec, its vhost-user JSON
+    /// descriptor in /etc/qemu/vhost-user, where libvirt looks, and its
+    /// configuration in /usr/local/etc/gpuswap (kept if present).
     Install,
     /// The main job: boot the guest on the daemon, run the guest workload
     /// and print a report (see the README).
@@ -38,10 +40,30 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Boot the guest N times on one daemon, a short agent exchange each
+    /// time, no retries; print the failures by signature.
+    BootLoop {
+        /// Boots.
+        n: usize,
+    },
     /// Benchmarks: the release daemon side by side with QEMU's C
     /// vhost-user-gpu backend and memcpy (see docs/benchmarks.md). Writes
     /// results.json, results.md and attach-detach.svg to docs/bench (a
     /// full run) or target/bench-smoke (--smoke).
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly): builds
+    /// the targets of crates/fuzz and runs one or each for a while; fails
+    /// on a crash, printing where libFuzzer left the input.
+    Fuzz {
+        /// decode, device, queue or control; every target when omitted.
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Start from a fresh copy of the seeds instead of the corpus
+        /// earlier runs kept (what `cargo xtask test` does).
+        #[arg(long)]
+        scratch_corpus: bool,
+    },
     Bench {
         /// The few-second version: every workload at tiny sizes.
         #[arg(long)]
@@ -189,6 +211,10 @@ fn test() -> Result<(), String> {
     tests.args(["test", "--workspace"]);
     with_images(&mut tests, &images);
     run(&mut tests)?;
+    // Every fuzz target briefly, from a scratch copy of the seeds: catches
+    // a target that no longer builds or crashes on its own corpus, and
+    // leaves the repository's corpus as it is.
+    fuzz(FUZZ_TARGETS, CI_FUZZ_SECONDS, FuzzCorpus::Scratch)?;
     eprintln!(
         "[xtask] test suite passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -196,7 +222,225 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
-fn main_job(args: &[String]) -> Result<(), String> {
+/// The targets of crates/fuzz (`fuzz_targets/NAME.rs`).
+const FUZZ_TARGETS: &[&str] = &["decode", "device", "queue", "control"];
+/// Seconds per target in `cargo xtask test`.
+const CI_FUZZ_SECONDS: u64 = 20;
+const FUZZ_DIR: &str = "crates/fuzz";
+/// libFuzzer's limits for every run: a unit that takes longer than the
+/// timeout is a hang, one that allocates past the limits is unbounded
+/// allocation; both are failures like a crash.
+const FUZZ_LIMITS: &[&str] = &["-timeout=10", "-rss_limit_mb=2048", "-malloc_limit_mb=1024"];
+
+/// Where a fuzz run keeps what it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FuzzCorpus {
+    /// crates/fuzz/target/corpus/TARGET, kept across runs (so repeated
+    /// runs go on where the last stopped).
+    Kept,
+    /// A fresh copy for this run only (the test suite).
+    Scratch,
+}
+
+/// A cargo for the nightly toolchain. `cargo` from PATH is rustup's proxy,
+/// which understands `+nightly`; $CARGO (the stable cargo running xtask)
+/// does not.
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("+nightly").env_remove("RUSTUP_TOOLCHAIN");
+    cmd
+}
+
+/// Installs cargo-fuzz unless `cargo fuzz` already runs.
+fn ensure_cargo_fuzz() -> Result<(), String> {
+    let present = nightly_cargo()
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    run(nightly_cargo().args(["install", "--locked", "--quiet", "cargo-fuzz"]))
+}
+
+/// What libFuzzer's final stats and last status line say about a run.
+#[derive(Default)]
+struct FuzzStats {
+    execs: Option<u64>,
+    execs_per_sec: Option<u64>,
+    /// From the last status line: `cov: N ft: N corp: N/SIZE`.
+    cov: Option<u64>,
+    ft: Option<u64>,
+    corpus: Option<u64>,
+    peak_rss_mb: Option<u64>,
+    /// `Test unit written to PATH` (a crash, hang or leak).
+    artifact: Option<String>,
+}
+
+impl FuzzStats {
+    fn parse(log: &str) -> Self {
+        let mut stats = FuzzStats::default();
+        let number = |s: &str| s.trim().split('/').next().and_then(|n| n.parse().ok());
+        for line in log.lines() {
+            if let Some((key, value)) = line.strip_prefix("stat::").and_then(|l| l.split_once(':'))
+            {
+                match key {
+                    "number_of_executed_units" => stats.execs = number(value),
+                    "average_exec_per_sec" => stats.execs_per_sec = number(value),
+                    "peak_rss_mb" => stats.peak_rss_mb = number(value),
+                    _ => {}
+                }
+            }
+            if let Some(path) = line.split("Test unit written to ").nth(1) {
+                stats.artifact = Some(path.trim().to_string());
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for pair in words.windows(2) {
+                match pair[0] {
+                    "cov:" => stats.cov = number(pair[1]),
+                    "ft:" => stats.ft = number(pair[1]),
+                    "corp:" => stats.corpus = number(pair[1]),
+                    _ => {}
+                }
+            }
+        }
+        stats
+    }
+
+    fn summary(&self) -> String {
+        let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        format!(
+            "{} execs ({}/s), cov {}, ft {}, corpus {} units, peak RSS {} MB",
+            show(self.execs),
+            show(self.execs_per_sec),
+            show(self.cov),
+            show(self.ft),
+            show(self.corpus),
+            show(self.peak_rss_mb)
+        )
+    }
+}
+
+/// Copies the files of `from` into `to` (created).
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("{}: {e}", from.display()))?
+            .path();
+        if let Some(name) = path.file_name().filter(|_| path.is_file()) {
+            std::fs::copy(&path, to.join(name)).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the fuzz targets and runs each of `targets` for `seconds`,
+/// starting from the seeds in crates/fuzz/corpus/TARGET (never written:
+/// new inputs go to the run's own corpus). Fails on the first target that
+/// crashes, hangs or runs out of memory; its log and the input libFuzzer
+/// saved are named in the error.
+fn fuzz(targets: &[&str], seconds: u64, corpus: FuzzCorpus) -> Result<(), String> {
+    ensure_cargo_fuzz()?;
+    let fuzz_dir = root().join(FUZZ_DIR);
+    let build_one = targets.len() == 1;
+    let mut build = nightly_cargo();
+    build.args(["fuzz", "build", "--fuzz-dir", FUZZ_DIR]);
+    if build_one {
+        build.arg(targets[0]);
+    }
+    run(&mut build)?;
+    for &target in targets {
+        let seeds = fuzz_dir.join("corpus").join(target);
+        let work = match corpus {
+            FuzzCorpus::Kept => fuzz_dir.join("target/corpus").join(target),
+            FuzzCorpus::Scratch => fuzz_dir.join("target/scratch-corpus").join(target),
+        };
+        if corpus == FuzzCorpus::Scratch {
+            let _ = std::fs::remove_dir_all(&work);
+            copy_dir(&seeds, &work)?;
+        }
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let log_path = fuzz_dir.join("target/logs").join(format!("{target}.log"));
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut cmd = nightly_cargo();
+        cmd.args(["fuzz", "run", "--fuzz-dir", FUZZ_DIR, target])
+            .arg(&work)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1")
+            .args(FUZZ_LIMITS)
+            .current_dir(root())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| format!("{}: {e}", log_path.display()))?,
+            )
+            .stderr(log);
+        eprintln!(
+            "\x1b[1m[xtask] fuzz {target} for {seconds} s (log: {})\x1b[0m",
+            log_path.display()
+        );
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let stats = FuzzStats::parse(&text);
+        eprintln!("[xtask] fuzz {target}: {}", stats.summary());
+        if !status.success() {
+            // From where libFuzzer or Rust says what went wrong (the end of
+            // the log is cargo-fuzz's own backtrace), else the last lines.
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines
+                .iter()
+                .position(|l| {
+                    [
+                        "panicked at",
+                        "==ERROR",
+                        "ALARM:",
+                        "out-of-memory",
+                        "deadly signal",
+                    ]
+                    .iter()
+                    .any(|m| l.contains(m))
+                })
+                .unwrap_or(lines.len().saturating_sub(40));
+            for line in lines.iter().skip(start).take(40) {
+                eprintln!("    {line}");
+            }
+            let artifact = stats
+                .artifact
+                .unwrap_or_else(|| "(none written; see the log)".into());
+            return Err(format!(
+                "fuzz target {target} failed ({status}); input: {artifact}; log: {}",
+                log_path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the boot loop; its exit status is the loop's (0: every boot ok).
+fn boot_loop(n: usize) -> Result<u8, String> {
+    harness("gpuswap-boot-loop", &[n.to_string()])
+}
+
+/// Runs the main job; its exit status is gpuswap-run's (0 passed, 1 a
+/// check failed, 2 usage error, 3 could not run).
+fn main_job(args: &[String]) -> Result<u8, String> {
+    harness("gpuswap-run", args)
+}
+
+/// Sets up, builds the images and runs harness binary `bin` of package
+/// gpuswap-tests on them; returns its exit status.
+fn harness(bin: &str, args: &[String]) -> Result<u8, String> {
     setup()?;
     let images = images("debug", true)?;
     let mut job = cargo();
@@ -207,12 +451,17 @@ fn main_job(args: &[String]) -> Result<(), String> {
         "-p",
         "gpuswap-tests",
         "--bin",
-        "gpuswap-run",
+        bin,
         "--",
     ])
     .args(args);
     with_images(&mut job, &images);
-    run(&mut job)
+    let status = job
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run {bin}: {e}"))?;
+    // Killed by a signal: it did not finish, so it could not run.
+    Ok(status.code().map_or(3, |c| c.clamp(0, 255) as u8))
 }
 
 /// QEMU's C backend, measured next to gpuswap.
@@ -268,7 +517,15 @@ fn install() -> Result<(), String> {
     copy(
         root().join("crates/daemon/50-gpuswap-gpu.json"),
         "/etc/qemu/vhost-user/50-gpuswap-gpu.json",
-    )
+    )?;
+    // The configuration is the user's once installed: never overwritten.
+    const CONFIG: &str = "/usr/local/etc/gpuswap/daemon.conf";
+    if Path::new(CONFIG).exists() {
+        eprintln!("[xtask] kept {CONFIG}");
+        Ok(())
+    } else {
+        copy(root().join("crates/daemon/daemon.conf"), CONFIG)
+    }
 }
 
 fn main() -> ExitCode {
@@ -282,8 +539,47 @@ fn main() -> ExitCode {
         }),
         Cmd::Test => test(),
         Cmd::Install => install(),
-        Cmd::Run { args } => main_job(&args),
+        Cmd::Run { args } => {
+            return match main_job(&args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    // Set-up or images failed: nothing was checked.
+                    eprintln!("[xtask] error: {e}");
+                    ExitCode::from(3)
+                }
+            };
+        }
+        Cmd::Fuzz {
+            target,
+            seconds,
+            scratch_corpus,
+        } => {
+            let corpus = if scratch_corpus {
+                FuzzCorpus::Scratch
+            } else {
+                FuzzCorpus::Kept
+            };
+            match target {
+                Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => {
+                    fuzz(&[t.as_str()], seconds, corpus)
+                }
+                Some(t) => Err(format!(
+                    "no fuzz target {t:?}; there are {}",
+                    FUZZ_TARGETS.join(", ")
+                )),
+                None => fuzz(FUZZ_TARGETS, seconds, corpus),
+            }
+        }
         Cmd::Bench { smoke, out, args } => bench(smoke, out, &args),
+        Cmd::BootLoop { n } => {
+            return match boot_loop(n) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("[xtask] error: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

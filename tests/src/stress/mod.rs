@@ -6,14 +6,18 @@
 //! ones, including one whose daemon corrupts a transfer on purpose.
 
 mod checks;
+mod daemon_memory;
+pub mod junit;
 mod options;
 mod pressure;
 mod report;
 mod rng;
+mod sampler;
 mod scenario;
 mod workload;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -24,13 +28,19 @@ pub use scenario::Scenario;
 
 use crate::qmp::Qmp;
 use crate::timeline::Timeline;
-use crate::{boot_guest, kernel_problems, tail, Agent, Control, Images, VmConfig};
+use crate::{
+    boot_guest, kernel_problems, tail, wait_for_agent, Agent, Control, Images, InFlightSlot,
+    VmConfig,
+};
 use pressure::{Pressure, ShrinkerCounts};
 use rng::Rng;
+use sampler::{Channels, Sampler};
 use workload::{Bo, Totals};
 
 /// How often the timeline is sampled (and the progress line redrawn).
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How long the guest sampler may take to answer its first request.
+const SAMPLER_WAIT: Duration = Duration::from_secs(30);
 /// Agent requests can be slow in a squeezed TCG guest.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -48,7 +58,12 @@ struct Run {
     o: Options,
     agent: Agent,
     control: Control,
-    qmp: Qmp,
+    /// Shared with the sampler, which reads the balloon's size.
+    qmp: Arc<Mutex<Qmp>>,
+    /// The sampler's connections until the workload starts it.
+    sampler_channels: Option<Channels>,
+    /// Samples the guest and the daemon while the workload runs.
+    sampler: Option<Sampler>,
     /// Which QEMU, its version, whether blobs were negotiated.
     qemu: Value,
     /// The guest negotiated blob resources (blob-capable QEMU).
@@ -65,6 +80,12 @@ struct Run {
     next_drop_caches: Instant,
     next_forced_scan: Instant,
     started: Instant,
+    /// When the run began, boot included.
+    began: Instant,
+    /// The sampler's summary: period, bound, slowest answers, stalls.
+    sampling: Value,
+    /// The daemon's own memory and descriptors over the run.
+    daemon_memory: Value,
     progress: report::Progress,
 }
 
@@ -72,6 +93,7 @@ struct Run {
 /// `Err` only when the run could not start at all (no images, no boot);
 /// everything after boot ends in a report.
 pub fn run(o: &Options) -> crate::Result<Outcome> {
+    let began = Instant::now();
     let images = Images::get();
     let config = VmConfig {
         memory_mib: o.memory_mib,
@@ -98,6 +120,18 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     let guest = agent.request(json!({"op": "hello"}))?;
     let blob = guest["device"]["resource_blob"] == json!(true);
     let qmp = Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?;
+    let workload_in_flight = InFlightSlot::default();
+    agent.watch_in_flight(workload_in_flight.clone());
+    let qmp = Arc::new(Mutex::new(qmp));
+    let sampler_channels = Channels {
+        guest: wait_for_agent(&vm.sampler_socket, &vm.serial_log, SAMPLER_WAIT, || None)
+            .map_err(|e| format!("guest sampler: {e}"))?,
+        guest_side_control: daemon.control()?,
+        host_side_control: daemon.control()?,
+        qmp: o.pressure.balloon.then(|| qmp.clone()),
+        workload_in_flight,
+        daemon_pid: Some(daemon.pid()),
+    };
     // The launcher's choice when none is given: $GPUSWAP_QEMU, else PATH.
     let qemu_binary = o
         .qemu
@@ -106,9 +140,13 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         .map_or("qemu-system-x86_64 (PATH)".into(), |q| {
             q.display().to_string()
         });
+    let qemu_version = qmp
+        .lock()
+        .map(|q| q.version().to_string())
+        .unwrap_or_default();
     let qemu = json!({
         "binary": qemu_binary,
-        "version": qmp.version(),
+        "version": qemu_version,
         "blob_negotiated": blob,
     });
     let mut run = Run {
@@ -116,6 +154,8 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         agent,
         control,
         qmp,
+        sampler_channels: Some(sampler_channels),
+        sampler: None,
         qemu,
         blob,
         rng: Rng::new(o.seed),
@@ -130,6 +170,9 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         next_drop_caches: Instant::now(),
         next_forced_scan: Instant::now(),
         started: Instant::now(),
+        began,
+        sampling: Value::Null,
+        daemon_memory: Value::Null,
         progress: report::Progress::new(o.progress),
     };
     for name in [
@@ -145,6 +188,8 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         "qemu_exited_cleanly",
         "daemon_exited_cleanly",
         "workload_completed",
+        "guest_stayed_responsive",
+        "daemon_memory_bounded",
     ] {
         run.checks.expect(name);
     }
@@ -203,6 +248,17 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         alive && matches!(exit, Ok(s) if s.success()),
         || json!({"alive": alive, "exit": format!("{exit:?}"), "daemon_log": tail(&daemon_log, 20)}),
     );
+    let warmup_s = o.duration.as_secs_f64() / 4.0;
+    match daemon_memory::judge(&run.timeline.daemon, warmup_s) {
+        Ok((ok, detail)) => {
+            run.checks
+                .record("daemon_memory_bounded", ok, || detail.clone());
+            run.daemon_memory = detail;
+        }
+        Err(e) => run
+            .checks
+            .record("daemon_memory_bounded", false, || json!({ "error": e })),
+    }
     // Only 2D buffers have a host copy (a run of blobs alone has none).
     if run.totals.created_2d == 0 {
         run.checks.optional("host_copy_matches_guest");
@@ -222,6 +278,7 @@ impl Run {
         // Slot 0 stays on the scanout: pinned, never evicted.
         self.flip_scanout()?;
         self.started = Instant::now();
+        self.start_sampler()?;
         let mut next_sample = Instant::now();
         let mut phase: Option<(&'static str, f64)> = None;
         loop {
@@ -234,7 +291,7 @@ impl Run {
             match phase {
                 Some((current, _)) if current == name => {}
                 Some((current, start)) => {
-                    self.timeline.push_phase(start, t, current);
+                    self.push_phase(start, t, current);
                     phase = Some((name, t));
                 }
                 None => phase = Some((name, t)),
@@ -242,7 +299,6 @@ impl Run {
             self.apply_pressure(level)?;
             self.periodic_pressure()?;
             if Instant::now() >= next_sample {
-                self.sample()?;
                 self.check_scanout()?;
                 let line = self.progress_line(name);
                 self.progress.show(&line);
@@ -251,15 +307,78 @@ impl Run {
             self.step()?;
         }
         if let Some((current, start)) = phase {
-            self.timeline
-                .push_phase(start, self.started.elapsed().as_secs_f64(), current);
+            self.push_phase(start, self.started.elapsed().as_secs_f64(), current);
         }
         // Release the pressure, then look at every buffer once more.
         self.apply_pressure(0.0)?;
-        self.sample()?;
         self.final_pass()?;
-        self.sample()?;
         Ok(())
+    }
+
+    fn push_phase(&mut self, start_s: f64, end_s: f64, name: &str) {
+        match &self.sampler {
+            Some(sampler) => sampler.push_phase(start_s, end_s, name),
+            None => self.timeline.push_phase(start_s, end_s, name),
+        }
+    }
+
+    fn qmp(&self) -> MutexGuard<'_, Qmp> {
+        self.qmp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start_sampler(&mut self) -> crate::Result<()> {
+        let Some(channels) = self.sampler_channels.take() else {
+            return Ok(());
+        };
+        let sampler = Sampler::start(
+            channels,
+            SAMPLE_EVERY,
+            self.o.max_stall,
+            self.started,
+            std::mem::take(&mut self.timeline),
+        )
+        .map_err(|e| format!("cannot start the sampler: {e}"))?;
+        sampler.set_pressure(self.pressure);
+        self.sampler = Some(sampler);
+        Ok(())
+    }
+
+    /// Stops the sampler and records `guest_stayed_responsive`: every
+    /// sampler answer within `--max-stall` passes, every stall fails.
+    fn stop_sampler(&mut self) {
+        let Some(sampler) = self.sampler.take() else {
+            return;
+        };
+        let sampled = sampler.finish();
+        self.timeline = sampled.timeline;
+        self.last_counts = sampled.counts;
+        let max_stall_s = self.o.max_stall.as_secs_f64();
+        self.checks
+            .pass_n("guest_stayed_responsive", sampled.answered);
+        for stall in &sampled.stalls {
+            self.checks.record("guest_stayed_responsive", false, || {
+                let mut f = stall.clone();
+                f["max_stall_s"] = json!(max_stall_s);
+                f["hint"] = json!(
+                    "a run meant to stall (long fault delays) says so with a larger --max-stall"
+                );
+                f
+            });
+        }
+        for e in &sampled.errors {
+            self.checks.record("guest_stayed_responsive", false, || {
+                json!({"sampler_error": e, "hint": "the sampler lost its channel: responsiveness is unknown"})
+            });
+        }
+        self.sampling = json!({
+            "period_s": SAMPLE_EVERY.as_secs_f64(),
+            "max_stall_s": max_stall_s,
+            "answered_in_time": sampled.answered,
+            "slowest_sampler_answer_s": sampled.slowest_sampler_s,
+            "slowest_agent_request_s": sampled.slowest_request_s,
+            "stalls": sampled.stalls,
+            "errors": sampled.errors,
+        });
     }
 
     /// Ends the workload side: pressure off, buffers closed, and the checks
@@ -279,7 +398,9 @@ impl Run {
                 || json!({"left": left.iter().take(10).collect::<Vec<_>>(), "count": left.len()}),
             );
         }
-        let stats = self.agent.request(json!({"op": "shrinker_stats"}))?;
+        let stats = self.agent.request(json!({"op": "shrinker_stats"}));
+        self.stop_sampler();
+        let stats = stats?;
         let (evictions, restores) = (
             stats["evictions"].as_u64().unwrap_or(0),
             stats["restores"].as_u64().unwrap_or(0),

@@ -90,8 +90,18 @@ pub struct Options {
     pub report: PathBuf,
     /// The timeline picture; default: next to the report, `.svg`.
     pub picture: Option<PathBuf>,
+    /// JUnit XML for CI systems: one test case per check.
+    pub junit: Option<PathBuf>,
+    /// Longest the guest may leave the sampler (or a workload request)
+    /// unanswered before it counts as a stall.
+    pub max_stall: Duration,
     /// Live progress line on stderr (default: when stderr is a terminal).
     pub progress: Option<bool>,
+    /// Runs in a row (`--repeat`), stopping at the first that fails.
+    pub repeat: u32,
+    /// Whether `--seed` was given: a repeat then keeps it for every run
+    /// (timing differs), else each run gets a new one.
+    pub seed_given: bool,
 }
 
 pub const USAGE: &str = "\
@@ -113,6 +123,9 @@ options:
                         QEMU that does not offer blobs)
   --madvise-share F     share of buffers going through madvise (default 0.15)
   --seed N              workload and content seed (default 1)
+  --repeat N            N runs in a row, each with a new seed (the same one
+                        with --seed), a table of their results, stopping at
+                        the first failure with its reproduce command
   --pressure LIST       balloon,hog,drop-caches,scan (default balloon,hog)
   --squeeze MiB         peak memory taken by balloon + hog (default 60% of RAM)
   --zram MiB            guest zram swap (default 512)
@@ -121,8 +134,19 @@ options:
   --qemu PATH           QEMU binary (default: the launcher's choice)
   --report PATH         JSON report (default target/gpuswap-report.json)
   --picture PATH        timeline SVG (default: the report path with .svg)
+  --junit PATH          JUnit XML, one test case per check (for CI systems)
+  --max-stall S         longest the guest may go without answering the
+                        sampler or a workload request (default 5; a run
+                        meant to stall, e.g. long fault delays, raises it)
   --progress / --no-progress   live progress line (default: on a terminal)
+
+exit status: 0 every check passed, 1 a check failed (see the report),
+2 usage error, 3 the run could not start (images, boot; nothing checked)
 ";
+
+/// A guest that answers nothing for this long has stalled (the default run
+/// answers within about a second; see docs/stress).
+const DEFAULT_MAX_STALL: Duration = Duration::from_secs(5);
 
 const DEFAULT_SIZES: &[(u32, u32)] = &[
     (64, 64),
@@ -157,7 +181,11 @@ impl Options {
             qemu: None,
             report: crate::root().join("target/gpuswap-report.json"),
             picture: None,
+            junit: None,
+            max_stall: DEFAULT_MAX_STALL,
             progress: None,
+            repeat: 1,
+            seed_given: false,
         }
     }
 
@@ -190,7 +218,16 @@ impl Options {
                 "--sizes" => o.sizes = parse_sizes(&value()?)?,
                 "--blob-share" => o.blob_share = share(value()?)?,
                 "--madvise-share" => o.madvise_share = share(value()?)?,
-                "--seed" => o.seed = int(value()?)?,
+                "--seed" => {
+                    o.seed = int(value()?)?;
+                    o.seed_given = true;
+                }
+                "--repeat" => {
+                    o.repeat = small(int(value()?)?)?;
+                    if o.repeat == 0 {
+                        return Err("--repeat must be at least 1".into());
+                    }
+                }
                 "--pressure" => o.pressure = Mechanisms::parse(&value()?)?,
                 "--squeeze" => squeeze = Some(small(int(value()?)?)?),
                 "--zram" => o.zram_mib = small(int(value()?)?)?,
@@ -201,6 +238,16 @@ impl Options {
                 "--qemu" => o.qemu = Some(PathBuf::from(value()?)),
                 "--report" => o.report = PathBuf::from(value()?),
                 "--picture" => o.picture = Some(PathBuf::from(value()?)),
+                "--junit" => o.junit = Some(PathBuf::from(value()?)),
+                "--max-stall" => {
+                    let v = value()?;
+                    let s = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                        .ok_or_else(|| format!("--max-stall {v}: seconds in (0, 3600]"))?;
+                    o.max_stall = Duration::from_secs_f64(s);
+                }
                 "--progress" => o.progress = Some(true),
                 "--no-progress" => o.progress = Some(false),
                 "-h" | "--help" => return Err(USAGE.into()),
@@ -245,7 +292,8 @@ impl Options {
         let sizes: Vec<String> = self.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
         let mut cmd = format!(
             "cargo xtask run -- {} --duration {} --cycles {} --memory {} --bos {} --sizes {} \
-             --blob-share {} --madvise-share {} --seed {} --pressure {} --squeeze {} --zram {}",
+             --blob-share {} --madvise-share {} --seed {} --pressure {} --squeeze {} --zram {} \
+             --max-stall {}",
             self.scenario,
             self.duration.as_secs(),
             self.cycles,
@@ -257,7 +305,8 @@ impl Options {
             self.seed,
             self.pressure.list(),
             self.squeeze_mib,
-            self.zram_mib
+            self.zram_mib,
+            self.max_stall.as_secs_f64()
         );
         for f in &self.daemon_faults {
             cmd.push(' ');
@@ -311,6 +360,10 @@ mod tests {
         let o = parse("").unwrap();
         assert_eq!(o, Options::new(Scenario::Steady));
         assert_eq!(o.squeeze_mib, 307);
+        assert_eq!((o.repeat, o.seed_given), (1, false));
+        let r = parse("soak --repeat 20").unwrap();
+        assert_eq!((r.repeat, r.seed_given), (20, false));
+        assert!(parse("--repeat 3 --seed 9").unwrap().seed_given);
     }
 
     #[test]
@@ -330,6 +383,7 @@ mod tests {
             .collect();
         let mut back = Options::parse(&args).unwrap();
         back.report = o.report.clone();
+        back.junit = o.junit.clone();
         assert_eq!(back, o);
     }
 
@@ -347,6 +401,7 @@ mod tests {
             ("--pressure fire", "unknown pressure mechanism"),
             ("--memory 256 --squeeze 250", "too little"),
             ("--frobnicate", "unknown argument"),
+            ("--repeat 0", "at least 1"),
         ] {
             let err = parse(line).unwrap_err();
             assert!(err.contains(needle), "{line}: {err}");

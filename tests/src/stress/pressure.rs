@@ -9,10 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::Run;
-use crate::timeline::Sample;
 use crate::Result;
 
 const MIB: u64 = 1 << 20;
@@ -65,7 +64,7 @@ impl Run {
             if current.is_none_or(|c| {
                 c.abs_diff(target) >= BALLOON_STEP_MIB || (level == 0.0 && c != target)
             }) {
-                self.qmp.balloon(target * MIB)?;
+                self.qmp().balloon(target * MIB)?;
                 self.pressure.balloon_target_mib = Some(target);
             }
         }
@@ -79,6 +78,9 @@ impl Run {
                 }
                 self.pressure.hog_mib = target;
             }
+        }
+        if let Some(sampler) = &self.sampler {
+            sampler.set_pressure(self.pressure);
         }
         Ok(())
     }
@@ -98,50 +100,5 @@ impl Run {
             self.next_forced_scan = now + FORCED_SCAN_EVERY;
         }
         Ok(())
-    }
-
-    /// One timeline sample: guest memory, the balloon, the GPU buffers'
-    /// resident and evicted pages and the shrinker's work since the last
-    /// sample.
-    pub(super) fn sample(&mut self) -> Result<Value> {
-        let t_s = self.started.elapsed().as_secs_f64();
-        let mem = self.agent.request(json!({"op": "meminfo"}))?;
-        let kib = |name: &str| mem[name].as_f64().unwrap_or(0.0);
-        let stats = self.agent.request(json!({"op": "shrinker_stats"}))?;
-        let pages = |name: &str| stats[name].as_f64().unwrap_or(0.0);
-        let page_mib = 4096.0 / MIB as f64;
-        let counts = ShrinkerCounts {
-            evictions: stats["evictions"].as_u64().unwrap_or(0),
-            restores: stats["restores"].as_u64().unwrap_or(0),
-            purges: stats["purges"].as_u64().unwrap_or(0),
-        };
-        let balloon_actual_mib = if self.o.pressure.balloon {
-            Some(self.qmp.query_balloon()? as f64 / MIB as f64)
-        } else {
-            None
-        };
-        let sample = Sample {
-            t_s,
-            guest_free_mib: kib("MemFree") / 1024.0,
-            balloon_target_mib: self.pressure.balloon_target_mib.map(|m| m as f64),
-            balloon_actual_mib,
-            hog_mib: self.pressure.hog_mib as f64,
-            resident_mib: (pages("evictable_pages")
-                + pages("purgeable_pages")
-                + pages("pinned_pages"))
-                * page_mib,
-            evicted_mib: pages("evicted_pages") * page_mib,
-            swap_used_mib: (kib("SwapTotal") - kib("SwapFree")) / 1024.0,
-        };
-        let last = self.last_counts;
-        self.timeline.push_counts(
-            t_s,
-            counts.evictions.saturating_sub(last.evictions),
-            counts.restores.saturating_sub(last.restores),
-            counts.purges.saturating_sub(last.purges),
-        );
-        self.last_counts = counts;
-        self.timeline.push_sample(sample);
-        Ok(stats)
     }
 }

@@ -62,14 +62,18 @@ impl Run {
     /// Phase, time left, pressure, evictions/restores, GPU memory.
     pub(super) fn progress_line(&self, phase: &str) -> String {
         let left = self.o.duration.saturating_sub(self.started.elapsed());
-        let s = self.timeline.samples.last();
+        let (s, counts) = match &self.sampler {
+            Some(sampler) => sampler.latest(),
+            None => (self.timeline.samples.last().cloned(), self.last_counts),
+        };
+        let s = s.as_ref();
         format!(
             "[{} {phase:<8}] {:>4} s left | level {:>3.0}% | evictions {:>6} restores {:>6} | GPU resident {:>6.1} MiB evicted {:>6.1} MiB | guest free {:>5.1} MiB | checks {}",
             self.o.scenario,
             left.as_secs(),
             self.pressure.level * 100.0,
-            self.last_counts.evictions,
-            self.last_counts.restores,
+            counts.evictions,
+            counts.restores,
             s.map_or(0.0, |s| s.resident_mib),
             s.map_or(0.0, |s| s.evicted_mib),
             s.map_or(0.0, |s| s.guest_free_mib),
@@ -125,15 +129,25 @@ impl Run {
             "guest_shrinker": shrinker,
             "hog_oom_kills": self.hog_oom_kills,
             "daemon_counters": counters,
+            "sampling": self.sampling,
+            "daemon_memory": self.daemon_memory,
             "timeline": self.timeline,
             "picture": picture.as_ref().map(|()| picture_path.display().to_string()).map_err(|e| e.clone()),
             "reproduce": self.o.reproduce_command(),
             "logs": logs,
+            "elapsed_s": self.began.elapsed().as_secs_f64(),
         });
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(&self.o.report, text)
             .map_err(|e| format!("{}: {e}", self.o.report.display()))?;
+        if let Some(path) = &self.o.junit {
+            let elapsed = report["elapsed_s"].as_f64().unwrap_or(0.0);
+            super::junit::write(path, &super::junit::for_run(&self.checks, &report, elapsed))?;
+        }
         print_summary(&report, &self.checks, &self.o.report, &picture_path);
+        if let Some(path) = &self.o.junit {
+            println!("  junit:   {}", path.display());
+        }
         Ok(Outcome {
             passed,
             report,
@@ -199,6 +213,17 @@ fn print_summary(
         c["violations"],
         c["faults_injected"],
     );
+    let m = &report["daemon_memory"];
+    if m.is_object() {
+        println!(
+            "  daemon process: own memory {} MiB by the end of warm-up, at most {} MiB after ({} MiB peak host memory); {} open fds by then, at most {} after",
+            m["own_memory_mib_warmup"],
+            m["own_memory_mib_after"],
+            m["peak_host_memory_mib"],
+            m["open_fds_warmup"],
+            m["open_fds_after"],
+        );
+    }
     println!("  checks:");
     for (name, check) in checks.iter() {
         let mark = if check.failed == 0 { "ok  " } else { "FAIL" };
@@ -233,26 +258,37 @@ fn print_summary(
     }
 }
 
-/// One failure: what went wrong, and for a buffer, the harness's and the
-/// guest's view next to the daemon's trace of its resource, by time.
+/// One failure, printed after the check table.
 fn print_failure(name: &str, f: &Value) {
     println!();
+    for line in failure_story(name, f) {
+        println!("  {line}");
+    }
+}
+
+/// One failure: what went wrong, and for a buffer, the harness's and the
+/// guest's view next to the daemon's trace of its resource, by time.
+pub(super) fn failure_story(name: &str, f: &Value) -> Vec<String> {
+    if f.get("stall_s").is_some() {
+        return stall_story(name, f);
+    }
     let Some(res_id) = f["res_id"].as_u64() else {
-        println!("  FAIL {name}: {f}");
-        return;
+        return vec![format!("FAIL {name}: {f}")];
     };
-    println!(
-        "  FAIL {name}: resource {res_id} (buffer {}, {} {}x{}, {} pattern, version {}) at {:.1} s",
-        f["buffer"],
-        f["kind"].as_str().unwrap_or("?"),
-        f["size"][0],
-        f["size"][1],
-        f["pattern"].as_str().unwrap_or("?"),
-        f["version"],
-        f["t_s"].as_f64().unwrap_or(0.0)
-    );
-    println!("       {}", f["detail"]);
-    println!("       guest now: {}", f["guest_info"]);
+    let mut out = vec![
+        format!(
+            "FAIL {name}: resource {res_id} (buffer {}, {} {}x{}, {} pattern, version {}) at {:.1} s",
+            f["buffer"],
+            f["kind"].as_str().unwrap_or("?"),
+            f["size"][0],
+            f["size"][1],
+            f["pattern"].as_str().unwrap_or("?"),
+            f["version"],
+            f["t_s"].as_f64().unwrap_or(0.0)
+        ),
+        format!("     {}", f["detail"]),
+        format!("     guest now: {}", f["guest_info"]),
+    ];
     let mut lines: Vec<(u64, String)> = Vec::new();
     for h in f["guest_history"].as_array().into_iter().flatten() {
         lines.push((
@@ -284,13 +320,83 @@ fn print_failure(name: &str, f: &Value) {
     }
     lines.sort_by_key(|(t, _)| *t);
     let first = lines.first().map_or(0, |(t, _)| *t);
-    println!("       guest (harness) and daemon, by time:");
+    out.push("     guest (harness) and daemon, by time:".into());
     for (t, line) in lines {
         let line = if line.chars().count() > 160 {
             line.chars().take(157).chain("...".chars()).collect()
         } else {
             line
         };
-        println!("       {:>9.3} s  {line}", (t - first) as f64 / 1e6);
+        out.push(format!("     {:>9.3} s  {line}", (t - first) as f64 / 1e6));
     }
+    out
+}
+
+/// A stall: when, how long, what the guest was doing, what the shrinker
+/// and the daemon did meanwhile.
+fn stall_story(name: &str, f: &Value) -> Vec<String> {
+    let secs = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let mut out = vec![format!(
+        "FAIL {name}: the guest did not answer the {} for {:.1} s, from {:.1} s to {:.1} s{} (bound {} s)",
+        f["unanswered"].as_str().unwrap_or("?"),
+        secs(&f["stall_s"]),
+        secs(&f["start_s"]),
+        secs(&f["end_s"]),
+        if f["still_stalled_at_the_end"] == json!(true) {
+            ", still stalled when the run ended"
+        } else {
+            ""
+        },
+        f["max_stall_s"]
+    )];
+    if let Some(r) = f["agent_request_in_flight"].as_object() {
+        out.push(format!(
+            "     workload request in flight: {} (sent at {:.1} s)",
+            r.get("op").and_then(Value::as_str).unwrap_or("?"),
+            r.get("since_s").and_then(Value::as_f64).unwrap_or(0.0)
+        ));
+    }
+    let counts = |v: &Value| {
+        format!(
+            "{} evictions, {} restores, {} purges",
+            v["evictions"], v["restores"], v["purges"]
+        )
+    };
+    out.push(format!(
+        "     guest shrinker before: {}; after: {}",
+        counts(&f["shrinker_before"]),
+        counts(&f["shrinker_after"])
+    ));
+    let events = f["daemon_last_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    out.push(format!(
+        "     daemon: {} events in the span{}",
+        f["daemon_events_in_span"],
+        if events.is_empty() {
+            ""
+        } else {
+            "; the last ones:"
+        }
+    ));
+    for e in &events {
+        let mut rest = e.clone();
+        if let Some(m) = rest.as_object_mut() {
+            for k in ["seq", "time_us", "event", "resource_id", "generation"] {
+                m.remove(k);
+            }
+        }
+        out.push(format!(
+            "       res {:<5} {:<10} g{} {}",
+            e["resource_id"].to_string(),
+            e["event"].as_str().unwrap_or("?"),
+            e["generation"],
+            rest
+        ));
+    }
+    if let Some(hint) = f["hint"].as_str() {
+        out.push(format!("     ({hint})"));
+    }
+    out
 }

@@ -220,9 +220,12 @@ impl Run {
         let host = loop {
             let host = self.control.resource(res_id)?.unwrap_or(Value::Null);
             let settled = host["backing"] == "attached" && host["backing_hash"] == hash;
+            // The host copy changed while the daemon hashed it (the guest
+            // restored it meanwhile): that reply has no hash to compare.
+            let torn = host["host_changed"] == true;
             // A 2D transfer is complete when the agent answers; a blob's
             // ATTACH may still be on its way.
-            if transferred || settled || Instant::now() > deadline {
+            if (transferred && !torn) || settled || Instant::now() > deadline {
                 break host;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -7,7 +7,9 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,6 +44,27 @@ impl Daemon {
     /// Spawns the daemon with `--socket-path`, `--control-socket` and
     /// `extra` arguments, and waits until both sockets exist.
     pub fn spawn(name: &str, extra: &[&str]) -> Daemon {
+        let mut d = Daemon::start(name, None, extra);
+        d.wait_for_sockets(true);
+        d
+    }
+
+    /// Spawns the daemon with `--fd N` for `fd` (inherited by the daemon
+    /// alone), `--control-socket` and `extra`, and waits for the control
+    /// socket. `socket` is unused then.
+    pub fn spawn_on_fd(name: &str, fd: OwnedFd, extra: &[&str]) -> Daemon {
+        let mut d = Daemon::start(name, Some(fd), extra);
+        d.wait_for_sockets(false);
+        d
+    }
+
+    /// Spawns the daemon on `fd` and returns at once, for daemons that are
+    /// expected to refuse their start.
+    pub fn spawn_on_fd_unchecked(name: &str, fd: OwnedFd) -> Daemon {
+        Daemon::start(name, Some(fd), &[])
+    }
+
+    fn start(name: &str, fd: Option<OwnedFd>, extra: &[&str]) -> Daemon {
         static N: AtomicU32 = AtomicU32::new(0);
         // Unix socket paths are limited to 108 bytes: keep the name short.
         let short: String = name.chars().take(24).collect();
@@ -56,32 +79,45 @@ impl Daemon {
         let control = dir.join("control.sock");
         let log = dir.join("daemon.log");
         let out = File::create(&log).expect("log file");
-        let child = Command::new(DAEMON)
-            .arg("--socket-path")
-            .arg(&socket)
+        let mut cmd = match &fd {
+            None => {
+                let mut cmd = Command::new(DAEMON);
+                cmd.arg("--socket-path").arg(&socket);
+                cmd
+            }
+            Some(fd) => command_with_fd(Path::new(DAEMON), fd),
+        };
+        let child = cmd
             .arg("--control-socket")
             .arg(&control)
             .args(extra)
             .env("RUST_LOG", "info")
+            // The relay's private socket goes in TMPDIR: tests look there.
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("TMPDIR", &dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out)
             .spawn()
             .expect("spawn gpuswap-daemon");
-        let mut d = Daemon {
+        // The daemon has its copy; ours must not keep a connection open.
+        drop(fd);
+        Daemon {
             child: Some(child),
             dir,
             socket,
             control,
             log,
-        };
+        }
+    }
+
+    fn wait_for_sockets(&mut self, vhost_user: bool) {
         let deadline = Instant::now() + WAIT;
-        while !(d.socket.exists() && d.control.exists()) {
-            assert!(d.is_alive(), "daemon exited at start:\n{}", d.log());
+        while !((self.socket.exists() || !vhost_user) && self.control.exists()) {
+            assert!(self.is_alive(), "daemon exited at start:\n{}", self.log());
             assert!(Instant::now() < deadline, "daemon sockets never appeared");
             std::thread::sleep(Duration::from_millis(5));
         }
-        d
     }
 
     /// Connects a frontend, panicking with the daemon log on failure.
@@ -166,6 +202,27 @@ impl Drop for Daemon {
             eprintln!("daemon log ({}):\n{}", self.log.display(), self.log());
         }
     }
+}
+
+/// A command for `binary` with `--fd=N`, N being `fd`, which the child
+/// alone inherits.
+pub fn command_with_fd(binary: &Path, fd: &OwnedFd) -> Command {
+    let raw = fd.as_raw_fd();
+    let mut cmd = Command::new(binary);
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // fcntl, which is async-signal-safe. Clearing close-on-exec there, not
+    // here, keeps the descriptor out of every other child the test process
+    // starts meanwhile.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.arg(format!("--fd={raw}"));
+    cmd
 }
 
 /// A control-socket client: one JSON request line, one response line.

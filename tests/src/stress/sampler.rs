@@ -1,0 +1,639 @@
+//! Sampling that keeps its period while the workload blocks.
+//!
+//! The workload talks to the guest agent one request at a time; when the
+//! guest stalls, its request blocks, and a harness that sampled between
+//! requests would stop looking exactly then. So the timeline comes from two
+//! threads of its own instead:
+//!
+//! - the guest thread asks the guest's sampler (`gpuswap-guest sampler`, a
+//!   small mlocked process on its own virtio-serial port) for memory,
+//!   shrinker and vmstat counters every period, and measures how long each
+//!   answer takes;
+//! - the host thread reads the daemon's counters from the control socket,
+//!   which never waits on the guest, and the balloon's size over QMP.
+//!
+//! A stall is a span in which the guest did not answer within the run's
+//! bound (`--max-stall`): the sampler's request, or the workload's request
+//! in flight (seen through [`InFlightSlot`]). Each is kept with what was
+//! going on: the request in flight, the shrinker's counters before and
+//! after, and the daemon's events in the span.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::pressure::{Pressure, ShrinkerCounts};
+use crate::qmp::Qmp;
+use crate::timeline::{DaemonSample, Sample, Timeline};
+use crate::{Agent, Control, InFlightSlot};
+
+const MIB: f64 = (1u64 << 20) as f64;
+/// How often a waiting thread looks up from its read.
+const POLL: Duration = Duration::from_millis(100);
+/// Daemon events kept with a stall (the last ones of its span).
+const STALL_EVENTS: usize = 24;
+
+/// What the threads share with the workload.
+#[derive(Default)]
+struct Shared {
+    timeline: Timeline,
+    counts: ShrinkerCounts,
+    /// What the host asks of the guest, set by the workload thread.
+    pressure: Pressure,
+    balloon_actual_mib: Option<f64>,
+    /// The daemon's last event sequence number, as last sampled.
+    daemon_seq: u64,
+    stalls: Vec<Value>,
+    /// Sampler answers within the bound.
+    answered: u64,
+    /// The slowest answer of the sampler, and of a workload request.
+    slowest_sampler_s: f64,
+    slowest_request_s: f64,
+    /// An error that ended a thread early.
+    errors: Vec<String>,
+}
+
+/// Everything the sampler saw, handed over when it stops.
+pub struct Sampled {
+    pub timeline: Timeline,
+    pub counts: ShrinkerCounts,
+    /// One JSON object per stall (for the report and the check).
+    pub stalls: Vec<Value>,
+    pub answered: u64,
+    pub slowest_sampler_s: f64,
+    pub slowest_request_s: f64,
+    pub errors: Vec<String>,
+}
+
+pub struct Sampler {
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The connections the sampler uses, all its own but QMP's, which it
+/// shares with the workload (who only holds it briefly).
+pub struct Channels {
+    pub guest: Agent,
+    /// For a stall's daemon events.
+    pub guest_side_control: Control,
+    pub host_side_control: Control,
+    /// For the balloon's size; `None` without a balloon.
+    pub qmp: Option<Arc<Mutex<Qmp>>>,
+    pub workload_in_flight: InFlightSlot,
+    /// The daemon's process, for its memory and descriptors over time.
+    pub daemon_pid: Option<u32>,
+}
+
+impl Sampler {
+    /// Starts sampling every `period` with times relative to `epoch`.
+    pub fn start(
+        channels: Channels,
+        period: Duration,
+        max_stall: Duration,
+        epoch: Instant,
+        timeline: Timeline,
+    ) -> std::io::Result<Sampler> {
+        let shared = Arc::new(Mutex::new(Shared {
+            timeline,
+            ..Shared::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let Channels {
+            guest,
+            guest_side_control,
+            host_side_control,
+            qmp,
+            workload_in_flight,
+            daemon_pid,
+        } = channels;
+        let guest_thread = {
+            let mut g = GuestThread {
+                shared: shared.clone(),
+                stop: stop.clone(),
+                agent: guest,
+                control: guest_side_control,
+                in_flight: workload_in_flight,
+                period,
+                max_stall,
+                epoch,
+            };
+            std::thread::Builder::new()
+                .name("sampler-guest".into())
+                .spawn(move || g.run())?
+        };
+        let host_thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            let mut control = host_side_control;
+            std::thread::Builder::new()
+                .name("sampler-host".into())
+                .spawn(move || {
+                    let host = HostSide {
+                        control: &mut control,
+                        qmp: qmp.as_deref(),
+                        daemon_pid,
+                    };
+                    host_loop(&shared, &stop, host, period, epoch)
+                })?
+        };
+        Ok(Sampler {
+            shared,
+            stop,
+            threads: vec![guest_thread, host_thread],
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.shared)
+    }
+
+    /// Tells the sampler what the host now asks of the guest.
+    pub fn set_pressure(&self, pressure: Pressure) {
+        self.lock().pressure = pressure;
+    }
+
+    pub fn push_phase(&self, start_s: f64, end_s: f64, name: &str) {
+        self.lock().timeline.push_phase(start_s, end_s, name);
+    }
+
+    /// The latest guest sample and the shrinker's counters then.
+    pub fn latest(&self) -> (Option<Sample>, ShrinkerCounts) {
+        let s = self.lock();
+        (s.timeline.samples.last().cloned(), s.counts)
+    }
+
+    /// Stops both threads (a guest that still does not answer is left to
+    /// its read timeout: the stall is recorded as ongoing) and returns what
+    /// they saw.
+    pub fn finish(self) -> Sampled {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let mut s = lock(&self.shared);
+        let s = std::mem::take(&mut *s);
+        Sampled {
+            timeline: s.timeline,
+            counts: s.counts,
+            stalls: s.stalls,
+            answered: s.answered,
+            slowest_sampler_s: s.slowest_sampler_s,
+            slowest_request_s: s.slowest_request_s,
+            errors: s.errors,
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stall seen while it lasts, finished when the guest answers again.
+struct OpenStall {
+    start: Instant,
+    /// A workload request, not the sampler's, went unanswered.
+    workload: bool,
+    what: String,
+    shrinker_before: Value,
+    daemon_seq: u64,
+    in_flight: Option<(String, f64)>,
+}
+
+struct GuestThread {
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    agent: Agent,
+    control: Control,
+    in_flight: InFlightSlot,
+    period: Duration,
+    max_stall: Duration,
+    epoch: Instant,
+}
+
+impl GuestThread {
+    fn run(&mut self) {
+        let mut last_shrinker = Value::Null;
+        let mut workload_stall: Option<OpenStall> = None;
+        let mut next = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let sent = Instant::now();
+            let id = match self.agent.send(json!({"op": "sample"})) {
+                Ok(id) => id,
+                Err(e) => return self.fail(format!("guest sampler: {e}")),
+            };
+            let mut sampler_stall: Option<OpenStall> = None;
+            let reply = loop {
+                match self.agent.poll_reply(id, POLL) {
+                    Ok(Some(reply)) => break Some(reply),
+                    Ok(None) => {}
+                    Err(e) => return self.fail(format!("guest sampler: {e}")),
+                }
+                self.watch_workload(&mut workload_stall, &last_shrinker);
+                if sampler_stall.is_none() && sent.elapsed() > self.max_stall {
+                    sampler_stall = Some(self.open(sent, false, "sampler".into(), &last_shrinker));
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    break None;
+                }
+            };
+            let latency = sent.elapsed();
+            let shrinker = reply
+                .as_ref()
+                .map_or(Value::Null, |r| r["shrinker"].clone());
+            if let Some(stall) = sampler_stall {
+                self.close(stall, &shrinker, reply.is_none());
+            }
+            let Some(reply) = reply else {
+                break;
+            };
+            {
+                let mut s = lock(&self.shared);
+                s.slowest_sampler_s = s.slowest_sampler_s.max(latency.as_secs_f64());
+                if latency <= self.max_stall {
+                    s.answered += 1;
+                }
+            }
+            self.record(&reply);
+            last_shrinker = shrinker;
+            // The next request goes out a period after this one did, or at
+            // once after a slow answer: the period is kept whenever the
+            // guest lets it be.
+            next += self.period;
+            let now = Instant::now();
+            if next < now {
+                next = now;
+            }
+            while Instant::now() < next && !self.stop.load(Ordering::Relaxed) {
+                self.watch_workload(&mut workload_stall, &last_shrinker);
+                std::thread::sleep(POLL.min(next.saturating_duration_since(Instant::now())));
+            }
+        }
+        if let Some(stall) = workload_stall {
+            self.close(stall, &last_shrinker, true);
+        }
+    }
+
+    /// Opens or closes a stall of the workload's request in flight.
+    fn watch_workload(&mut self, open: &mut Option<OpenStall>, shrinker: &Value) {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match (&open, in_flight) {
+            (None, Some(r)) if r.since.elapsed() > self.max_stall => {
+                *open = Some(self.open(r.since, true, format!("agent request {}", r.op), shrinker));
+            }
+            (Some(stall), current) => {
+                // Still the same request: still stalled.
+                if current.is_some_and(|r| r.since == stall.start) {
+                    return;
+                }
+                if let Some(stall) = open.take() {
+                    self.close(stall, shrinker, false);
+                }
+            }
+            _ => {}
+        }
+        if let Some(r) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let mut s = lock(&self.shared);
+            s.slowest_request_s = s.slowest_request_s.max(r.since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn open(
+        &mut self,
+        start: Instant,
+        workload: bool,
+        what: String,
+        shrinker: &Value,
+    ) -> OpenStall {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| (r.op.clone(), self.t(r.since)));
+        OpenStall {
+            start,
+            workload,
+            what,
+            shrinker_before: shrinker.clone(),
+            daemon_seq: lock(&self.shared).daemon_seq,
+            in_flight,
+        }
+    }
+
+    fn close(&mut self, stall: OpenStall, shrinker_after: &Value, ongoing: bool) {
+        let (start_s, end_s) = (self.t(stall.start), self.t(Instant::now()));
+        let events = self
+            .control
+            .trace(stall.daemon_seq, None)
+            .unwrap_or_default();
+        let tail = events[events.len().saturating_sub(STALL_EVENTS)..].to_vec();
+        let mut s = lock(&self.shared);
+        if stall.workload {
+            s.slowest_request_s = s.slowest_request_s.max(end_s - start_s);
+        }
+        s.timeline.push_stall(start_s, end_s, &stall.what);
+        s.stalls.push(json!({
+            "stall_s": end_s - start_s,
+            "start_s": start_s,
+            "end_s": end_s,
+            "unanswered": stall.what,
+            "still_stalled_at_the_end": ongoing,
+            "agent_request_in_flight": stall.in_flight.map(|(op, since_s)| json!({"op": op, "since_s": since_s})),
+            "shrinker_before": stall.shrinker_before,
+            "shrinker_after": shrinker_after,
+            "daemon_events_in_span": events.len(),
+            "daemon_last_events": tail,
+        }));
+    }
+
+    /// A guest sample into the timeline.
+    fn record(&mut self, reply: &Value) {
+        let t_s = self.t(Instant::now());
+        let mem = &reply["meminfo"];
+        let kib = |name: &str| mem[name].as_f64().unwrap_or(0.0);
+        let stats = &reply["shrinker"];
+        let pages = |name: &str| stats[name].as_f64().unwrap_or(0.0);
+        let page_mib = 4096.0 / MIB;
+        let counts = ShrinkerCounts {
+            evictions: stats["evictions"].as_u64().unwrap_or(0),
+            restores: stats["restores"].as_u64().unwrap_or(0),
+            purges: stats["purges"].as_u64().unwrap_or(0),
+        };
+        let mut s = lock(&self.shared);
+        let sample = Sample {
+            t_s,
+            guest_free_mib: kib("MemFree") / 1024.0,
+            balloon_target_mib: s.pressure.balloon_target_mib.map(|m| m as f64),
+            balloon_actual_mib: s.balloon_actual_mib,
+            hog_mib: s.pressure.hog_mib as f64,
+            resident_mib: (pages("evictable_pages")
+                + pages("purgeable_pages")
+                + pages("pinned_pages"))
+                * page_mib,
+            evicted_mib: pages("evicted_pages") * page_mib,
+            swap_used_mib: (kib("SwapTotal") - kib("SwapFree")) / 1024.0,
+        };
+        let last = s.counts;
+        s.timeline.push_counts(
+            t_s,
+            counts.evictions.saturating_sub(last.evictions),
+            counts.restores.saturating_sub(last.restores),
+            counts.purges.saturating_sub(last.purges),
+        );
+        s.counts = counts;
+        s.timeline.push_sample(sample);
+    }
+
+    fn t(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
+    fn fail(&mut self, e: String) {
+        lock(&self.shared).errors.push(e);
+    }
+}
+
+/// What the host-side sampler reads: the daemon's control socket and
+/// process, and the balloon through QMP. None of it waits on the guest.
+struct HostSide<'a> {
+    control: &'a mut Control,
+    qmp: Option<&'a Mutex<Qmp>>,
+    daemon_pid: Option<u32>,
+}
+
+fn host_loop(
+    shared: &Mutex<Shared>,
+    stop: &AtomicBool,
+    host: HostSide<'_>,
+    period: Duration,
+    epoch: Instant,
+) {
+    let HostSide {
+        control,
+        qmp,
+        daemon_pid,
+    } = host;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let memory = daemon_pid.and_then(|pid| crate::ProcMemory::of(pid).ok());
+        let fds = daemon_pid.and_then(|pid| crate::open_fds(pid).ok());
+        let counters = match control.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                lock(shared).errors.push(format!("daemon sampler: {e}"));
+                return;
+            }
+        };
+        let actual = qmp.and_then(|qmp| {
+            qmp.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .query_balloon()
+                .ok()
+                .map(|b| b as f64 / MIB)
+        });
+        let c = &counters["counters"];
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let mut s = lock(shared);
+        s.daemon_seq = n(&counters["last_seq"]);
+        s.balloon_actual_mib = actual;
+        s.timeline.daemon.push(DaemonSample {
+            t_s: epoch.elapsed().as_secs_f64(),
+            resources: n(&counters["resources"]),
+            host_memory_mib: n(&counters["host_memory_used"]) as f64 / MIB,
+            attaches: n(&c["attaches"]),
+            detaches: n(&c["detaches"]),
+            transfers: n(&c["transfers"]),
+            rss_mib: memory.map(|m| m.rss_kib as f64 / 1024.0),
+            anon_mib: memory.map(|m| m.anon_kib as f64 / 1024.0),
+            open_fds: fds,
+        });
+        drop(s);
+        next += period;
+        while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(POLL.min(next.saturating_duration_since(Instant::now())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sampler against in-process stand-ins for the guest sampler and
+    //! the daemon's control socket, so that stalls happen to order: the
+    //! real-guest runs (tests/tests/stress.rs) cannot make one on demand
+    //! now that the kernel no longer stalls.
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::InFlight;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("gpuswap-sampler-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Answers each request line on `path` with `answer(request)`.
+    fn serve(path: &Path, answer: impl Fn(&Value) -> Value + Send + Clone + 'static) {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let mut out = stream.try_clone().unwrap();
+                    for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                        let request: Value = serde_json::from_str(&line).unwrap();
+                        let mut reply = answer(&request);
+                        reply["id"] = request["id"].clone();
+                        if writeln!(out, "{reply}").is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    fn fake_daemon(path: &Path) {
+        serve(path, |r| match r["cmd"].as_str() {
+            Some("counters") => json!({"ok": true, "last_seq": 7, "resources": 3,
+                "host_memory_used": 1 << 20,
+                "counters": {"attaches": 4, "detaches": 2, "transfers": 9}}),
+            Some("trace") => json!({"ok": true, "events": [{"seq": 8, "event": "detach",
+                "resource_id": 5, "generation": 1, "reason": "command"}]}),
+            _ => json!({"ok": false, "error": "unexpected"}),
+        });
+    }
+
+    /// The guest sampler's stand-in: answers at once, but sleeps `pause`
+    /// before answering request number `slow` (1-based; 0: never).
+    fn fake_guest(path: &Path, slow: u32, pause: Duration) {
+        let count = Arc::new(AtomicU32::new(0));
+        serve(path, move |_| {
+            if count.fetch_add(1, Ordering::Relaxed) + 1 == slow {
+                std::thread::sleep(pause);
+            }
+            json!({"ok": true,
+                "meminfo": {"MemFree": 102_400, "SwapTotal": 0, "SwapFree": 0},
+                "shrinker": {"evictions": 3, "restores": 1, "purges": 0, "evictable_pages": 256},
+                "vmstat": {}})
+        });
+    }
+
+    fn start(dir: &Path, slot: &InFlightSlot, period_ms: u64) -> Sampler {
+        let daemon = dir.join("daemon.sock");
+        Sampler::start(
+            Channels {
+                guest: Agent::connect(&dir.join("guest.sock")).unwrap(),
+                guest_side_control: Control::connect(&daemon).unwrap(),
+                host_side_control: Control::connect(&daemon).unwrap(),
+                qmp: None,
+                workload_in_flight: slot.clone(),
+                // The stand-in daemon lives in this process.
+                daemon_pid: Some(std::process::id()),
+            },
+            Duration::from_millis(period_ms),
+            Duration::from_millis(500),
+            Instant::now(),
+            Timeline::new(),
+        )
+        .unwrap()
+    }
+
+    fn hold_request(slot: &InFlightSlot, op: &str, for_: Duration) {
+        *slot.lock().unwrap() = Some(InFlight {
+            op: op.into(),
+            since: Instant::now(),
+        });
+        std::thread::sleep(for_);
+        *slot.lock().unwrap() = None;
+    }
+
+    /// An answer that comes late and a workload request that hangs each
+    /// count as one stall, with what the daemon did meanwhile; the host
+    /// side keeps its period throughout.
+    #[test]
+    fn late_answers_and_hung_requests_are_stalls() {
+        let dir = temp_dir("stalls");
+        fake_guest(&dir.join("guest.sock"), 3, Duration::from_millis(1600));
+        fake_daemon(&dir.join("daemon.sock"));
+        let slot = InFlightSlot::default();
+        let sampler = start(&dir, &slot, 100);
+        std::thread::sleep(Duration::from_millis(2500));
+        hold_request(&slot, "hog", Duration::from_millis(1200));
+        std::thread::sleep(Duration::from_millis(400));
+        let sampled = sampler.finish();
+
+        assert!(sampled.errors.is_empty(), "{:?}", sampled.errors);
+        let unanswered: Vec<&str> = sampled
+            .stalls
+            .iter()
+            .map(|s| s["unanswered"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            unanswered,
+            ["sampler", "agent request hog"],
+            "{:?}",
+            sampled.stalls
+        );
+        let late = &sampled.stalls[0];
+        assert!(late["stall_s"].as_f64().unwrap() >= 1.5, "{late}");
+        assert_eq!(late["daemon_last_events"][0]["event"], "detach", "{late}");
+        assert_eq!(late["shrinker_before"]["evictions"], 3, "{late}");
+        let hung = &sampled.stalls[1];
+        assert!(hung["stall_s"].as_f64().unwrap() >= 1.1, "{hung}");
+        assert_eq!(hung["agent_request_in_flight"]["op"], "hog", "{hung}");
+        assert_eq!(hung["still_stalled_at_the_end"], false, "{hung}");
+        assert!(sampled.slowest_sampler_s >= 1.5);
+        assert!(sampled.slowest_request_s >= 1.1);
+        assert!(sampled.answered >= 15, "{}", sampled.answered);
+        assert_eq!(sampled.timeline.stalls.len(), 2);
+        assert_eq!(sampled.counts.evictions, 3);
+        let daemon = &sampled.timeline.daemon;
+        assert!(daemon.len() >= 30, "{}", daemon.len());
+        assert!(daemon.windows(2).all(|w| w[1].t_s - w[0].t_s < 0.5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A guest that answers in time, and requests that finish in time, make
+    /// no stall: one pass per answer.
+    #[test]
+    fn a_responsive_guest_has_no_stall() {
+        let dir = temp_dir("calm");
+        fake_guest(&dir.join("guest.sock"), 0, Duration::ZERO);
+        fake_daemon(&dir.join("daemon.sock"));
+        let slot = InFlightSlot::default();
+        let sampler = start(&dir, &slot, 50);
+        for _ in 0..5 {
+            hold_request(&slot, "write", Duration::from_millis(100));
+        }
+        let sampled = sampler.finish();
+        assert!(sampled.stalls.is_empty(), "{:?}", sampled.stalls);
+        assert!(sampled.answered >= 5);
+        assert_eq!(sampled.answered as usize, sampled.timeline.samples.len());
+        // The host side reads the daemon process, here this one.
+        let daemon = &sampled.timeline.daemon;
+        assert!(!daemon.is_empty());
+        assert!(daemon.iter().all(|d| d.rss_mib.is_some_and(|m| m > 0.0)
+            && d.anon_mib.is_some()
+            && d.open_fds.is_some_and(|n| n > 3)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
