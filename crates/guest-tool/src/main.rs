@@ -225,14 +225,16 @@ fn run_sampler(port: &str) -> Result<i32> {
 /// One igt-style shrink process: report on stdout, exit status 1 if any
 /// content was wrong; the BOs stay open until `hold_until` exists.
 fn run_shrink(plan: &shrink::Plan, hold_until: Option<&std::path::Path>) -> Result<i32> {
-    let report = shrink::run(plan)?;
-    let line = serde_json::to_string(&report).map_err(|e| Error::msg(e.to_string()))?;
-    println!("{line}");
-    if let Some(path) = hold_until {
-        while !path.exists() {
-            std::thread::sleep(Duration::from_millis(100));
+    let report = shrink::run(plan, |report| {
+        let line = serde_json::to_string(report).map_err(|e| Error::msg(e.to_string()))?;
+        println!("{line}");
+        if let Some(path) = hold_until {
+            while !path.exists() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-    }
+        Ok(())
+    })?;
     let bad = !report.mismatches.is_empty() || report.purged_but_readable > 0;
     Ok(i32::from(bad))
 }

@@ -86,7 +86,10 @@ pub struct Report {
 
 const WIDTH: u32 = 1024;
 
-pub fn run(plan: &Plan) -> Result<Report> {
+/// Runs the plan, then calls `done` with the report while every buffer is
+/// still open (the caller checks the host's copies meanwhile); the
+/// buffers are closed when it returns.
+pub fn run(plan: &Plan, done: impl FnOnce(&Report) -> Result<()>) -> Result<Report> {
     let mut gpu = Gpu::open(None)?;
     let key = |k: u32| plan.id * 1_000_000 + u64::from(k);
     let dontneed = (f64::from(plan.bos) * plan.dontneed_share).ceil() as u32;
@@ -153,5 +156,6 @@ pub fn run(plan: &Plan) -> Result<Report> {
             retained,
         });
     }
+    done(&report)?;
     Ok(report)
 }
