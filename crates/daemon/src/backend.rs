@@ -3,9 +3,10 @@
 //! model.
 
 use std::io::{self, Read, Write};
+use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gpuswap_device::log_limit::LogLimit;
 use gpuswap_device::{limited_warn, DeviceConfig, GpuDevice, RutabagaRenderer};
@@ -27,6 +28,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::display::SocketDisplay;
+use crate::poll::AdaptivePoll;
 
 /// Guest memory as vhost-user-backend maps it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -61,6 +63,8 @@ pub struct GpuBackendDevice {
     acked_features: Arc<AtomicU64>,
     /// Used by the one worker thread only.
     scratch: Mutex<Scratch>,
+    /// Adaptive polling of each queue (worker thread only).
+    polls: Mutex<[AdaptivePoll; 2]>,
     /// Set when a ring can no longer be trusted; the queues are not served
     /// again until the frontend has gone.
     ring_broken: AtomicBool,
@@ -99,10 +103,22 @@ impl GpuBackendDevice {
             event_idx: AtomicBool::new(false),
             acked_features: Arc::default(),
             scratch: Mutex::default(),
+            polls: Mutex::new([
+                AdaptivePoll::new(Duration::ZERO),
+                AdaptivePoll::new(Duration::ZERO),
+            ]),
             ring_broken: AtomicBool::new(false),
             ring_errors: Arc::default(),
             connection: Mutex::default(),
         })
+    }
+
+    /// Polls each queue's available ring for up to `max` after handling
+    /// it before sleeping (see [`AdaptivePoll`]); zero (the default of a
+    /// new device) never polls.
+    pub fn set_poll_max(&self, max: Duration) {
+        let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
+        *polls = [AdaptivePoll::new(max), AdaptivePoll::new(max)];
     }
 
     /// The connection now being served, which a broken ring ends.
@@ -177,18 +193,28 @@ impl GpuBackendDevice {
             return Ok(());
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
+        let poll = &mut polls[usize::from(queue == CURSOR_QUEUE)];
+        poll.woken(Instant::now());
+        let polling = !poll.window().is_zero();
         loop {
             if self.ring_broken.load(Ordering::Acquire) {
                 return Ok(());
             }
-            if event_idx {
+            // Without EVENT_IDX notifications go off (VRING_USED_F_NO_NOTIFY)
+            // only while polling: the flag costs a write per wakeup.
+            if event_idx || polling {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
             if let Err(error) = self.drain_queue(vring, queue, &atomic)? {
                 self.distrust_ring(queue, error);
                 return Ok(());
             }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            if poll.poll(|| has_available(vring, &atomic)) {
+                continue;
+            }
+            poll.sleeping(Instant::now());
+            if !(event_idx || polling) || !vring.enable_notification().map_err(io::Error::other)? {
                 break;
             }
         }
@@ -240,6 +266,17 @@ impl GpuBackendDevice {
         signal(vring, &mut completed)?;
         Ok(Ok(()))
     }
+}
+
+/// Whether the driver has made a chain available that the device has not
+/// taken yet. A ring that cannot be read counts as work: the next drain
+/// finds out what is wrong with it.
+fn has_available(vring: &VringRwLock, atomic: &GuestMemoryAtomic<GuestMemory>) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue
+        .avail_idx(&*atomic.memory(), Ordering::Acquire)
+        .map_or(true, |idx| idx != Wrapping(queue.next_avail()))
 }
 
 /// The next available chain, or why the ring cannot be trusted.

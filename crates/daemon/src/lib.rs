@@ -6,5 +6,6 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod display;
+pub mod poll;
 pub mod relay;
 pub mod seccomp;

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use gpuswap_device::{DeviceConfig, Faults};
@@ -20,6 +21,10 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use gpuswap_daemon::backend::GpuBackendDevice;
 use gpuswap_daemon::{config, control, relay, seccomp};
+
+/// The longest `--poll-us`: beyond a millisecond a poll costs more CPU
+/// than any wakeup it saves.
+const MAX_POLL_US: u64 = 1000;
 
 /// A vhost-user virtio-gpu backend with exact ATTACH/DETACH_BACKING, so a
 /// guest can evict GPU buffers under memory pressure and restore them.
@@ -74,6 +79,14 @@ struct Args {
     /// as WIDTHxHEIGHT; repeat for more scanouts.
     #[arg(long = "scanout", default_value = "1280x800", value_parser = parse_mode)]
     scanouts: Vec<(u32, u32)>,
+
+    /// After handling a queue, watch it this many microseconds for the
+    /// next request before sleeping until a kick (adaptive: the window
+    /// grows while requests come that quickly and shrinks to nothing while
+    /// they do not); 0 never polls.
+    #[arg(long, value_name = "US", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
+    poll_us: u64,
 
     /// Exit after the first frontend disconnects instead of waiting for the
     /// next one (always so on a connected --fd).
@@ -299,6 +312,7 @@ fn run(args: Args) -> Result<(), String> {
     let backend = Arc::new(
         GpuBackendDevice::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
     );
+    backend.set_poll_max(Duration::from_micros(args.poll_us));
     let faults = args.faults();
     let armed =
         faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !faults.delay_ms.is_empty();
