@@ -16,6 +16,9 @@ pub const C_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
 pub enum Kind {
     /// `gpuswap-daemon`.
     Gpuswap,
+    /// `gpuswap-daemon --poll-us 0`: what adaptive polling buys, in the
+    /// same run.
+    GpuswapNoPoll,
     /// QEMU's `vhost-user-gpu`.
     QemuC,
 }
@@ -25,6 +28,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Gpuswap => "gpuswap",
+            Kind::GpuswapNoPoll => "gpuswap-nopoll",
             Kind::QemuC => "qemu-c",
         }
     }
@@ -33,6 +37,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Gpuswap => "gpuswap",
+            Kind::GpuswapNoPoll => "gpuswap --poll-us 0",
             Kind::QemuC => "QEMU C backend",
         }
     }
@@ -74,10 +79,13 @@ impl Backend {
         let err = out.try_clone().map_err(|e| format!("dup log: {e}"))?;
         let mut cmd = Command::new(binary);
         match kind {
-            Kind::Gpuswap => {
+            Kind::Gpuswap | Kind::GpuswapNoPoll => {
                 // Warnings only: per-request logging would be measured too.
                 cmd.arg("--socket-path").arg(&socket).arg("--once");
                 cmd.env("RUST_LOG", "warn");
+                if kind == Kind::GpuswapNoPoll {
+                    cmd.args(["--poll-us", "0"]);
+                }
             }
             Kind::QemuC => {
                 cmd.arg(format!("--socket-path={}", socket.display()));

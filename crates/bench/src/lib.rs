@@ -184,7 +184,10 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     let w = workloads(opts.smoke);
     let rounds = if opts.smoke { 1 } else { opts.rounds.max(1) };
     let mut notes = Vec::new();
-    let mut kinds = vec![(Kind::Gpuswap, opts.daemon.clone())];
+    let mut kinds = vec![
+        (Kind::Gpuswap, opts.daemon.clone()),
+        (Kind::GpuswapNoPoll, opts.daemon.clone()),
+    ];
     match &opts.c_backend {
         Some(c) if c.exists() => kinds.push((Kind::QemuC, c.clone())),
         Some(c) => notes.push(format!(

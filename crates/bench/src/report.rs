@@ -288,6 +288,26 @@ pub fn markdown<'a>(r: &'a Results) -> String {
             "| {what} | {gt} | {gr} | {gc} | {ct} | {cr} | {cc} | {x} |"
         );
     }
+    if let (Some(g), Some(n)) = (g, find(r, "gpuswap-nopoll")) {
+        let _ = writeln!(
+            s,
+            "\nAdaptive polling (`--poll-us`, default 50) against the same daemon \
+             with `--poll-us 0`, in the same rounds:\n\n\
+             | request | polling | CPU | --poll-us 0 | CPU | polling/not |\n\
+             | --- | --- | --- | --- | --- | --- |"
+        );
+        for (what, pick) in round_trip_rows(depth) {
+            let _ = writeln!(
+                s,
+                "| {what} | {} | {} | {} | {} | {} |",
+                min_med(&pick(g).wall),
+                cpu(pick(g)),
+                min_med(&pick(n).wall),
+                cpu(pick(n)),
+                ratios(&pick(g).wall, &pick(n).wall)
+            );
+        }
+    }
 
     for layout in Layout::ALL {
         let _ = writeln!(s, "\n## 2. ATTACH + DETACH, {}\n", layout.label());

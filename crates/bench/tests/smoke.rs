@@ -85,9 +85,9 @@ fn check(r: &Results, with_c: bool) {
     assert_eq!(
         names,
         if with_c {
-            vec!["gpuswap", "qemu-c"]
+            vec!["gpuswap", "gpuswap-nopoll", "qemu-c"]
         } else {
-            vec!["gpuswap"]
+            vec!["gpuswap", "gpuswap-nopoll"]
         }
     );
     for b in &r.backends {
