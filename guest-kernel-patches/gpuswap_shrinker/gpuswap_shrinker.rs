@@ -29,7 +29,7 @@ use core::sync::atomic::{AtomicI64, Ordering};
 
 use kernel::bindings;
 use kernel::c_str;
-use kernel::ffi::{c_uint, c_ulong};
+use kernel::ffi::c_ulong;
 use kernel::prelude::*;
 
 module! {
@@ -41,47 +41,39 @@ module! {
 }
 
 /// The driver's interface (`include/drm/virtgpu_shrinker.h` in the patched
-/// tree), wrapped in safe functions.
+/// tree, in the kernel's bindings since patch 0009), wrapped in safe
+/// functions. The modes, the count and both calls are the generated ones,
+/// so a change on the C side fails this module's build.
 mod virtio_gpu {
-    use kernel::ffi::{c_uint, c_ulong};
+    use kernel::bindings;
+    use kernel::ffi::c_ulong;
 
     /// `enum virtio_gpu_shrink_mode`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     #[repr(u32)]
     pub(crate) enum Mode {
         /// Idle DONTNEED buffers: detach, unref, drop the pages.
-        Purge = 0,
+        Purge = bindings::virtio_gpu_shrink_mode_VIRTIO_GPU_SHRINK_PURGE,
         /// Idle buffers: detach, give the pages back to shmem.
-        Evict = 1,
-        /// As `Purge`, waiting briefly for busy buffers.
-        PurgeWait = 2,
-        /// As `Evict`, waiting briefly for busy buffers.
-        EvictWait = 3,
+        Evict = bindings::virtio_gpu_shrink_mode_VIRTIO_GPU_SHRINK_EVICT,
+        /// As `Purge`, then wait briefly for the host.
+        PurgeWait = bindings::virtio_gpu_shrink_mode_VIRTIO_GPU_SHRINK_PURGE_WAIT,
+        /// As `Evict`, then wait briefly for the host.
+        EvictWait = bindings::virtio_gpu_shrink_mode_VIRTIO_GPU_SHRINK_EVICT_WAIT,
     }
 
     /// `struct virtio_gpu_shrink_count`: pages a scan could give back.
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default)]
-    pub(crate) struct Count {
-        pub(crate) purgeable: c_ulong,
-        pub(crate) evictable: c_ulong,
-    }
-
-    extern "C" {
-        fn virtio_gpu_shrinker_count(count: *mut Count);
-        fn virtio_gpu_shrinker_scan(
-            mode: c_uint,
-            nr_to_scan: c_ulong,
-            remaining: *mut c_ulong,
-        ) -> c_ulong;
-    }
+    pub(crate) type Count = bindings::virtio_gpu_shrink_count;
 
     /// Reads the counts of every virtio-gpu device; takes no lock.
     pub(crate) fn count() -> Count {
-        let mut count = Count::default();
+        let mut count = Count {
+            purgeable: 0,
+            evictable: 0,
+        };
         // SAFETY: `count` is a valid, writable `struct virtio_gpu_shrink_count`
         // for the duration of the call; the function only fills it in.
-        unsafe { virtio_gpu_shrinker_count(&mut count) };
+        unsafe { bindings::virtio_gpu_shrinker_count(&mut count) };
         count
     }
 
@@ -97,7 +89,7 @@ mod virtio_gpu {
         // `skipped` is a valid, writable `unsigned long` for the call. The
         // function may sleep, which every caller here (shrinker scan with a
         // blocking gfp mask) allows.
-        unsafe { virtio_gpu_shrinker_scan(mode as c_uint, nr_to_scan, &mut skipped) }
+        unsafe { bindings::virtio_gpu_shrinker_scan(mode as u32, nr_to_scan, &mut skipped) }
     }
 }
 
@@ -257,8 +249,6 @@ impl Drop for GpuswapShrinker {
     }
 }
 
-// Keep the wire types honest: the C side passes an enum as `unsigned int`.
-const _: () = assert!(core::mem::size_of::<Mode>() == core::mem::size_of::<c_uint>());
 // `can_swap` reads `atomic_long_t` as an `AtomicI64`: a 64-bit kernel only.
 const _: () = assert!(
     core::mem::size_of::<bindings::atomic_long_t>() == core::mem::size_of::<AtomicI64>()
