@@ -209,10 +209,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             };
             let x = speedup(&t.transfer.wall, &m.gather);
             out.push(Target {
-                target: format!(
-                    "TRANSFER_TO_HOST_2D {}: ≥ 80% of the gather copy",
-                    t.frame
-                ),
+                target: format!("TRANSFER_TO_HOST_2D {}: ≥ 80% of the gather copy", t.frame),
                 measured: format!(
                     "{:.0}% ({} vs {}); {:.0}% of memcpy",
                     x * 100.0,
