@@ -80,6 +80,19 @@ impl Buffers {
         gpu.ram().fill(self.resp, 4096, 0).unwrap();
     }
 
+    /// Submits the first `len` loaded bytes as a request with a 24-byte
+    /// response buffer; the length the backend reports it wrote.
+    fn submit(&self, gpu: &mut GpuFrontend, len: u32) -> u32 {
+        gpu.submit_raw(
+            QueueId::Control,
+            &[
+                RawDesc::readable(self.req, len),
+                RawDesc::writable(self.resp, 24),
+            ],
+        )
+        .unwrap()
+    }
+
     fn resp_type(&self, gpu: &GpuFrontend) -> u32 {
         let mut b = [0u8; 4];
         gpu.ram().read(self.resp, &mut b).unwrap();
@@ -97,15 +110,7 @@ fn malformed_requests_get_error_responses() {
 
     // Shorter than a header: ERR_UNSPEC with a zeroed header.
     buf.load(&gpu, &header(ctrl_type::RESOURCE_UNREF)[..8]);
-    let used = gpu
-        .submit_raw(
-            QueueId::Control,
-            &[
-                RawDesc::readable(buf.req, 8),
-                RawDesc::writable(buf.resp, 24),
-            ],
-        )
-        .unwrap();
+    let used = buf.submit(&mut gpu, 8);
     assert_eq!(
         (used, buf.resp_type(&gpu)),
         (24, ctrl_type::RESP_ERR_UNSPEC)
@@ -659,16 +664,7 @@ fn a_flood_of_bad_requests_is_counted_exactly_and_logged_sparingly() {
             code(gpu.resource_flush(99, rect(0, 0, 1, 1))),
             ErrorCode::InvalidResourceId
         );
-        let used = gpu
-            .submit_raw(
-                QueueId::Control,
-                &[
-                    RawDesc::readable(buf.req, 8),
-                    RawDesc::writable(buf.resp, 24),
-                ],
-            )
-            .unwrap();
-        assert_eq!(used, 24);
+        assert_eq!(buf.submit(&mut gpu, 8), 24);
     }
     still_serving(&mut d, &mut gpu, "the flood");
     let counters = ctl.counters()["counters"].clone();
