@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod ktrace;
 pub mod libvirt;
 pub mod qmp;
 pub mod stress;
 pub mod timeline;
+pub mod trace_file;
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -465,6 +467,37 @@ pub fn wait_for_agent_after(
     }
 }
 
+/// Host time in µs since the Unix epoch: the clock of the daemon's trace.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One agent request as the harness made it, for the run's trace.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Step {
+    pub op: String,
+    /// The request's arguments (all but `op` and `id`).
+    pub args: Value,
+    /// Host µs since the Unix epoch.
+    pub start_us: u64,
+    pub end_us: u64,
+    pub ok: bool,
+}
+
+/// Requests kept by a [`StepLog`]; later ones are counted, not kept.
+pub const MAX_STEPS: usize = 1 << 18;
+
+/// The requests of one agent connection, shared with whoever writes them.
+#[derive(Debug, Default)]
+pub struct Steps {
+    pub steps: Vec<Step>,
+    pub dropped: u64,
+}
+
+pub type StepLog = Arc<Mutex<Steps>>;
+
 /// The request an agent connection is waiting on, for a watcher on another
 /// thread (the stress run's sampler).
 #[derive(Debug, Clone)]
@@ -485,6 +518,7 @@ pub struct Agent {
     /// A reply line read only in part when a read timed out.
     partial: String,
     in_flight: Option<InFlightSlot>,
+    steps: Option<StepLog>,
 }
 
 impl Agent {
@@ -500,6 +534,7 @@ impl Agent {
             next_id: 1,
             partial: String::new(),
             in_flight: None,
+            steps: None,
         })
     }
 
@@ -511,6 +546,12 @@ impl Agent {
     /// Publishes each request in `slot` while it waits for its reply.
     pub fn watch_in_flight(&mut self, slot: InFlightSlot) {
         self.in_flight = Some(slot);
+    }
+
+    /// Keeps every request made through [`Agent::request`] and
+    /// [`Agent::request_errno`] in `log`, with its times.
+    pub fn log_steps(&mut self, log: StepLog) {
+        self.steps = Some(log);
     }
 
     /// Sends `request` (an object with `op`) and returns the response;
@@ -577,12 +618,21 @@ impl Agent {
 
     /// Sends `request` and returns its response line, whatever it says.
     fn call(&mut self, request: Value) -> Result<Value> {
+        let op = request["op"].as_str().unwrap_or("?").to_string();
         if let Some(slot) = &self.in_flight {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(InFlight {
-                op: request["op"].as_str().unwrap_or("?").to_string(),
+                op: op.clone(),
                 since: Instant::now(),
             });
         }
+        let start_us = unix_us();
+        let args = self.steps.is_some().then(|| {
+            let mut args = request.clone();
+            if let Some(m) = args.as_object_mut() {
+                m.remove("op");
+            }
+            args
+        });
         let result = self.send(request).and_then(|id| loop {
             let mut line = String::new();
             let n = self
@@ -601,6 +651,21 @@ impl Agent {
         });
         if let Some(slot) = &self.in_flight {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        if let (Some(log), Some(args)) = (&self.steps, args) {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if log.steps.len() < MAX_STEPS {
+                let ok = result.as_ref().is_ok_and(|v| v["ok"] == json!(true));
+                log.steps.push(Step {
+                    op,
+                    args,
+                    start_us,
+                    end_us: unix_us(),
+                    ok,
+                });
+            } else {
+                log.dropped += 1;
+            }
         }
         result
     }

@@ -13,6 +13,7 @@ use crate::devnode;
 use crate::error::{Error, Result};
 use crate::gpu::{Bo, FbArgs, Gpu, RegionArgs, DEFAULT_FORMAT};
 use crate::hog::Hog;
+use crate::ktrace::{self, KernelTrace};
 use crate::proto::{self, Request};
 use crate::shrinker;
 use crate::sysinfo;
@@ -99,6 +100,8 @@ pub struct Agent {
     hog: Hog,
     /// Only requests that read the guest's state are served (the sampler).
     read_only: bool,
+    /// The kernel tracepoints being streamed (`trace_start`).
+    ktrace: Option<KernelTrace>,
 }
 
 impl Agent {
@@ -110,6 +113,7 @@ impl Agent {
             scan_loop: None,
             hog: Hog::new(),
             read_only: false,
+            ktrace: None,
         }
     }
 
@@ -130,6 +134,7 @@ impl Agent {
             scan_loop: None,
             hog: Hog::new(),
             read_only: false,
+            ktrace: None,
         }
     }
 
@@ -159,10 +164,13 @@ impl Agent {
                 | Request::ShrinkerStats {}
                 | Request::Vmstat {}
                 | Request::Sample {}
+                | Request::TraceStart {}
+                | Request::TraceRead { .. }
+                | Request::TraceStop {}
         );
         if self.read_only && !reads_only {
             return Err(Error::with_errno(
-                "the sampler channel only reads (hello, meminfo, shrinker_stats, vmstat, sample)",
+                "the sampler channel only reads (hello, meminfo, shrinker_stats, vmstat, sample, trace_*)",
                 nix::errno::Errno::EPERM,
             ));
         }
@@ -328,6 +336,25 @@ impl Agent {
                 "shrinker": shrinker::stats().ok(),
                 "vmstat": sysinfo::vmstat()?,
             }),
+            Request::TraceStart {} => {
+                if self.ktrace.is_some() {
+                    return Err(Error::msg("the kernel trace is already streaming"));
+                }
+                let trace = KernelTrace::start()?;
+                self.ktrace = Some(trace);
+                json!({ "events": ktrace::EVENTS, "mono_ns": ktrace::mono_ns() })
+            }
+            Request::TraceRead { max } => {
+                let trace = self
+                    .ktrace
+                    .as_ref()
+                    .ok_or_else(|| Error::msg("the kernel trace is not streaming (trace_start)"))?;
+                let mut v = serde_json::to_value(trace.drain(max.unwrap_or(ktrace::MAX_DRAIN)))
+                    .map_err(|e| Error::msg(e.to_string()))?;
+                v["mono_ns"] = json!(ktrace::mono_ns());
+                v
+            }
+            Request::TraceStop {} => json!({ "was_on": self.ktrace.take().is_some() }),
             Request::Run { argv } => shrinker::run(&argv)?,
             Request::Exit { status } => {
                 outcome = Outcome::Exit(status.unwrap_or(0));

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gpu;
 pub mod hog;
 pub mod kms;
+pub mod ktrace;
 pub mod pattern;
 pub mod proto;
 pub mod shrink;

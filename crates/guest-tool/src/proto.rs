@@ -173,6 +173,21 @@ pub enum Request {
     /// vmstat}` (each as its own request gives it; `shrinker` is null
     /// without the driver's debugfs).
     Sample {},
+    /// Stream the kernel's virtio-gpu BO tracepoints (see
+    /// [`crate::ktrace`]) -> `{events, mono_ns}`. Allowed on the
+    /// sampler channel: it watches, the workload sees nothing of it.
+    TraceStart {},
+    /// Hand over up to `max` (default and at most 4096) events read since
+    /// the last call -> `{events, pending, dropped, unparsed,
+    /// kernel_overrun, reader_error, mono_ns}`; `mono_ns` (CLOCK_MONOTONIC
+    /// as the reply was made, the clock of the events' `t_ns`) lets the
+    /// host align the events with its own clock.
+    TraceRead {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<usize>,
+    },
+    /// Disable the tracepoints and stop reading -> `{was_on}`.
+    TraceStop {},
     /// Run a program -> `{status, signal, stdout, stderr}`.
     Run { argv: Vec<String> },
     /// Reply, clean up, exit with `status` (default 0).
@@ -210,6 +225,9 @@ pub const OPS: &[&str] = &[
     "drop_caches",
     "vmstat",
     "sample",
+    "trace_start",
+    "trace_read",
+    "trace_stop",
     "run",
     "exit",
 ];

@@ -88,6 +88,7 @@ fn repeat(options: &Options) -> u8 {
         o.report = numbered(&options.report, i);
         o.picture = options.picture.as_deref().map(|p| numbered(p, i));
         o.junit = options.junit.as_deref().map(|p| numbered(p, i));
+        o.trace = options.trace.as_deref().map(|p| numbered(p, i));
         eprintln!(
             "[gpuswap-run] repeat: run {} of {}, seed {}",
             i + 1,

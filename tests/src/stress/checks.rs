@@ -64,6 +64,11 @@ impl Checks {
         }
     }
 
+    /// Every failure kept, for adding what was only known later.
+    pub fn failures_mut(&mut self) -> impl Iterator<Item = &mut Value> {
+        self.0.values_mut().flat_map(|c| c.failures.iter_mut())
+    }
+
     /// Records `n` passes at once.
     pub fn pass_n(&mut self, name: &'static str, n: u64) {
         self.0.entry(name).or_default().passed += n;

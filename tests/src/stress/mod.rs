@@ -26,11 +26,12 @@ pub use checks::{Check, Checks};
 pub use options::{Mechanisms, Options, USAGE};
 pub use scenario::Scenario;
 
+use crate::ktrace::KernelTrace;
 use crate::qmp::Qmp;
 use crate::timeline::Timeline;
 use crate::{
-    boot_guest, kernel_problems, tail, wait_for_agent, Agent, Control, Images, InFlightSlot,
-    VmConfig,
+    boot_guest, kernel_problems, tail, unix_us, wait_for_agent, Agent, Control, Images,
+    InFlightSlot, StepLog, VmConfig,
 };
 use pressure::{Pressure, ShrinkerCounts};
 use rng::Rng;
@@ -87,6 +88,16 @@ struct Run {
     /// The daemon's own memory and descriptors over the run.
     daemon_memory: Value,
     progress: report::Progress,
+    /// `began` and `started` on the host clock (µs since the Unix epoch).
+    began_us: u64,
+    started_us: u64,
+    /// The workload's agent requests.
+    steps: StepLog,
+    /// The guest kernel's tracepoints and the daemon's events, from the
+    /// sampler once it stopped.
+    kernel: KernelTrace,
+    daemon_events: Vec<Value>,
+    daemon_events_lost: u64,
 }
 
 /// Runs the scenario of `o` from boot to report (JSON and picture written).
@@ -94,6 +105,7 @@ struct Run {
 /// everything after boot ends in a report.
 pub fn run(o: &Options) -> crate::Result<Outcome> {
     let began = Instant::now();
+    let began_us = unix_us();
     let images = Images::get();
     let config = VmConfig {
         memory_mib: o.memory_mib,
@@ -122,6 +134,8 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     let qmp = Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?;
     let workload_in_flight = InFlightSlot::default();
     agent.watch_in_flight(workload_in_flight.clone());
+    let steps = StepLog::default();
+    agent.log_steps(steps.clone());
     let qmp = Arc::new(Mutex::new(qmp));
     let sampler_channels = Channels {
         guest: wait_for_agent(&vm.sampler_socket, &vm.serial_log, SAMPLER_WAIT, || None)
@@ -131,6 +145,8 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         qmp: o.pressure.balloon.then(|| qmp.clone()),
         workload_in_flight,
         daemon_pid: Some(daemon.pid()),
+        // Always: failure stories show what the guest kernel did.
+        kernel_trace: true,
     };
     // The launcher's choice when none is given: $GPUSWAP_QEMU, else PATH.
     let qemu_binary = o
@@ -174,6 +190,12 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         sampling: Value::Null,
         daemon_memory: Value::Null,
         progress: report::Progress::new(o.progress),
+        began_us,
+        started_us: began_us,
+        steps,
+        kernel: KernelTrace::default(),
+        daemon_events: Vec::new(),
+        daemon_events_lost: 0,
     };
     for name in [
         "guest_content_intact",
@@ -278,6 +300,7 @@ impl Run {
         // Slot 0 stays on the scanout: pinned, never evicted.
         self.flip_scanout()?;
         self.started = Instant::now();
+        self.started_us = unix_us();
         self.start_sampler()?;
         let mut next_sample = Instant::now();
         let mut phase: Option<(&'static str, f64)> = None;
@@ -352,6 +375,9 @@ impl Run {
         let sampled = sampler.finish();
         self.timeline = sampled.timeline;
         self.last_counts = sampled.counts;
+        self.kernel = sampled.kernel;
+        self.daemon_events = sampled.daemon_events;
+        self.daemon_events_lost = sampled.daemon_events_lost;
         let max_stall_s = self.o.max_stall.as_secs_f64();
         self.checks
             .pass_n("guest_stayed_responsive", sampled.answered);

@@ -92,6 +92,8 @@ pub struct Options {
     pub picture: Option<PathBuf>,
     /// JUnit XML for CI systems: one test case per check.
     pub junit: Option<PathBuf>,
+    /// The run on one timeline, as trace-event JSON (Perfetto).
+    pub trace: Option<PathBuf>,
     /// Longest the guest may leave the sampler (or a workload request)
     /// unanswered before it counts as a stall.
     pub max_stall: Duration,
@@ -135,6 +137,10 @@ options:
   --report PATH         JSON report (default target/gpuswap-report.json)
   --picture PATH        timeline SVG (default: the report path with .svg)
   --junit PATH          JUnit XML, one test case per check (for CI systems)
+  --trace PATH          the run on one timeline as trace-event JSON: guest
+                        kernel tracepoints, daemon events, workload requests,
+                        pressure phases, memory counters (open it in
+                        ui.perfetto.dev or chrome://tracing)
   --max-stall S         longest the guest may go without answering the
                         sampler or a workload request (default 5; a run
                         meant to stall, e.g. long fault delays, raises it)
@@ -182,6 +188,7 @@ impl Options {
             report: crate::root().join("target/gpuswap-report.json"),
             picture: None,
             junit: None,
+            trace: None,
             max_stall: DEFAULT_MAX_STALL,
             progress: None,
             repeat: 1,
@@ -239,6 +246,7 @@ impl Options {
                 "--report" => o.report = PathBuf::from(value()?),
                 "--picture" => o.picture = Some(PathBuf::from(value()?)),
                 "--junit" => o.junit = Some(PathBuf::from(value()?)),
+                "--trace" => o.trace = Some(PathBuf::from(value()?)),
                 "--max-stall" => {
                     let v = value()?;
                     let s = v

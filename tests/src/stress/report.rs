@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{Outcome, Run};
-use crate::timeline;
+use crate::ktrace::KernelEvent;
+use crate::{timeline, trace_file};
 
 /// Without a terminal, a progress line this often (CI logs).
 const PLAIN_EVERY: Duration = Duration::from_secs(15);
@@ -104,6 +105,16 @@ impl Run {
             }
         }
         let picture = timeline::render_svg(&self.timeline, &title, &picture_path);
+        let kernel_events = self.kernel.events();
+        self.add_kernel_stories(&kernel_events);
+        let kernel_trace = json!({
+            "guest_kernel": self.kernel.summary(),
+            "daemon_events": {"kept": self.daemon_events.len(), "lost": self.daemon_events_lost},
+        });
+        let trace = self.o.trace.as_ref().map(|path| {
+            self.write_trace(&kernel_events, &kernel_trace, path)
+                .map(|()| path.display().to_string())
+        });
         let report = json!({
             "passed": passed,
             "scenario": self.o.scenario.to_string(),
@@ -132,6 +143,8 @@ impl Run {
             "sampling": self.sampling,
             "daemon_memory": self.daemon_memory,
             "timeline": self.timeline,
+            "events": kernel_trace,
+            "trace": trace,
             "picture": picture.as_ref().map(|()| picture_path.display().to_string()).map_err(|e| e.clone()),
             "reproduce": self.o.reproduce_command(),
             "logs": logs,
@@ -148,12 +161,82 @@ impl Run {
         if let Some(path) = &self.o.junit {
             println!("  junit:   {}", path.display());
         }
+        match &report["trace"] {
+            Value::Null => {}
+            t => match t.get("Ok") {
+                Some(path) => println!(
+                    "  trace:   {} (open in ui.perfetto.dev)",
+                    path.as_str().unwrap_or("?")
+                ),
+                None => println!("  trace:   not written: {}", t["Err"]),
+            },
+        }
         Ok(Outcome {
             passed,
             report,
             report_path: self.o.report.clone(),
             picture_path,
         })
+    }
+}
+
+/// Guest kernel events kept with each failure, up to a second after it.
+const STORY_KERNEL_EVENTS: usize = 32;
+
+impl Run {
+    /// Adds to each buffer failure the guest kernel's events for its
+    /// resource (known only now: the sampler streamed them).
+    fn add_kernel_stories(&mut self, events: &[KernelEvent]) {
+        for f in self.checks.failures_mut() {
+            let (Some(res), Some(at_us)) = (f["res_id"].as_u64(), f["time_us"].as_u64()) else {
+                continue;
+            };
+            let until = at_us as f64 + 1e6;
+            let mine: Vec<&KernelEvent> = events
+                .iter()
+                .filter(|e| e.res() == Some(res) && e.host_us <= until)
+                .collect();
+            let story: Vec<Value> = mine[mine.len().saturating_sub(STORY_KERNEL_EVENTS)..]
+                .iter()
+                .map(|e| {
+                    json!({
+                        "time_us": e.host_us.round() as u64,
+                        "uncertainty_us": e.uncertainty_us.round(),
+                        "event": e.name,
+                        "args": e.args,
+                    })
+                })
+                .collect();
+            f["guest_kernel"] = json!(story);
+        }
+    }
+
+    fn write_trace(
+        &self,
+        kernel: &[KernelEvent],
+        losses: &Value,
+        path: &std::path::Path,
+    ) -> crate::Result<()> {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let input = trace_file::Input {
+            epoch_us: self.began_us,
+            timeline_epoch_us: self.started_us,
+            kernel,
+            daemon: &self.daemon_events,
+            steps: &steps.steps,
+            timeline: &self.timeline,
+            other: json!({
+                "scenario": self.o.scenario.to_string(),
+                "seed": self.o.seed,
+                "reproduce": self.o.reproduce_command(),
+                "epoch_unix_us": self.began_us,
+                "events": losses,
+                "workload_requests_dropped": steps.dropped,
+                "note": "times are µs since the run began, on the host clock; guest kernel \
+                         events carry the uncertainty of their placement (args.uncertainty_us)",
+            }),
+        };
+        trace_file::write(&input, path)
     }
 }
 
@@ -301,6 +384,18 @@ pub(super) fn failure_story(name: &str, f: &Value) -> Vec<String> {
             ),
         ));
     }
+    for e in f["guest_kernel"].as_array().into_iter().flatten() {
+        lines.push((
+            e["time_us"].as_u64().unwrap_or(0),
+            format!(
+                "kernel  {:<18} g{} {} (±{} µs)",
+                e["event"].as_str().unwrap_or("?"),
+                e["args"]["gen"],
+                e["args"],
+                e["uncertainty_us"]
+            ),
+        ));
+    }
     for e in f["daemon_trace"].as_array().into_iter().flatten() {
         let mut rest = e.clone();
         if let Some(m) = rest.as_object_mut() {
@@ -320,7 +415,7 @@ pub(super) fn failure_story(name: &str, f: &Value) -> Vec<String> {
     }
     lines.sort_by_key(|(t, _)| *t);
     let first = lines.first().map_or(0, |(t, _)| *t);
-    out.push("     guest (harness) and daemon, by time:".into());
+    out.push("     harness (guest), guest kernel and daemon, by time:".into());
     for (t, line) in lines {
         let line = if line.chars().count() > 160 {
             line.chars().take(157).chain("...".chars()).collect()

@@ -12,6 +12,11 @@
 //! - the host thread reads the daemon's counters from the control socket,
 //!   which never waits on the guest, and the balloon's size over QMP.
 //!
+//! Each period the guest thread also drains the guest kernel's tracepoints
+//! (`trace_read`; each read is one clock estimate too, see
+//! [`crate::ktrace`]) and the host thread the daemon's new trace events,
+//! so a run's events are all on the host when it ends.
+//!
 //! A stall is a span in which the guest did not answer within the run's
 //! bound (`--max-stall`): the sampler's request, or the workload's request
 //! in flight (seen through [`InFlightSlot`]). Each is kept with what was
@@ -26,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::pressure::{Pressure, ShrinkerCounts};
+use crate::ktrace::KernelTrace;
 use crate::qmp::Qmp;
 use crate::timeline::{DaemonSample, Sample, Timeline};
 use crate::{Agent, Control, InFlightSlot};
@@ -35,6 +41,12 @@ const MIB: f64 = (1u64 << 20) as f64;
 const POLL: Duration = Duration::from_millis(100);
 /// Daemon events kept with a stall (the last ones of its span).
 const STALL_EVENTS: usize = 24;
+/// Daemon events kept over a run; later ones are counted as lost.
+const DAEMON_EVENTS: usize = 1 << 18;
+/// Kernel trace reads per period at most (each hands over up to 4096).
+const TRACE_READS: usize = 8;
+/// How long the last kernel trace read may take, at the end.
+const LAST_READ: Duration = Duration::from_secs(5);
 
 /// What the threads share with the workload.
 #[derive(Default)]
@@ -54,6 +66,11 @@ struct Shared {
     slowest_request_s: f64,
     /// An error that ended a thread early.
     errors: Vec<String>,
+    kernel: KernelTrace,
+    daemon_events: Vec<Value>,
+    /// Daemon events missed (gone from its history before they were read,
+    /// or over [`DAEMON_EVENTS`]).
+    daemon_events_lost: u64,
 }
 
 /// Everything the sampler saw, handed over when it stops.
@@ -66,6 +83,11 @@ pub struct Sampled {
     pub slowest_sampler_s: f64,
     pub slowest_request_s: f64,
     pub errors: Vec<String>,
+    /// The guest kernel's tracepoints (empty when not streamed).
+    pub kernel: KernelTrace,
+    /// Every daemon trace event of the run, in order.
+    pub daemon_events: Vec<Value>,
+    pub daemon_events_lost: u64,
 }
 
 pub struct Sampler {
@@ -86,6 +108,8 @@ pub struct Channels {
     pub workload_in_flight: InFlightSlot,
     /// The daemon's process, for its memory and descriptors over time.
     pub daemon_pid: Option<u32>,
+    /// Stream the guest kernel's tracepoints.
+    pub kernel_trace: bool,
 }
 
 impl Sampler {
@@ -109,6 +133,7 @@ impl Sampler {
             qmp,
             workload_in_flight,
             daemon_pid,
+            kernel_trace,
         } = channels;
         let guest_thread = {
             let mut g = GuestThread {
@@ -120,6 +145,7 @@ impl Sampler {
                 period,
                 max_stall,
                 epoch,
+                kernel_trace,
             };
             std::thread::Builder::new()
                 .name("sampler-guest".into())
@@ -183,6 +209,9 @@ impl Sampler {
             slowest_sampler_s: s.slowest_sampler_s,
             slowest_request_s: s.slowest_request_s,
             errors: s.errors,
+            kernel: s.kernel,
+            daemon_events: s.daemon_events,
+            daemon_events_lost: s.daemon_events_lost,
         }
     }
 }
@@ -211,10 +240,14 @@ struct GuestThread {
     period: Duration,
     max_stall: Duration,
     epoch: Instant,
+    kernel_trace: bool,
 }
 
 impl GuestThread {
     fn run(&mut self) {
+        if self.kernel_trace {
+            self.start_kernel_trace();
+        }
         let mut last_shrinker = Value::Null;
         let mut workload_stall: Option<OpenStall> = None;
         let mut next = Instant::now();
@@ -258,6 +291,9 @@ impl GuestThread {
             }
             self.record(&reply);
             last_shrinker = shrinker;
+            if self.kernel_trace && !self.read_kernel_trace(false) {
+                return;
+            }
             // The next request goes out a period after this one did, or at
             // once after a slow answer: the period is kept whenever the
             // guest lets it be.
@@ -274,6 +310,75 @@ impl GuestThread {
         if let Some(stall) = workload_stall {
             self.close(stall, &last_shrinker, true);
         }
+        if self.kernel_trace {
+            self.read_kernel_trace(true);
+        }
+    }
+
+    /// Sends `request` and waits for its reply until `deadline`, or (unless
+    /// `last`) until the sampler stops: `Ok(None)` if none came by then (a
+    /// late reply is skipped by the next wait), `Err` if the channel broke.
+    fn ask(
+        &mut self,
+        request: Value,
+        deadline: Instant,
+        last: bool,
+    ) -> crate::Result<Option<Value>> {
+        let id = self.agent.send(request)?;
+        loop {
+            if let Some(reply) = self.agent.poll_reply(id, POLL)? {
+                return Ok(Some(reply));
+            }
+            if Instant::now() >= deadline || (!last && self.stop.load(Ordering::Relaxed)) {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn start_kernel_trace(&mut self) {
+        let deadline = Instant::now() + self.max_stall.max(LAST_READ);
+        let unavailable = match self.ask(json!({"op": "trace_start"}), deadline, false) {
+            Ok(Some(r)) if r["ok"] == json!(true) => None,
+            Ok(Some(r)) => Some(
+                r["error"]
+                    .as_str()
+                    .unwrap_or("trace_start failed")
+                    .to_string(),
+            ),
+            Ok(None) => Some("the guest did not answer trace_start in time".to_string()),
+            Err(e) => Some(format!("trace_start: {e}")),
+        };
+        if unavailable.is_some() {
+            self.kernel_trace = false;
+        }
+        lock(&self.shared).kernel.unavailable = unavailable;
+    }
+
+    /// Drains the guest's kernel trace buffer (a few reads at most; a
+    /// slow guest gets until the stall bound): false when the channel broke.
+    fn read_kernel_trace(&mut self, last: bool) -> bool {
+        let deadline = Instant::now() + if last { LAST_READ } else { self.max_stall };
+        for _ in 0..TRACE_READS {
+            let sent = crate::unix_us();
+            let reply = match self.ask(json!({"op": "trace_read"}), deadline, last) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return true,
+                Err(e) => {
+                    self.fail(format!("guest sampler: {e}"));
+                    return false;
+                }
+            };
+            let received = crate::unix_us();
+            if reply["ok"] != json!(true) {
+                self.fail(format!("guest kernel trace: {}", reply["error"]));
+                self.kernel_trace = false;
+                return true;
+            }
+            if lock(&self.shared).kernel.absorb(&reply, sent, received) == 0 {
+                break;
+            }
+        }
+        true
     }
 
     /// Opens or closes a stall of the workload's request in flight.
@@ -426,7 +531,12 @@ fn host_loop(
         daemon_pid,
     } = host;
     let mut next = Instant::now();
+    let mut trace_seq = 0;
     while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = collect_daemon_events(shared, control, &mut trace_seq) {
+            lock(shared).errors.push(format!("daemon sampler: {e}"));
+            return;
+        }
         let memory = daemon_pid.and_then(|pid| crate::ProcMemory::of(pid).ok());
         let fds = daemon_pid.and_then(|pid| crate::open_fds(pid).ok());
         let counters = match control.counters() {
@@ -465,6 +575,32 @@ fn host_loop(
             std::thread::sleep(POLL.min(next.saturating_duration_since(Instant::now())));
         }
     }
+    // What happened since the last period.
+    let _ = collect_daemon_events(shared, control, &mut trace_seq);
+}
+
+/// The daemon's events after `seq` into the run's list; a gap in their
+/// sequence numbers counts as lost events.
+fn collect_daemon_events(
+    shared: &Mutex<Shared>,
+    control: &mut Control,
+    seq: &mut u64,
+) -> crate::Result<()> {
+    let events = control.trace(*seq, None)?;
+    let mut s = lock(shared);
+    for e in events {
+        let Some(n) = e["seq"].as_u64().filter(|&n| n > *seq) else {
+            continue;
+        };
+        s.daemon_events_lost += n.saturating_sub(*seq + 1);
+        *seq = n;
+        if s.daemon_events.len() < DAEMON_EVENTS {
+            s.daemon_events.push(e);
+        } else {
+            s.daemon_events_lost += 1;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -526,7 +662,26 @@ mod tests {
     /// before answering request number `slow` (1-based; 0: never).
     fn fake_guest(path: &Path, slow: u32, pause: Duration) {
         let count = Arc::new(AtomicU32::new(0));
-        serve(path, move |_| {
+        let reads = Arc::new(AtomicU32::new(0));
+        serve(path, move |r| {
+            // The kernel trace: its guest clock is the host's minus 1000 s;
+            // the first read hands over one event of two, the next the other.
+            let guest_ns = (crate::unix_us() - 1_000_000_000) * 1000;
+            match r["op"].as_str() {
+                Some("trace_start") => return json!({"ok": true, "mono_ns": guest_ns}),
+                Some("trace_read") => {
+                    let n = reads.fetch_add(1, Ordering::Relaxed);
+                    let events: Vec<Value> = (n..2.min(n + 1))
+                        .map(|i| {
+                            json!({"t_ns": guest_ns - 1000 * (2 - u64::from(i)), "cpu": 0,
+                            "name": "virtio_gpu_bo_evict", "args": {"res": 5, "gen": i}})
+                        })
+                        .collect();
+                    return json!({"ok": true, "events": events, "pending": u32::from(n == 0),
+                        "dropped": 0, "unparsed": 0, "kernel_overrun": 0, "mono_ns": guest_ns});
+                }
+                _ => {}
+            }
             if count.fetch_add(1, Ordering::Relaxed) + 1 == slow {
                 std::thread::sleep(pause);
             }
@@ -538,6 +693,10 @@ mod tests {
     }
 
     fn start(dir: &Path, slot: &InFlightSlot, period_ms: u64) -> Sampler {
+        start_with(dir, slot, period_ms, false)
+    }
+
+    fn start_with(dir: &Path, slot: &InFlightSlot, period_ms: u64, kernel_trace: bool) -> Sampler {
         let daemon = dir.join("daemon.sock");
         Sampler::start(
             Channels {
@@ -548,6 +707,7 @@ mod tests {
                 workload_in_flight: slot.clone(),
                 // The stand-in daemon lives in this process.
                 daemon_pid: Some(std::process::id()),
+                kernel_trace,
             },
             Duration::from_millis(period_ms),
             Duration::from_millis(500),
@@ -634,6 +794,39 @@ mod tests {
         assert!(daemon.iter().all(|d| d.rss_mib.is_some_and(|m| m > 0.0)
             && d.anon_mib.is_some()
             && d.open_fds.is_some_and(|n| n > 3)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The guest kernel's events and the daemon's come over with the
+    /// samples: every event once, on the host clock, the clock estimated
+    /// at every read.
+    #[test]
+    fn kernel_and_daemon_events_are_collected() {
+        let dir = temp_dir("events");
+        fake_guest(&dir.join("guest.sock"), 0, Duration::ZERO);
+        fake_daemon(&dir.join("daemon.sock"));
+        let slot = InFlightSlot::default();
+        let sampler = start_with(&dir, &slot, 50, true);
+        std::thread::sleep(Duration::from_millis(400));
+        let sampled = sampler.finish();
+        assert!(sampled.errors.is_empty(), "{:?}", sampled.errors);
+        let k = &sampled.kernel;
+        assert_eq!(k.unavailable, None);
+        let events = k.events();
+        assert_eq!(
+            events.iter().map(|e| e.gen()).collect::<Vec<_>>(),
+            [Some(0), Some(1)]
+        );
+        // On the host clock: within the stand-in's own round trips of now.
+        let now = crate::unix_us() as f64;
+        for e in &events {
+            assert!((now - e.host_us).abs() < 2e6, "{e:?}");
+            assert!(e.uncertainty_us >= 0.0 && e.uncertainty_us < 1e5, "{e:?}");
+        }
+        assert!(k.clock.len() >= 3, "{}", k.clock.len());
+        // The stand-in daemon has one event (seq 8): seven missed before it.
+        assert_eq!(sampled.daemon_events.len(), 1);
+        assert_eq!(sampled.daemon_events_lost, 7);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,7 +5,7 @@
 //! from the guest side and through the daemon's control socket.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -70,7 +70,7 @@ impl Bo {
             self.history.pop_front();
         }
         self.history.push_back(json!({
-            "time_us": now_us(),
+            "time_us": crate::unix_us(),
             "action": action,
             "version": self.version,
             "detail": detail,
@@ -80,12 +80,6 @@ impl Bo {
     fn pattern_args(&self, version: u64, seed: u64) -> Value {
         json!({"handle": self.handle, "seed": seed, "bo": self.serial, "version": version, "pattern": self.pattern})
     }
-}
-
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Counts of what the workload did.
@@ -409,6 +403,7 @@ impl Run {
             "guest_history": bo.history,
             "daemon_trace": trace,
             "t_s": self.started.elapsed().as_secs_f64(),
+            "time_us": crate::unix_us(),
         })
     }
 
