@@ -5,10 +5,13 @@
 //! also carries the guest's clock as the reply was made; the host notes its
 //! own clock (Unix time, the daemon's trace clock) before sending and after
 //! receiving, so every read is one estimate of the offset between the two
-//! clocks, good to half its round trip. An event is placed with the
-//! estimate that bounds it best: the smallest half round trip plus a drift
-//! allowance for the distance in time (twice the drift measured over the
-//! run, at least [`MIN_DRIFT_PPM`]); that bound is its stated uncertainty.
+//! clocks, good to half its round trip. The two clocks drift apart (a TCG
+//! guest calibrates its TSC against emulated timers: 1% is common), so an
+//! event is placed by interpolating the offset between the estimates
+//! before and after it that bound it best; its stated uncertainty is the
+//! larger of their half round trips plus [`MIN_DRIFT_PPM`] of the distance
+//! to the farther one (the drift may change in between). An event outside
+//! the estimates is extrapolated with the drift measured over the run.
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -18,8 +21,9 @@ pub const CAPACITY: usize = 1 << 18;
 /// Clock estimates kept (one per sampler period: hours of them).
 const MAX_CLOCK_SAMPLES: usize = 1 << 16;
 /// Estimates looked at on each side of an event's time.
-const NEIGHBOURS: usize = 64;
-/// The least drift between the two clocks assumed, in parts per million.
+const NEIGHBOURS: usize = 32;
+/// How much the drift may change between two estimates, in parts per
+/// million of the time between them.
 pub const MIN_DRIFT_PPM: f64 = 20.0;
 
 /// One estimate: host time (µs since the Unix epoch) at the middle of a
@@ -35,6 +39,14 @@ impl ClockSample {
     fn offset_us(&self) -> f64 {
         self.host_us - self.guest_us
     }
+}
+
+/// The drift of the guest's clock against the host's: host µs gained per
+/// guest µs, and how far off that may be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Drift {
+    rate: f64,
+    error: f64,
 }
 
 /// Guest-to-host clock estimates, in guest time order.
@@ -68,60 +80,83 @@ impl ClockSync {
         self.samples.is_empty()
     }
 
-    /// The drift of the guest's clock against the host's, in ppm: the
-    /// offset change between the best estimates of the first and last
-    /// tenth of the run (None with fewer than 20 estimates or under 10 s).
-    pub fn drift_ppm(&self) -> Option<f64> {
+    /// The drift between the best estimates of the first and the last
+    /// tenth of the run (None with fewer than 4 estimates or under 1 s).
+    fn drift(&self) -> Option<Drift> {
         let n = self.samples.len();
-        if n < 20 {
+        if n < 4 {
             return None;
         }
+        let tenth = (n / 10).max(1);
         let best = |s: &[ClockSample]| {
             s.iter()
                 .min_by(|a, b| a.half_rtt_us.total_cmp(&b.half_rtt_us))
                 .copied()
         };
         let (a, b) = (
-            best(&self.samples[..n / 10])?,
-            best(&self.samples[n - n / 10..])?,
+            best(&self.samples[..tenth])?,
+            best(&self.samples[n - tenth..])?,
         );
         let span = b.guest_us - a.guest_us;
-        (span >= 10e6).then(|| (b.offset_us() - a.offset_us()) / span * 1e6)
+        (span >= 1e6).then(|| Drift {
+            rate: (b.offset_us() - a.offset_us()) / span,
+            error: (a.half_rtt_us + b.half_rtt_us) / span,
+        })
     }
 
-    fn drift_allowance(&self) -> f64 {
-        self.drift_ppm()
-            .map_or(MIN_DRIFT_PPM, |d| (2.0 * d.abs()).max(MIN_DRIFT_PPM))
-            / 1e6
+    /// The drift measured over the run, in ppm.
+    pub fn drift_ppm(&self) -> Option<f64> {
+        self.drift().map(|d| d.rate * 1e6)
     }
 
     /// A guest time (ns) on the host clock (µs since the Unix epoch), with
     /// its uncertainty (µs); None without any estimate.
     pub fn to_host(&self, guest_ns: u64) -> Option<(f64, f64)> {
-        self.to_host_with(guest_ns, self.drift_allowance())
+        self.to_host_with(guest_ns, self.drift())
     }
 
-    fn to_host_with(&self, guest_ns: u64, drift: f64) -> Option<(f64, f64)> {
+    fn to_host_with(&self, guest_ns: u64, drift: Option<Drift>) -> Option<(f64, f64)> {
         let g = guest_ns as f64 / 1e3;
+        let change = MIN_DRIFT_PPM / 1e6;
         let at = self.samples.partition_point(|s| s.guest_us <= g);
-        let lo = at.saturating_sub(NEIGHBOURS);
-        let hi = (at + NEIGHBOURS).min(self.samples.len());
-        self.samples[lo..hi]
-            .iter()
-            .map(|s| (s, s.half_rtt_us + (g - s.guest_us).abs() * drift))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(s, bound)| (g + s.offset_us(), bound))
+        let bound = |s: &ClockSample| s.half_rtt_us + (g - s.guest_us).abs() * change;
+        let best = |range: &[ClockSample]| {
+            range
+                .iter()
+                .min_by(|a, b| bound(a).total_cmp(&bound(b)))
+                .copied()
+        };
+        let before = best(&self.samples[at.saturating_sub(NEIGHBOURS)..at]);
+        let after = best(&self.samples[at..(at + NEIGHBOURS).min(self.samples.len())]);
+        match (before, after) {
+            (Some(a), Some(b)) if b.guest_us > a.guest_us => {
+                let f = (g - a.guest_us) / (b.guest_us - a.guest_us);
+                let offset = a.offset_us() + (b.offset_us() - a.offset_us()) * f;
+                let far = (g - a.guest_us).max(b.guest_us - g);
+                Some((g + offset, a.half_rtt_us.max(b.half_rtt_us) + far * change))
+            }
+            (Some(s), _) | (None, Some(s)) => {
+                let (rate, error) = drift.map_or((0.0, change), |d| (d.rate, d.error + change));
+                let d = g - s.guest_us;
+                Some((
+                    g + s.offset_us() + rate * d,
+                    s.half_rtt_us + d.abs() * error,
+                ))
+            }
+            (None, None) => None,
+        }
     }
 
     pub fn summary(&self) -> Value {
         let mut rtts: Vec<f64> = self.samples.iter().map(|s| s.half_rtt_us).collect();
         rtts.sort_by(f64::total_cmp);
+        let drift = self.drift();
         json!({
             "estimates": self.samples.len(),
             "best_half_round_trip_us": rtts.first(),
             "median_half_round_trip_us": rtts.get(rtts.len() / 2),
-            "drift_ppm": self.drift_ppm(),
-            "drift_allowance_ppm": self.drift_allowance() * 1e6,
+            "drift_ppm": drift.map(|d| d.rate * 1e6),
+            "drift_error_ppm": drift.map(|d| d.error * 1e6),
         })
     }
 }
@@ -212,7 +247,7 @@ impl KernelTrace {
     /// Every event on the host clock, in time order (none without a clock
     /// estimate).
     pub fn events(&self) -> Vec<KernelEvent> {
-        let drift = self.clock.drift_allowance();
+        let drift = self.clock.drift();
         let mut out: Vec<KernelEvent> = self
             .raw
             .iter()
@@ -247,9 +282,15 @@ impl KernelTrace {
         for r in &self.raw {
             *by_name.entry(&r.name).or_default() += 1;
         }
+        let mut bounds: Vec<f64> = self.events().iter().map(|e| e.uncertainty_us).collect();
+        bounds.sort_by(f64::total_cmp);
         json!({
             "unavailable": self.unavailable,
             "events": self.raw.len(),
+            "uncertainty_us": {
+                "median": bounds.get(bounds.len() / 2).map(|u| u.round()),
+                "max": bounds.last().map(|u| u.round()),
+            },
             "by_event": by_name,
             "lost": {
                 "host_buffer_full": self.host_dropped,
@@ -268,23 +309,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_best_estimate_places_an_event() {
+    fn an_event_between_estimates_is_interpolated() {
         let mut c = ClockSync::default();
-        // Guest clock = host - 1_000_000 µs; round trips of 400 and 40 µs.
+        // Guest clock = host - 1_000_000 µs at host 2 s, 1% slow: by host
+        // 3 s it lags 10 ms more. Round trips of 400 and 40 µs.
         c.push(2_000_000, 2_000_400, 1_000_200_000);
-        c.push(3_000_000, 3_000_040, 2_000_020_000);
-        let (host, bound) = c.to_host(2_000_000_000).unwrap();
-        assert!((host - 3_000_000.0).abs() < 1e-6, "{host}");
-        // 20 µs half round trip, plus 20 ppm of 20 µs.
-        assert!((bound - 20.0004).abs() < 1e-6, "{bound}");
-        // A second away, the sharp estimate still bounds it best.
-        let (_, far) = c.to_host(1_000_000_000).unwrap();
-        assert!((far - 40.0004).abs() < 1e-6, "{far}");
+        c.push(3_000_000, 3_000_040, 1_990_218_000);
+        // Halfway in guest time.
+        let (host, bound) = c.to_host(1_495_209_000).unwrap();
+        assert!((host - 2_500_110.0).abs() < 1e-3, "{host}");
+        // The worse half round trip, plus 20 ppm of ~0.5 s.
+        assert!((bound - 209.9).abs() < 0.1, "{bound}");
         assert_eq!(ClockSync::default().to_host(5), None);
     }
 
     #[test]
-    fn drift_is_measured_and_widens_the_allowance() {
+    fn drift_is_measured_and_extrapolated_with() {
         let mut c = ClockSync::default();
         // The guest clock runs 100 ppm slow over 100 s.
         for i in 0..100u64 {
@@ -293,8 +333,15 @@ mod tests {
             c.push(host, host + 10, (guest_us * 1e3) as u64);
         }
         let drift = c.drift_ppm().unwrap();
-        assert!((drift - 100.0).abs() < 1.0, "{drift}");
-        assert!((c.summary()["drift_allowance_ppm"].as_f64().unwrap() - 2.0 * drift).abs() < 1e-6);
+        assert!((drift - 100.0).abs() < 0.1, "{drift}");
+        // 10 s after the last estimate, guest time.
+        let last_guest_us = 99e6 * (1.0 - 100e-6);
+        let g = last_guest_us + 10e6;
+        let (host, bound) = c.to_host((g * 1e3) as u64).unwrap();
+        let truth = 1_000_005.0 + g / (1.0 - 100e-6);
+        assert!((host - truth).abs() < 5.0, "{host} vs {truth}");
+        assert!(bound >= (host - truth).abs() && bound < 300.0, "{bound}");
+        assert_eq!(c.summary()["estimates"], 100);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! guest; and one whose transfers complete 6 s late, which must fail the
 //! responsiveness check.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use gpuswap_tests::stress::{self, Options, Scenario};
+use gpuswap_tests::trace_file;
 use serde_json::Value;
 
 /// Debian's QEMU 10, which hides blob resources from the guest.
@@ -102,6 +104,17 @@ fn a_corrupted_transfer_is_detected_and_named() {
     assert!(failure["guest_history"]
         .as_array()
         .is_some_and(|h| !h.is_empty()));
+    // The guest kernel's side of the story: at least the ATTACH of the
+    // backing the corrupted transfer went through, by resource id.
+    let kernel = failure["guest_kernel"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no guest kernel events in the story: {failure}"));
+    assert!(
+        kernel
+            .iter()
+            .any(|e| e["event"] == "bo_attach" && e["args"]["res"].as_u64() == Some(res_id)),
+        "no guest ATTACH of resource {res_id} in the story: {kernel:?}"
+    );
     // Everything else held: the corruption is the only thing wrong.
     for (name, c) in r["checks"].as_object().unwrap() {
         if name != "host_copy_matches_guest" && name != "pressure_bit" {
@@ -193,4 +206,210 @@ fn a_workload_request_longer_than_the_bound_fails_the_check() {
     assert!(stall["stall_s"].as_f64().unwrap() > 5.0, "{stall}");
     // The sampler itself kept getting answers.
     assert!(responsive["passed"].as_u64().unwrap() > 0, "{responsive}");
+}
+
+/// One event of a trace file: time (µs since the run began) and, for a
+/// guest kernel event, the uncertainty of its placement.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    ts: f64,
+    uncertainty: f64,
+}
+
+/// A resource's life in the trace: resource ids come back after an
+/// UNREF, so `(resource, generation)` names one backing only together
+/// with how many UNREFs of that id the daemon had done before.
+type Key<'a> = (u64, &'a str, u64, usize, u64);
+
+/// `--trace` writes one timeline that a viewer can open, and it tells the
+/// truth about order: for every backing the guest evicted and attached
+/// again, the guest queued the DETACH before the daemon detached it, the
+/// guest let the pages go only after, the guest queued the next ATTACH
+/// before the daemon attached it, and a transfer's ATTACH reached the
+/// daemon before the transfer request returned, all within the stated
+/// clock uncertainty. (Forced scans on top of the sawtooth make sure there
+/// are such backings.)
+#[test]
+fn the_trace_file_orders_guest_kernel_and_daemon_events() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut o = short(Scenario::Sawtooth, "trace", 40);
+    o.pressure.forced_scan = true;
+    let path = o.report.with_extension("trace.json");
+    let _ = std::fs::remove_file(&path);
+    o.trace = Some(path.clone());
+    let outcome = stress::run(&o).expect("the run starts");
+    assert!(
+        outcome.passed,
+        "stress run failed: see {}",
+        outcome.report_path.display()
+    );
+    let text = std::fs::read_to_string(&path).expect("the trace file");
+    let trace: Value = serde_json::from_str(&text).expect("the trace file is JSON");
+    let summary = trace_file::validate(&trace).expect("valid trace-event JSON");
+    assert_eq!(summary.named_processes.len(), 4, "{summary:?}");
+    assert!(
+        summary.completes > 100 && summary.counters > 30,
+        "{summary:?}"
+    );
+    let events = trace["traceEvents"].as_array().unwrap();
+    let (guest, daemon) = (trace_file::PID_GUEST_KERNEL, trace_file::PID_DAEMON);
+
+    // The daemon's UNREFs per resource id: the boundaries of its lives.
+    let mut unrefs: HashMap<u64, Vec<f64>> = HashMap::new();
+    for e in events {
+        if e["pid"].as_u64() == Some(daemon) && e["name"] == "unref" {
+            let (res, ts) = (e["tid"].as_u64().unwrap(), e["ts"].as_f64().unwrap());
+            unrefs.entry(res).or_default().push(ts);
+        }
+    }
+    // Which life of `res` an event at `ts` belongs to; None when an UNREF
+    // lies within its uncertainty (it cannot be told).
+    let life = |res: u64, ts: f64, uncertainty: f64| -> Option<usize> {
+        let bounds = unrefs.get(&res).map_or(&[][..], Vec::as_slice);
+        if bounds
+            .iter()
+            .any(|&u| (u - ts).abs() <= uncertainty && uncertainty > 0.0)
+        {
+            return None;
+        }
+        Some(bounds.iter().filter(|&&u| u < ts).count())
+    };
+    let mut marks: HashMap<Key<'_>, Vec<Mark>> = HashMap::new();
+    let mut transfers: Vec<(f64, f64)> = Vec::new();
+    let mut unplaced = 0;
+    for e in events {
+        let (pid, name, ts) = (e["pid"].as_u64(), e["name"].as_str(), e["ts"].as_f64());
+        let (Some(pid), Some(name), Some(ts)) = (pid, name, ts) else {
+            continue;
+        };
+        if pid == trace_file::PID_HARNESS && name == "transfer_to_host" {
+            transfers.push((ts, ts + e["dur"].as_f64().unwrap()));
+            continue;
+        }
+        let args = &e["args"];
+        let (res, gen, uncertainty) = match pid {
+            p if p == guest => (
+                args["res"].as_u64(),
+                args["gen"].as_u64(),
+                args["uncertainty_us"].as_f64().unwrap_or(f64::NAN),
+            ),
+            p if p == daemon => (e["tid"].as_u64(), args["generation"].as_u64(), 0.0),
+            _ => continue,
+        };
+        let (Some(res), Some(gen)) = (res, gen) else {
+            continue;
+        };
+        match life(res, ts, uncertainty) {
+            Some(l) => marks
+                .entry((pid, name, res, l, gen))
+                .or_default()
+                .push(Mark { ts, uncertainty }),
+            None => unplaced += 1,
+        }
+    }
+    // The first of its kind (evictions and restores repeat within one
+    // backing: a fault restores without an ATTACH); DETACHes and ATTACHes
+    // happen once per backing.
+    let first = |key: Key<'_>| marks.get(&key).map(|m| m[0]);
+    let once = |key: Key<'_>| {
+        let m = marks.get(&key)?;
+        assert_eq!(m.len(), 1, "{key:?} more than once: {m:?}");
+        Some(m[0])
+    };
+    let mut cycles = 0;
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, a: Mark, b: Mark, key: Key<'_>| {
+        let slack = a.uncertainty.max(b.uncertainty);
+        assert!(slack.is_finite(), "{what}: uncertainty {slack} µs");
+        if a.ts > b.ts + slack {
+            wrong.push(format!(
+                "{key:?}: {what} ({:.0} µs, uncertainty {slack:.0} µs)",
+                a.ts - b.ts
+            ));
+        }
+    };
+    let detaches: Vec<Key<'_>> = marks
+        .keys()
+        .filter(|k| k.0 == guest && k.1 == "bo_detach")
+        .copied()
+        .collect();
+    for (_, _, res, l, gen) in detaches {
+        let queued = once((guest, "bo_detach", res, l, gen)).unwrap();
+        let Some(detached) = once((daemon, "detach", res, l, gen)) else {
+            continue;
+        };
+        let key = (guest, "bo_detach", res, l, gen);
+        check(
+            "the daemon detached before the guest queued it",
+            queued,
+            detached,
+            key,
+        );
+        if let Some(evicted) = first((guest, "bo_evict", res, l, gen)) {
+            check(
+                "the guest let the pages go before the daemon detached",
+                detached,
+                evicted,
+                key,
+            );
+        }
+        let (Some(reattach), Some(attached)) = (
+            once((guest, "bo_attach", res, l, gen + 1)),
+            once((daemon, "attach", res, l, gen + 1)),
+        ) else {
+            continue;
+        };
+        cycles += 1;
+        let key = (guest, "bo_attach", res, l, gen + 1);
+        check(
+            "the daemon attached before the guest queued it",
+            reattach,
+            attached,
+            key,
+        );
+        // A transfer's ATTACH goes out before the transfer, which the
+        // request waits for: the daemon attached before the request returned.
+        if let Some(&(_, end)) = transfers
+            .iter()
+            .find(|(start, end)| (*start..=*end).contains(&reattach.ts))
+        {
+            let returned = Mark {
+                ts: end,
+                uncertainty: 0.0,
+            };
+            check(
+                "the transfer returned before the daemon attached",
+                attached,
+                returned,
+                key,
+            );
+        }
+    }
+    assert!(
+        cycles > 0,
+        "no backing was detached and attached again on both sides: {}",
+        outcome.report["events"]
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {cycles} cycles out of order: {wrong:#?}",
+        wrong.len()
+    );
+    eprintln!(
+        "{cycles} detach/attach cycles in order; {unplaced} events next to an UNREF not judged"
+    );
+    // The alignment is worth something: a few ms (the guest sampler's
+    // round trip under TCG), not the run's length.
+    let kernel = &outcome.report["events"]["guest_kernel"];
+    let median = kernel["uncertainty_us"]["median"].as_f64().unwrap();
+    assert!(
+        median < 20_000.0,
+        "median uncertainty {median} µs: {kernel}"
+    );
+    // Nothing was lost on the way.
+    let lost = &kernel["lost"];
+    for (what, n) in lost.as_object().unwrap() {
+        assert_eq!(n, 0, "{what}: {lost}");
+    }
+    assert_eq!(outcome.report["events"]["daemon_events"]["lost"], 0);
 }

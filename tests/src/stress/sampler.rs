@@ -337,8 +337,18 @@ impl GuestThread {
 
     fn start_kernel_trace(&mut self) {
         let deadline = Instant::now() + self.max_stall.max(LAST_READ);
+        let sent = crate::unix_us();
         let unavailable = match self.ask(json!({"op": "trace_start"}), deadline, false) {
-            Ok(Some(r)) if r["ok"] == json!(true) => None,
+            Ok(Some(r)) if r["ok"] == json!(true) => {
+                // The first clock estimate, before any event.
+                if let Some(mono) = r["mono_ns"].as_u64() {
+                    lock(&self.shared)
+                        .kernel
+                        .clock
+                        .push(sent, crate::unix_us(), mono);
+                }
+                None
+            }
             Ok(Some(r)) => Some(
                 r["error"]
                     .as_str()
