@@ -214,6 +214,8 @@ fn a_workload_request_longer_than_the_bound_fails_the_check() {
 struct Mark {
     ts: f64,
     uncertainty: f64,
+    /// A guest ATTACH queued for a transfer.
+    for_transfer: bool,
 }
 
 /// A resource's life in the trace: resource ids come back after an
@@ -303,7 +305,11 @@ fn the_trace_file_orders_guest_kernel_and_daemon_events() {
             Some(l) => marks
                 .entry((pid, name, res, l, gen))
                 .or_default()
-                .push(Mark { ts, uncertainty }),
+                .push(Mark {
+                    ts,
+                    uncertainty,
+                    for_transfer: args["use"] == "transfer",
+                }),
             None => unplaced += 1,
         }
     }
@@ -316,7 +322,7 @@ fn the_trace_file_orders_guest_kernel_and_daemon_events() {
         assert_eq!(m.len(), 1, "{key:?} more than once: {m:?}");
         Some(m[0])
     };
-    let mut cycles = 0;
+    let (mut cycles, mut transfers_judged) = (0, 0);
     let mut wrong = Vec::new();
     let mut check = |what: &str, a: Mark, b: Mark, key: Key<'_>| {
         let slack = a.uncertainty.max(b.uncertainty);
@@ -368,14 +374,22 @@ fn the_trace_file_orders_guest_kernel_and_daemon_events() {
             key,
         );
         // A transfer's ATTACH goes out before the transfer, which the
-        // request waits for: the daemon attached before the request returned.
+        // request waits for: the daemon attached before the request
+        // returned. (Only for a request that surely holds the ATTACH.)
+        let (lo, hi) = (
+            reattach.ts - reattach.uncertainty,
+            reattach.ts + reattach.uncertainty,
+        );
         if let Some(&(_, end)) = transfers
             .iter()
-            .find(|(start, end)| (*start..=*end).contains(&reattach.ts))
+            .filter(|_| reattach.for_transfer)
+            .find(|(start, end)| *start <= lo && hi <= *end)
         {
+            transfers_judged += 1;
             let returned = Mark {
                 ts: end,
                 uncertainty: 0.0,
+                for_transfer: false,
             };
             check(
                 "the transfer returned before the daemon attached",
@@ -396,7 +410,8 @@ fn the_trace_file_orders_guest_kernel_and_daemon_events() {
         wrong.len()
     );
     eprintln!(
-        "{cycles} detach/attach cycles in order; {unplaced} events next to an UNREF not judged"
+        "{cycles} detach/attach cycles in order ({transfers_judged} against their transfer); \
+         {unplaced} events next to an UNREF not judged"
     );
     // The alignment is worth something: a few ms (the guest sampler's
     // round trip under TCG), not the run's length.

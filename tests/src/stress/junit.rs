@@ -197,7 +197,9 @@ mod tests {
             json!({"res_id": 7, "buffer": 2, "kind": "2d", "size": [64, 64],
                    "pattern": "random", "version": 3, "t_s": 1.5,
                    "detail": "hash <a> & \"b\"\u{1}",
-                   "daemon_trace": [{"time_us": 10, "event": "attach", "generation": 2}]})
+                   "daemon_trace": [{"time_us": 10, "event": "attach", "generation": 2}],
+                   "guest_kernel": [{"time_us": 8, "uncertainty_us": 1400.4, "event": "bo_attach",
+                                     "args": {"res": 7, "gen": 2, "use": "transfer"}}]})
         });
         let xml = for_run(&checks, &report(), 12.5);
         let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
@@ -235,6 +237,12 @@ mod tests {
         assert!(story.contains("resource 7"), "{story}");
         assert!(story.contains("hash <a> & "), "{story}");
         assert!(story.contains("daemon  attach"), "{story}");
+        // The guest kernel's ATTACH, by time before the daemon's.
+        let kernel = story
+            .find("kernel  bo_attach          g2")
+            .unwrap_or_else(|| panic!("{story}"));
+        assert!(story[kernel..].contains("(±1400 µs)"), "{story}");
+        assert!(kernel < story.find("daemon  attach").unwrap(), "{story}");
         assert!(
             story.contains("reproduce: cargo xtask run -- steady --seed 3"),
             "{story}"

@@ -137,16 +137,20 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     let steps = StepLog::default();
     agent.log_steps(steps.clone());
     let qmp = Arc::new(Mutex::new(qmp));
+    let mut sampler_agent =
+        wait_for_agent(&vm.sampler_socket, &vm.serial_log, SAMPLER_WAIT, || None)
+            .map_err(|e| format!("guest sampler: {e}"))?;
+    // Always, and before the workload creates a buffer: failure stories
+    // show what the guest kernel did to it from the start.
+    let kernel_trace = sampler::start_kernel_trace(&mut sampler_agent);
     let sampler_channels = Channels {
-        guest: wait_for_agent(&vm.sampler_socket, &vm.serial_log, SAMPLER_WAIT, || None)
-            .map_err(|e| format!("guest sampler: {e}"))?,
+        guest: sampler_agent,
         guest_side_control: daemon.control()?,
         host_side_control: daemon.control()?,
         qmp: o.pressure.balloon.then(|| qmp.clone()),
         workload_in_flight,
         daemon_pid: Some(daemon.pid()),
-        // Always: failure stories show what the guest kernel did.
-        kernel_trace: true,
+        kernel_trace: Some(kernel_trace),
     };
     // The launcher's choice when none is given: $GPUSWAP_QEMU, else PATH.
     let qemu_binary = o

@@ -388,11 +388,11 @@ pub(super) fn failure_story(name: &str, f: &Value) -> Vec<String> {
         lines.push((
             e["time_us"].as_u64().unwrap_or(0),
             format!(
-                "kernel  {:<18} g{} {} (±{} µs)",
+                "kernel  {:<18} g{} {} (±{:.0} µs)",
                 e["event"].as_str().unwrap_or("?"),
                 e["args"]["gen"],
                 e["args"],
-                e["uncertainty_us"]
+                e["uncertainty_us"].as_f64().unwrap_or(f64::NAN)
             ),
         ));
     }

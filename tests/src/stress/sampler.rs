@@ -108,21 +108,54 @@ pub struct Channels {
     pub workload_in_flight: InFlightSlot,
     /// The daemon's process, for its memory and descriptors over time.
     pub daemon_pid: Option<u32>,
-    /// Stream the guest kernel's tracepoints.
-    pub kernel_trace: bool,
+    /// The guest kernel's tracepoints, if they stream (see
+    /// [`start_kernel_trace`]): the sampler goes on reading them.
+    pub kernel_trace: Option<KernelTrace>,
+}
+
+/// Clock estimates taken right after the trace starts: the events of the
+/// workload's first second (buffer creation) need them.
+const FIRST_ESTIMATES: usize = 5;
+
+/// Starts streaming the guest kernel's tracepoints on the sampler's
+/// channel, before the workload creates anything. The result says why
+/// not if the guest cannot (`unavailable`), and holds the first clock
+/// estimates otherwise (from empty reads: quick round trips, unlike
+/// `trace_start`'s).
+pub fn start_kernel_trace(guest: &mut Agent) -> KernelTrace {
+    let mut trace = KernelTrace::default();
+    if let Err(e) = guest.request(json!({"op": "trace_start"})) {
+        trace.unavailable = Some(e);
+        return trace;
+    }
+    for _ in 0..FIRST_ESTIMATES {
+        let sent = crate::unix_us();
+        match guest.request(json!({"op": "trace_read", "max": 0})) {
+            Ok(r) => {
+                trace.absorb(&r, sent, crate::unix_us());
+            }
+            Err(e) => {
+                trace.unavailable = Some(e);
+                break;
+            }
+        }
+    }
+    trace
 }
 
 impl Sampler {
     /// Starts sampling every `period` with times relative to `epoch`.
     pub fn start(
-        channels: Channels,
+        mut channels: Channels,
         period: Duration,
         max_stall: Duration,
         epoch: Instant,
         timeline: Timeline,
     ) -> std::io::Result<Sampler> {
+        let streaming = kernel_trace_streams(&channels.kernel_trace);
         let shared = Arc::new(Mutex::new(Shared {
             timeline,
+            kernel: channels.kernel_trace.take().unwrap_or_default(),
             ..Shared::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -133,7 +166,7 @@ impl Sampler {
             qmp,
             workload_in_flight,
             daemon_pid,
-            kernel_trace,
+            kernel_trace: _,
         } = channels;
         let guest_thread = {
             let mut g = GuestThread {
@@ -145,7 +178,7 @@ impl Sampler {
                 period,
                 max_stall,
                 epoch,
-                kernel_trace,
+                kernel_trace: streaming,
             };
             std::thread::Builder::new()
                 .name("sampler-guest".into())
@@ -216,6 +249,10 @@ impl Sampler {
     }
 }
 
+fn kernel_trace_streams(trace: &Option<KernelTrace>) -> bool {
+    trace.as_ref().is_some_and(|t| t.unavailable.is_none())
+}
+
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -245,9 +282,6 @@ struct GuestThread {
 
 impl GuestThread {
     fn run(&mut self) {
-        if self.kernel_trace {
-            self.start_kernel_trace();
-        }
         let mut last_shrinker = Value::Null;
         let mut workload_stall: Option<OpenStall> = None;
         let mut next = Instant::now();
@@ -333,35 +367,6 @@ impl GuestThread {
                 return Ok(None);
             }
         }
-    }
-
-    fn start_kernel_trace(&mut self) {
-        let deadline = Instant::now() + self.max_stall.max(LAST_READ);
-        let sent = crate::unix_us();
-        let unavailable = match self.ask(json!({"op": "trace_start"}), deadline, false) {
-            Ok(Some(r)) if r["ok"] == json!(true) => {
-                // The first clock estimate, before any event.
-                if let Some(mono) = r["mono_ns"].as_u64() {
-                    lock(&self.shared)
-                        .kernel
-                        .clock
-                        .push(sent, crate::unix_us(), mono);
-                }
-                None
-            }
-            Ok(Some(r)) => Some(
-                r["error"]
-                    .as_str()
-                    .unwrap_or("trace_start failed")
-                    .to_string(),
-            ),
-            Ok(None) => Some("the guest did not answer trace_start in time".to_string()),
-            Err(e) => Some(format!("trace_start: {e}")),
-        };
-        if unavailable.is_some() {
-            self.kernel_trace = false;
-        }
-        lock(&self.shared).kernel.unavailable = unavailable;
     }
 
     /// Drains the guest's kernel trace buffer (a few reads at most; a
@@ -708,9 +713,11 @@ mod tests {
 
     fn start_with(dir: &Path, slot: &InFlightSlot, period_ms: u64, kernel_trace: bool) -> Sampler {
         let daemon = dir.join("daemon.sock");
+        let mut guest = Agent::connect(&dir.join("guest.sock")).unwrap();
+        let kernel_trace = kernel_trace.then(|| start_kernel_trace(&mut guest));
         Sampler::start(
             Channels {
-                guest: Agent::connect(&dir.join("guest.sock")).unwrap(),
+                guest,
                 guest_side_control: Control::connect(&daemon).unwrap(),
                 host_side_control: Control::connect(&daemon).unwrap(),
                 qmp: None,
