@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: images/build-kernel.sh [--variant debug|release] [--verbose] [--dry-run]
+# Usage: images/build-kernel.sh [--variant debug|kasan|release] [--verbose] [--dry-run]
 #
 # Builds the gpuswap guest kernel and its out-of-tree Rust module(s):
 #   Debian's /usr/src/linux-source-6.12.tar.xz
@@ -7,8 +7,10 @@
 #   + make tinyconfig + images/kernel.config [+ images/kernel-debug.config]
 #   + every guest-kernel-patches/*/ directory holding a Kbuild file (M= build).
 #
-# --variant  debug (default; lockdep, DEBUG_LIST, ...; what tests use) or
-#            release (kernel.config only).
+# --variant  debug (default; lockdep, DEBUG_LIST, ...; what tests use),
+#            kasan (debug + KASAN, built with clang; the suite runs the
+#            eviction, blob and stress tests on it too) or release
+#            (kernel.config only).
 # --verbose  stream the make output to stderr (default: only to the log).
 # --dry-run  print the out/ directory these inputs map to and exit (0) without
 #            building; stderr says whether it is built (e.g. for CI cache keys).
@@ -21,7 +23,7 @@
 #       bzImage  modules/*.ko  versions.txt  config  System.map  inputs.txt
 #       tools/gen_init_cpio (used by images/build-initramfs.sh)  .complete
 # <hash> is a sha256 over all inputs: linux-source package version, series and
-# patches, both config fragments, rustc/bindgen/gcc versions, this script and
+# patches, the variant's config fragments, rustc/bindgen/C compiler versions, this script and
 # the module sources. <basehash> covers the same minus patches and modules:
 # when the series changes, the tree's applied patches from the first changed
 # one on are reverted (copies kept in <tree>/applied/), the rest of the series
@@ -63,10 +65,17 @@ while [ $# -gt 0 ]; do
 	*) log "unknown argument: $1"; usage ;;
 	esac
 done
+# The kernel's C compiler: gcc, but clang for KASAN (Rust needs it there).
+KCC=gcc
 case "$variant" in
 debug) FRAGMENTS=("$REPO/images/kernel.config" "$REPO/images/kernel-debug.config") ;;
+kasan)
+	FRAGMENTS=("$REPO/images/kernel.config" "$REPO/images/kernel-debug.config"
+		"$REPO/images/kernel-kasan.config")
+	KCC=clang
+	;;
 release) FRAGMENTS=("$REPO/images/kernel.config") ;;
-*) die "--variant must be debug or release, not '$variant'" ;;
+*) die "--variant must be debug, kasan or release, not '$variant'" ;;
 esac
 
 # A caller's build environment (cargo, make) must not leak into Kbuild.
@@ -77,14 +86,14 @@ export KBUILD_BUILD_USER=gpuswap KBUILD_BUILD_HOST=gpuswap
 for f in "$TARBALL" "$RUSTC" "$RUSTDOC" "$BINDGEN" "$PATCHES/series"; do
 	[ -e "$f" ] || die "missing $f (run images/setup-host.sh?)"
 done
-for tool in gcc make patch flex bison bc flock sha256sum; do
+for tool in gcc "$KCC" make patch flex bison bc flock sha256sum; do
 	command -v "$tool" >/dev/null || die "missing tool '$tool' (run images/setup-host.sh)"
 done
 
 # Make variables for every make call: Debian's rustc 1.96 (it has the
 # matching library sources; rustup's has none) also for host proc-macros,
 # and bindgen-cli from setup-host.sh.
-MAKEVARS=(ARCH=x86_64 RUSTC="$RUSTC" RUSTDOC="$RUSTDOC" HOSTRUSTC="$RUSTC" BINDGEN="$BINDGEN")
+MAKEVARS=(ARCH=x86_64 CC="$KCC" RUSTC="$RUSTC" RUSTDOC="$RUSTDOC" HOSTRUSTC="$RUSTC" BINDGEN="$BINDGEN")
 JOBS="$(nproc)"
 
 # --- Inputs and hashes ---------------------------------------------------------
@@ -104,7 +113,7 @@ done
 pkg_version="$(dpkg-query -W -f='${Version}' "$SRC_PKG")"
 rustc_version="$("$RUSTC" --version)"
 bindgen_version="$("$BINDGEN" --version 2>&1 | head -n1)"
-gcc_version="$(gcc --version | head -n1)"
+cc_version="$("$KCC" --version | head -n1)"
 
 file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -114,10 +123,12 @@ base_manifest() {
 	echo "linux-source $SRC_PKG $pkg_version"
 	echo "rustc $rustc_version"
 	echo "bindgen $bindgen_version"
-	echo "gcc $gcc_version"
+	echo "cc $cc_version"
 	echo "script $(file_hash "$SELF")"
-	echo "fragment kernel.config $(file_hash "$REPO/images/kernel.config")"
-	echo "fragment kernel-debug.config $(file_hash "$REPO/images/kernel-debug.config")"
+	local f
+	for f in "${FRAGMENTS[@]}"; do
+		echo "fragment ${f##*/} $(file_hash "$f")"
+	done
 }
 patch_manifest() {
 	echo "series $(file_hash "$PATCHES/series")"
@@ -370,7 +381,7 @@ cp "$SRC/usr/gen_init_cpio" "$WORK/out.tmp/tools/"
 	echo "patches=${SERIES[*]:-(none)}"
 	echo "rustc=$rustc_version"
 	echo "bindgen=$bindgen_version"
-	echo "gcc=$gcc_version"
+	echo "cc=$cc_version"
 	echo "hash=$FULL_KEY"
 	echo "tree=$SRC"
 } >"$WORK/out.tmp/versions.txt"

@@ -22,7 +22,8 @@ enum Cmd {
     Setup,
     /// Build the daemon, the guest kernel and the initramfs (cached).
     Images {
-        /// Kernel variant: debug (lockdep; what tests use) or release.
+        /// Kernel variant: debug (lockdep; what tests use), kasan (debug
+        /// plus KASAN, clang-built) or release.
         #[arg(long, default_value = "debug")]
         variant: String,
     },
@@ -36,6 +37,9 @@ enum Cmd {
     /// The main job: boot the guest on the daemon, run the guest workload
     /// and print a report (see the README).
     Run {
+        /// Guest kernel variant: debug, kasan or release.
+        #[arg(long, default_value = "debug")]
+        kernel: String,
         /// Arguments passed to the end-to-end runner.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -43,6 +47,9 @@ enum Cmd {
     /// Boot the guest N times on one daemon, a short agent exchange each
     /// time, no retries; print the failures by signature.
     BootLoop {
+        /// Guest kernel variant: debug, kasan or release.
+        #[arg(long, default_value = "debug")]
+        kernel: String,
         /// Boots.
         n: usize,
     },
@@ -227,10 +234,25 @@ fn test() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
-    let images = images("debug", false)?;
+    let debug = images("debug", false)?;
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
-    with_images(&mut tests, &images);
+    with_images(&mut tests, &debug);
+    run(&mut tests)?;
+    // The guest kernel's paths again under KASAN: eviction, blobs and the
+    // stress runs that must pass (the negative ones test the harness,
+    // which the kernel does not change). Any KASAN report fails a test.
+    let kasan = images("kasan", false)?;
+    let mut tests = cargo();
+    tests.args(["test", "-p", "gpuswap-tests"]);
+    for t in KASAN_TESTS {
+        tests.args(["--test", t]);
+    }
+    tests.arg("--");
+    for skip in KASAN_SKIP {
+        tests.args(["--skip", skip]);
+    }
+    with_images(&mut tests, &kasan);
     run(&mut tests)?;
     // Every fuzz target briefly, from a scratch copy of the seeds: catches
     // a target that no longer builds or crashes on its own corpus, and
@@ -242,6 +264,14 @@ fn test() -> Result<(), String> {
     );
     Ok(())
 }
+
+/// The real-guest test files that run on the KASAN kernel too, and the
+/// tests of them that do not (they check the harness, not the kernel).
+const KASAN_TESTS: &[&str] = &["evict", "blob", "stress"];
+const KASAN_SKIP: &[&str] = &[
+    "a_corrupted_transfer_is_detected_and_named",
+    "a_workload_request_longer_than_the_bound_fails_the_check",
+];
 
 /// The targets of crates/fuzz (`fuzz_targets/NAME.rs`).
 const FUZZ_TARGETS: &[&str] = &["decode", "device", "queue", "control"];
@@ -453,21 +483,21 @@ fn fuzz(targets: &[&str], seconds: u64, corpus: FuzzCorpus) -> Result<(), String
 }
 
 /// Runs the boot loop; its exit status is the loop's (0: every boot ok).
-fn boot_loop(n: usize) -> Result<u8, String> {
-    harness("gpuswap-boot-loop", &[n.to_string()])
+fn boot_loop(kernel: &str, n: usize) -> Result<u8, String> {
+    harness("gpuswap-boot-loop", kernel, &[n.to_string()])
 }
 
 /// Runs the main job; its exit status is gpuswap-run's (0 passed, 1 a
 /// check failed, 2 usage error, 3 could not run).
-fn main_job(args: &[String]) -> Result<u8, String> {
-    harness("gpuswap-run", args)
+fn main_job(kernel: &str, args: &[String]) -> Result<u8, String> {
+    harness("gpuswap-run", kernel, args)
 }
 
 /// Sets up, builds the images and runs harness binary `bin` of package
 /// gpuswap-tests on them; returns its exit status.
-fn harness(bin: &str, args: &[String]) -> Result<u8, String> {
+fn harness(bin: &str, kernel: &str, args: &[String]) -> Result<u8, String> {
     setup()?;
-    let images = images("debug", true)?;
+    let images = images(kernel, true)?;
     let mut job = cargo();
     job.args([
         "run",
@@ -564,8 +594,8 @@ fn main() -> ExitCode {
         }),
         Cmd::Test => test(),
         Cmd::Install => install(),
-        Cmd::Run { args } => {
-            return match main_job(&args) {
+        Cmd::Run { kernel, args } => {
+            return match main_job(&kernel, &args) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     // Set-up or images failed: nothing was checked.
@@ -596,8 +626,8 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Bench { smoke, out, args } => bench(smoke, out, &args),
-        Cmd::BootLoop { n } => {
-            return match boot_loop(n) {
+        Cmd::BootLoop { kernel, n } => {
+            return match boot_loop(&kernel, n) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("[xtask] error: {e}");
