@@ -245,6 +245,13 @@ fn the_trace_file_orders_guest_kernel_and_daemon_events() {
         "stress run failed: see {}",
         outcome.report_path.display()
     );
+    // The guest keeps time with its TSC (qemu-scripts/gpuswap-vm): with
+    // refined-jiffies its clock steps, and no alignment holds.
+    assert_eq!(
+        outcome.report["guest"]["clocksource"], "tsc",
+        "{}",
+        outcome.report["guest"]
+    );
     let text = std::fs::read_to_string(&path).expect("the trace file");
     let trace: Value = serde_json::from_str(&text).expect("the trace file is JSON");
     let summary = trace_file::validate(&trace).expect("valid trace-event JSON");

@@ -370,6 +370,7 @@ impl Agent {
     fn hello(&self) -> Value {
         let mut v = json!({
             "kernel": sysinfo::kernel_release().ok(),
+            "clocksource": sysinfo::clocksource().ok(),
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
         });

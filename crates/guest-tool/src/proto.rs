@@ -21,7 +21,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// -> `{kernel, pid, version, card, driver, device, device_error?}`
+    /// -> `{kernel, clocksource, pid, version, card, driver, device,
+    /// device_error?}`
     Hello {},
     /// 2D resource (RESOURCE_CREATE_2D + backing); `format` is a
     /// VIRTIO_GPU_FORMAT_* value, default 2 (B8G8R8X8_UNORM).

@@ -14,6 +14,14 @@ pub fn kernel_release() -> Result<String> {
         .map_err(|e| Error::io("/proc/sys/kernel/osrelease", &e))
 }
 
+/// The clocksource the kernel keeps time with (`tsc`, `refined-jiffies`).
+pub fn clocksource() -> Result<String> {
+    const PATH: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+    fs::read_to_string(PATH)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| Error::io(PATH, &e))
+}
+
 /// Parse /proc/meminfo text into `{"MemTotal": <KiB>, ...}`. Every line with a
 /// numeric value is kept under its exact /proc/meminfo name; values with a
 /// `kB` unit are KiB, the few unitless ones (HugePages_*) are counts.

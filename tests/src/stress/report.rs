@@ -232,6 +232,7 @@ impl Run {
                 "epoch_unix_us": self.began_us,
                 "events": losses,
                 "workload_requests_dropped": steps.dropped,
+                "clock_estimates": self.kernel.clock.samples(),
                 "note": "times are µs since the run began, on the host clock; guest kernel \
                          events carry the uncertainty of their placement (args.uncertainty_us)",
             }),
