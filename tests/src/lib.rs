@@ -751,6 +751,9 @@ pub struct GuestSession {
     pub agent: Agent,
     pub control: Control,
     pub serial: PathBuf,
+    /// Processes the test expects the OOM killer to take (a memory hog):
+    /// their OOM reports are not kernel problems.
+    pub expected_oom_kills: Vec<u32>,
     _dir: RunDir,
 }
 
@@ -784,6 +787,7 @@ impl GuestSession {
             agent,
             control,
             serial,
+            expected_oom_kills: Vec::new(),
             _dir: dir,
         }
     }
@@ -810,7 +814,7 @@ impl GuestSession {
         let _ = self.agent.request(json!({"op": "exit", "status": 0}));
         let vm = self.vm.take().expect("vm");
         let status = vm.wait(Self::EXIT_TIMEOUT).expect("QEMU exits");
-        assert_guest_ended_cleanly(&self.serial);
+        assert_guest_ended_cleanly_but_oom_kills_of(&self.serial, &self.expected_oom_kills);
         assert!(status.success(), "QEMU exited with {status}");
         assert!(self.daemon.alive(), "daemon died");
         assert_host_clean(&mut self.control);
@@ -820,8 +824,13 @@ impl GuestSession {
 /// The guest's serial log shows a clean kernel and a workload that ended
 /// with status 0.
 pub fn assert_guest_ended_cleanly(serial: &Path) {
+    assert_guest_ended_cleanly_but_oom_kills_of(serial, &[]);
+}
+
+/// As [`assert_guest_ended_cleanly`], the OOM kills of `expected` aside.
+pub fn assert_guest_ended_cleanly_but_oom_kills_of(serial: &Path, expected: &[u32]) {
     let log = std::fs::read_to_string(serial).expect("serial log");
-    let problems = kernel_problems(&log);
+    let problems = kernel_problems_but_oom_kills_of(&log, expected);
     assert!(
         problems.is_empty(),
         "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
@@ -885,6 +894,51 @@ pub fn kernel_problems(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// [`kernel_problems`] but the OOM kills of the processes `expected`: an
+/// OOM report whose victim is one of them (a memory hog with
+/// `oom_score_adj` 1000, which is there to be killed) is the outcome a
+/// test asked for. Only the report's own lines go (`invoked oom-killer`
+/// and its `Call Trace:`, up to `Killed process <pid>`); anything else
+/// logged meanwhile, and an OOM report that killed another process or
+/// never says whom, stays a problem.
+pub fn kernel_problems_but_oom_kills_of(log: &str, expected: &[u32]) -> Vec<String> {
+    let is_report_line = |l: &str| l.contains("invoked oom-killer") || l.contains("Call Trace:");
+    let victim = |l: &str| -> Option<u32> {
+        let rest = &l[l.find("Out of memory")?..];
+        let pid = rest
+            .split("Killed process ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?;
+        pid.parse().ok()
+    };
+    let mut problems = Vec::new();
+    // The report lines of the OOM report being read, if any.
+    let mut report: Option<Vec<String>> = None;
+    for line in log.lines() {
+        if line.contains("invoked oom-killer") {
+            problems.extend(report.take().unwrap_or_default());
+            report = Some(Vec::new());
+        }
+        if let Some(pid) = victim(line) {
+            let lines = report.take().unwrap_or_default();
+            if !expected.contains(&pid) {
+                problems.extend(lines);
+            }
+            continue;
+        }
+        if kernel_problems(line).is_empty() {
+            continue;
+        }
+        match report.as_mut() {
+            Some(lines) if is_report_line(line) => lines.push(line.to_string()),
+            _ => problems.push(line.to_string()),
+        }
+    }
+    problems.extend(report.unwrap_or_default());
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -896,6 +950,35 @@ mod tests {
                    [    3.1] WARNING: possible circular locking dependency detected\n";
         assert_eq!(kernel_problems(log).len(), 2);
         assert!(kernel_problems("[ 1.0] all fine\n[ 2.0] gpuswap_shrinker: loaded\n").is_empty());
+    }
+
+    #[test]
+    fn only_the_expected_oom_kills_are_forgiven() {
+        let oom = |victim: u32| {
+            format!(
+                "[ 5.0] gpuswap-guest invoked oom-killer: gfp_mask=0x140dca, order=0\n\
+                 [ 5.0] Call Trace:\n\
+                 [ 5.1] Out of memory: Killed process {victim} (gpuswap-guest) total-vm:1kB\n"
+            )
+        };
+        let hog = oom(77);
+        assert_eq!(kernel_problems(&hog).len(), 2);
+        assert!(kernel_problems_but_oom_kills_of(&hog, &[77]).is_empty());
+        assert_eq!(kernel_problems_but_oom_kills_of(&hog, &[78]).len(), 2);
+        // A WARN inside the report stays; so does a report without a victim.
+        let warn = hog.replace(
+            "[ 5.0] Call Trace:",
+            "[ 5.0] WARNING: CPU: 1 at x.c:1\n[ 5.0] Call Trace:",
+        );
+        assert_eq!(
+            kernel_problems_but_oom_kills_of(&warn, &[77]),
+            ["[ 5.0] WARNING: CPU: 1 at x.c:1"]
+        );
+        let cut = "[ 5.0] x invoked oom-killer: gfp_mask=0\n[ 5.0] Call Trace:\n";
+        assert_eq!(kernel_problems_but_oom_kills_of(cut, &[77]).len(), 2);
+        // Two reports: the hog's goes, the other's stays.
+        let both = format!("{}{}", oom(77), oom(12));
+        assert_eq!(kernel_problems_but_oom_kills_of(&both, &[77]).len(), 2);
     }
 }
 
