@@ -318,6 +318,41 @@ impl KernelTrace {
     }
 }
 
+/// How soon evicted buffers were needed again: for each `bo_evict`, the
+/// time to the same resource's next `bo_restore` (a resource id reused
+/// after an UNREF would count as a restore: the harness closes buffers
+/// rarely, and those evictions mostly end in a purge or a close, which the
+/// `never_restored` count shows). `refault_share` is the share restored
+/// within `within_s`: evictions reclaim paid for twice.
+pub fn refaults(events: &[KernelEvent], within_s: f64) -> Value {
+    let mut waits: Vec<f64> = Vec::new();
+    let mut never = 0u64;
+    for (i, e) in events.iter().enumerate() {
+        if e.name != "bo_evict" {
+            continue;
+        }
+        let next = events[i + 1..]
+            .iter()
+            .find(|n| n.res() == e.res() && matches!(n.name.as_str(), "bo_restore" | "bo_evict"));
+        match next {
+            Some(n) if n.name == "bo_restore" => waits.push((n.host_us - e.host_us) / 1e6),
+            _ => never += 1,
+        }
+    }
+    waits.sort_by(f64::total_cmp);
+    let evictions = waits.len() as u64 + never;
+    let soon = waits.iter().filter(|&&w| w <= within_s).count() as u64;
+    json!({
+        "evictions": evictions,
+        "restored": waits.len(),
+        "never_restored": never,
+        "restored_within_s": within_s,
+        "refaults": soon,
+        "refault_share": (evictions > 0).then(|| soon as f64 / evictions as f64),
+        "median_s_to_restore": waits.get(waits.len() / 2),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +391,32 @@ mod tests {
         assert!((host - truth).abs() < 5.0, "{host} vs {truth}");
         assert!(bound >= (host - truth).abs() && bound < 300.0, "{bound}");
         assert_eq!(c.summary()["estimates"], 100);
+    }
+
+    #[test]
+    fn refaults_are_evictions_restored_soon() {
+        let at = |name: &str, s: f64, res: u64| KernelEvent {
+            host_us: s * 1e6,
+            uncertainty_us: 1.0,
+            guest_ns: 0,
+            cpu: 0,
+            name: name.into(),
+            args: json!({"res": res}).as_object().unwrap().clone(),
+        };
+        let events = [
+            at("bo_evict", 1.0, 1),
+            at("bo_evict", 1.1, 2),
+            at("bo_restore", 1.5, 1),
+            at("bo_evict", 2.0, 1),
+            at("bo_restore", 5.1, 2),
+            at("bo_evict", 6.0, 3),
+        ];
+        let r = refaults(&events, 1.0);
+        assert_eq!(r["evictions"], 4);
+        assert_eq!(r["refaults"], 1);
+        assert_eq!(r["never_restored"], 2);
+        assert_eq!(r["refault_share"], 0.25);
+        assert_eq!(r["median_s_to_restore"], 4.0);
     }
 
     #[test]

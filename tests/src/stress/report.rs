@@ -107,6 +107,10 @@ impl Run {
         let picture = timeline::render_svg(&self.timeline, &title, &picture_path);
         let kernel_events = self.kernel.events();
         self.add_kernel_stories(&kernel_events);
+        let reclaim = json!({
+            "refaults": crate::ktrace::refaults(&kernel_events, REFAULT_WITHIN_S),
+            "steps_per_s_by_phase": self.steps_per_s_by_phase(),
+        });
         let kernel_trace = json!({
             "guest_kernel": self.kernel.summary(),
             "daemon_events": {"kept": self.daemon_events.len(), "lost": self.daemon_events_lost},
@@ -144,6 +148,7 @@ impl Run {
             "daemon_memory": self.daemon_memory,
             "timeline": self.timeline,
             "events": kernel_trace,
+            "guest_reclaim": reclaim,
             "trace": trace,
             "picture": picture.as_ref().map(|()| picture_path.display().to_string()).map_err(|e| e.clone()),
             "reproduce": self.o.reproduce_command(),
@@ -182,8 +187,44 @@ impl Run {
 
 /// Guest kernel events kept with each failure, up to a second after it.
 const STORY_KERNEL_EVENTS: usize = 32;
+/// An eviction restored this soon was a refault: reclaim paid twice.
+const REFAULT_WITHIN_S: f64 = 1.0;
 
 impl Run {
+    /// The workload's pace in each kind of phase (all spans of one name
+    /// together): its agent requests per second, pressure held against
+    /// pressure rising or gone.
+    fn steps_per_s_by_phase(&self) -> Value {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_name: std::collections::BTreeMap<&str, (u64, f64)> = Default::default();
+        for p in &self.timeline.phases {
+            let (a, b) = (p.start_s.min(p.end_s), p.start_s.max(p.end_s));
+            let (lo, hi) = (
+                self.started_us as f64 + a * 1e6,
+                self.started_us as f64 + b * 1e6,
+            );
+            let n = steps
+                .steps
+                .iter()
+                .filter(|s| (lo..hi).contains(&(s.end_us as f64)))
+                .count() as u64;
+            let entry = by_name.entry(&p.name).or_default();
+            entry.0 += n;
+            entry.1 += b - a;
+        }
+        by_name
+            .into_iter()
+            .filter(|(_, (_, secs))| *secs > 0.0)
+            .map(|(name, (n, secs))| {
+                (
+                    name.to_string(),
+                    json!((n as f64 / secs * 10.0).round() / 10.0),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
     /// Adds to each buffer failure the guest kernel's events for its
     /// resource (known only now: the sampler streamed them).
     fn add_kernel_stories(&mut self, events: &[KernelEvent]) {
@@ -287,6 +328,25 @@ fn print_summary(
         "  guest shrinker: {} evictions, {} restores, {} purges; hog OOM-killed {} times",
         g["evictions"], g["restores"], g["purges"], report["hog_oom_kills"]
     );
+    let r = &report["guest_reclaim"];
+    let f = &r["refaults"];
+    if f["evictions"].as_u64().unwrap_or(0) > 0 {
+        let pace: Vec<String> = r["steps_per_s_by_phase"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "  guest reclaim: {} evictions traced, {} restored within {} s ({:.0}%), median {:.1} s to restore; workload requests/s by phase: {}",
+            f["evictions"],
+            f["refaults"],
+            f["restored_within_s"],
+            f["refault_share"].as_f64().unwrap_or(0.0) * 100.0,
+            f["median_s_to_restore"].as_f64().unwrap_or(f64::NAN),
+            pace.join(", ")
+        );
+    }
     let c = &report["daemon_counters"]["counters"];
     println!(
         "  daemon: {} attaches, {} detaches, {} transfers ({:.1} MiB), {} violations, {} faults injected",
