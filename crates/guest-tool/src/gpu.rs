@@ -319,6 +319,19 @@ impl Gpu {
     /// Reads one byte at `offset` of the BO's mapping in a forked child, so
     /// that a SIGBUS (a purged BO) kills the child, not the agent. Returns
     /// the signal that ended the child, or `None` if the read worked.
+    /// Reads the BO's first byte through its mapping (a fault brings an
+    /// evicted BO's pages back).
+    pub fn first_byte(&mut self, handle: u32) -> Result<u8> {
+        let (map, _) = self.mapping(handle)?;
+        let first = map
+            .as_slice()
+            .first()
+            .ok_or_else(|| Error::msg(format!("BO {handle} is empty")))?;
+        // SAFETY: `first` is a live byte of the mapping; the volatile read
+        // keeps the access (and its fault) from being optimized away.
+        Ok(unsafe { std::ptr::read_volatile(first) })
+    }
+
     pub fn touch(&mut self, handle: u32, offset: u64) -> Result<Option<i32>> {
         use nix::sys::wait::{waitpid, WaitStatus};
         use nix::unistd::{fork, ForkResult};

@@ -14,6 +14,7 @@ pub mod kms;
 pub mod ktrace;
 pub mod pattern;
 pub mod proto;
+pub mod reclaim_bench;
 pub mod shrink;
 pub mod shrinker;
 pub mod sysinfo;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gpuswap_guest::agent::{self, Agent, OnEof};
 use gpuswap_guest::gpu::{Gpu, RegionArgs, DEFAULT_FORMAT};
-use gpuswap_guest::{hog, kms, pattern, shrink, Error, Result};
+use gpuswap_guest::{hog, kms, pattern, reclaim_bench, shrink, Error, Result};
 
 fn usage() -> &'static str {
     "usage:
@@ -29,6 +29,11 @@ fn usage() -> &'static str {
       DONTNEED, use the rest again N times (mmap: read back; transfer: to
       the host), check the DONTNEED ones, print a JSON report, then hold the
       BOs until PATH exists (default: exit at once)
+  gpuswap-guest reclaim-bench [--bos N] [--rounds R] [--seed S]
+      the guest side of `cargo xtask bench --guest`: evict N idle 4 MiB BOs
+      (default 24) with a forced scan and restore them by CPU touch and by
+      transfer, next to MADV_PAGEOUT and first touches of as much anonymous
+      memory with the same content, R rounds (default 3); prints JSON
   gpuswap-guest smoke [--width W] [--height H] [--seed S] [--card PATH]
       create a 2D BO (default 64x64), write pattern (S, bo 0, version 0),
       transfer it to the host and print
@@ -64,6 +69,9 @@ enum Command {
         plan: shrink::Plan,
         hold_until: Option<PathBuf>,
     },
+    ReclaimBench {
+        plan: reclaim_bench::Plan,
+    },
     Help,
 }
 
@@ -90,6 +98,11 @@ fn parse_args(args: &[String]) -> Result<Command> {
         dontneed_share: 0.0,
     };
     let mut hold_until = None;
+    let mut bench = reclaim_bench::Plan {
+        bos: 24,
+        rounds: 3,
+        seed: 1,
+    };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -124,6 +137,9 @@ fn parse_args(args: &[String]) -> Result<Command> {
                 }
             }
             ("shrink", "--hold-until") => hold_until = Some(PathBuf::from(value()?)),
+            ("reclaim-bench", "--bos") => bench.bos = num(flag, value()?)?,
+            ("reclaim-bench", "--rounds") => bench.rounds = num(flag, value()?)?,
+            ("reclaim-bench", "--seed") => bench.seed = num(flag, value()?)?,
             _ => {
                 return Err(Error::msg(format!(
                     "unexpected argument {flag:?} for {sub:?}"
@@ -148,6 +164,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
         },
         "info" => Command::Info { card },
         "shrink" => Command::Shrink { plan, hold_until },
+        "reclaim-bench" => Command::ReclaimBench { plan: bench },
         "help" | "-h" | "--help" => Command::Help,
         other => return Err(Error::msg(format!("unknown subcommand {other:?}"))),
     })
@@ -358,6 +375,10 @@ fn main() -> ExitCode {
             .map(|()| 0),
         Command::Info { card } => run_info(card).map(|()| 0),
         Command::Shrink { plan, hold_until } => run_shrink(&plan, hold_until.as_deref()),
+        Command::ReclaimBench { plan } => reclaim_bench::run(plan).map(|v| {
+            println!("{v}");
+            0
+        }),
     };
     match result {
         Ok(status) => ExitCode::from((status & 0xff) as u8),

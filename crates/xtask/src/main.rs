@@ -75,6 +75,11 @@ enum Cmd {
         /// The few-second version: every workload at tiny sizes.
         #[arg(long)]
         smoke: bool,
+        /// The guest side instead: shrinker eviction and restore against
+        /// the kernel's own swap path, in one real guest boot
+        /// (gpuswap-guest-bench; --bos N, --rounds R, --memory MiB).
+        #[arg(long)]
+        guest: bool,
         /// Output directory instead of the default.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -625,7 +630,27 @@ fn main() -> ExitCode {
                 None => fuzz(FUZZ_TARGETS, seconds, corpus),
             }
         }
-        Cmd::Bench { smoke, out, args } => bench(smoke, out, &args),
+        Cmd::Bench {
+            guest: true,
+            out,
+            args,
+            ..
+        } => {
+            let mut args = args;
+            if let Some(out) = out {
+                args.extend(["--out".to_string(), out.display().to_string()]);
+            }
+            return match harness("gpuswap-guest-bench", "debug", &args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("[xtask] error: {e}");
+                    ExitCode::from(3)
+                }
+            };
+        }
+        Cmd::Bench {
+            smoke, out, args, ..
+        } => bench(smoke, out, &args),
         Cmd::BootLoop { kernel, n } => {
             return match boot_loop(&kernel, n) {
                 Ok(code) => ExitCode::from(code),

@@ -1,0 +1,288 @@
+//! `gpuswap-guest reclaim-bench`: what the shrinker costs the guest,
+//! measured next to the kernel's own swap path for the same bytes.
+//!
+//! Each round writes `bos` idle 4 MiB 2D BOs (attached: transferred to the
+//! host) and an anonymous region of the same size with the same content,
+//! then:
+//! - **eviction**: one forced evict scan of every BO (debugfs; the scan
+//!   queues the DETACHes, waits for the host and gives the pages to shmem,
+//!   which swaps them to zram), against `MADV_PAGEOUT` of the anonymous
+//!   region (reclaim of the same pages to the same zram);
+//! - **restore by CPU touch**: one byte read of each evicted BO (the fault
+//!   brings the whole BO back: its pages are one shmem object), against the
+//!   first touch of each paged-out 4 MiB chunk (one page and its readahead)
+//!   and against touching all of a chunk's pages (the same bytes as a BO);
+//! - **restore by transfer**: after another eviction, the first transfer
+//!   of each BO (swap-in, ATTACH, TRANSFER, and a fence barrier: the time a
+//!   user waits for the host to have it again).
+//!
+//! Times are wall clock in the guest. Needs swap (the harness's zram).
+
+use std::time::Instant;
+
+use nix::libc;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, RegionArgs};
+use crate::pattern::{self, Kind};
+use crate::shrinker::{self, ScanMode};
+use crate::sysinfo;
+
+const MIB: usize = 1 << 20;
+const PAGE: usize = 4096;
+/// 1024 x 1024 at 4 bytes per pixel.
+const BO_BYTES: usize = 4 * MIB;
+const BO_SIDE: u32 = 1024;
+/// B8G8R8X8_UNORM.
+const FORMAT: u32 = 2;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub bos: u32,
+    pub rounds: u32,
+    pub seed: u64,
+}
+
+/// Runs the plan; one JSON object with every round and the medians.
+pub fn run(plan: Plan) -> Result<Value> {
+    if plan.bos == 0 || plan.rounds == 0 {
+        return Err(Error::msg(
+            "reclaim-bench: --bos and --rounds must be at least 1",
+        ));
+    }
+    let mut gpu = Gpu::open(None)?;
+    let mut handles = Vec::new();
+    for _ in 0..plan.bos {
+        handles.push(gpu.create_2d(BO_SIDE, BO_SIDE, FORMAT)?.handle);
+    }
+    let mut anon = Anon::map(plan.bos as usize * BO_BYTES)?;
+    let mut rounds = Vec::new();
+    for round in 0..plan.rounds {
+        rounds.push(one_round(
+            &mut gpu,
+            &handles,
+            &mut anon,
+            plan.seed,
+            u64::from(round) + 1,
+        )?);
+    }
+    let median = |key: &str| {
+        let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let summary = json!({
+        "evict_mib_per_s": median("evict_mib_per_s"),
+        "pageout_mib_per_s": median("pageout_mib_per_s"),
+        "bo_first_touch_ms_p50": median("bo_first_touch_ms_p50"),
+        "bo_first_touch_ms_p99": median("bo_first_touch_ms_p99"),
+        "bo_first_transfer_ms_p50": median("bo_first_transfer_ms_p50"),
+        "bo_first_transfer_ms_p99": median("bo_first_transfer_ms_p99"),
+        "anon_first_touch_ms_p50": median("anon_first_touch_ms_p50"),
+        "anon_first_touch_ms_p99": median("anon_first_touch_ms_p99"),
+        "anon_chunk_swapin_ms_p50": median("anon_chunk_swapin_ms_p50"),
+        "anon_chunk_swapin_ms_p99": median("anon_chunk_swapin_ms_p99"),
+    });
+    for h in handles {
+        gpu.close(h)?;
+    }
+    Ok(json!({
+        "bos": plan.bos,
+        "bo_mib": BO_BYTES / MIB,
+        "rounds": rounds,
+        "median": summary,
+    }))
+}
+
+fn one_round(
+    gpu: &mut Gpu,
+    handles: &[u32],
+    anon: &mut Anon,
+    seed: u64,
+    version: u64,
+) -> Result<Value> {
+    let mib = (handles.len() * BO_BYTES / MIB) as f64;
+    // The same content on both sides.
+    for (i, &h) in handles.iter().enumerate() {
+        gpu.write_kind(h, Kind::Random, seed, i as u64, version)?;
+        pattern::fill_kind(Kind::Random, anon.chunk(i), seed, i as u64, version);
+        gpu.transfer_to_host(h, RegionArgs::default(), Some(true))?;
+    }
+
+    let (evict_s, evicted) = evict(handles.len())?;
+    let bo_touch = time_each(handles, |&h| gpu.first_byte(h).map(drop))?;
+
+    let before = pswpout()?;
+    let t = Instant::now();
+    anon.pageout()?;
+    let pageout_s = t.elapsed().as_secs_f64();
+    let paged_out = pswpout()?.saturating_sub(before);
+    let anon_touch = time_each(&(0..handles.len()).collect::<Vec<_>>(), |&i| {
+        anon.touch_first(i);
+        Ok(())
+    })?;
+    anon.pageout()?;
+    let anon_chunk = time_each(&(0..handles.len()).collect::<Vec<_>>(), |&i| {
+        anon.touch_all(i);
+        Ok(())
+    })?;
+
+    evict(handles.len())?;
+    let bo_transfer = time_each(handles, |&h| {
+        gpu.transfer_to_host(h, RegionArgs::default(), Some(true))
+            .map(drop)
+    })?;
+
+    Ok(json!({
+        "version": version,
+        "evict_s": evict_s,
+        "evicted_mib": evicted as f64 * PAGE as f64 / MIB as f64,
+        "evict_mib_per_s": evicted as f64 * PAGE as f64 / MIB as f64 / evict_s,
+        "pageout_s": pageout_s,
+        "paged_out_mib": paged_out as f64 * PAGE as f64 / MIB as f64,
+        "pageout_mib_per_s": (paged_out as f64 * PAGE as f64 / MIB as f64).min(mib) / pageout_s,
+        "bo_first_touch_ms_p50": percentile(&bo_touch, 0.5),
+        "bo_first_touch_ms_p99": percentile(&bo_touch, 0.99),
+        "bo_first_transfer_ms_p50": percentile(&bo_transfer, 0.5),
+        "bo_first_transfer_ms_p99": percentile(&bo_transfer, 0.99),
+        "anon_first_touch_ms_p50": percentile(&anon_touch, 0.5),
+        "anon_first_touch_ms_p99": percentile(&anon_touch, 0.99),
+        "anon_chunk_swapin_ms_p50": percentile(&anon_chunk, 0.5),
+        "anon_chunk_swapin_ms_p99": percentile(&anon_chunk, 0.99),
+    }))
+}
+
+/// One forced evict scan of `bos` BOs: its seconds and the pages freed.
+fn evict(bos: usize) -> Result<(f64, u64)> {
+    let pages = (bos * BO_BYTES / PAGE) as u64;
+    let t = Instant::now();
+    let result = shrinker::scan(ScanMode::Evict, pages)?;
+    let secs = t.elapsed().as_secs_f64();
+    let freed = result.get("freed").and_then(Value::as_u64).unwrap_or(0);
+    if freed == 0 {
+        return Err(Error::msg(format!(
+            "reclaim-bench: the evict scan freed nothing ({result:?}): is there swap?"
+        )));
+    }
+    Ok((secs, freed))
+}
+
+fn pswpout() -> Result<u64> {
+    Ok(sysinfo::vmstat()?
+        .get("pswpout")
+        .and_then(Value::as_u64)
+        .unwrap_or(0))
+}
+
+/// Milliseconds each call of `f` took, in order.
+fn time_each<T>(items: &[T], mut f: impl FnMut(&T) -> Result<()>) -> Result<Vec<f64>> {
+    items
+        .iter()
+        .map(|item| {
+            let t = Instant::now();
+            f(item).map(|()| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+/// The `q` quantile (nearest rank) of `ms`.
+fn percentile(ms: &[f64], q: f64) -> Option<f64> {
+    let mut v = ms.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
+    v.get(rank - 1).copied()
+}
+
+/// A private anonymous region of 4 MiB chunks.
+struct Anon {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Anon {
+    fn map(len: usize) -> Result<Anon> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // affected, and the result is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::sys("reclaim-bench: mmap", nix::errno::Errno::last()));
+        }
+        Ok(Anon {
+            base: base.cast(),
+            len,
+        })
+    }
+
+    fn chunk(&mut self, i: usize) -> &mut [u8] {
+        assert!((i + 1) * BO_BYTES <= self.len);
+        // SAFETY: chunk `i` lies inside the mapping (asserted), which lives
+        // as long as `self`; the borrow of `self` makes it the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(i * BO_BYTES), BO_BYTES) }
+    }
+
+    /// Where chunk `i` starts.
+    fn chunk_ptr(&self, i: usize) -> *const u8 {
+        assert!((i + 1) * BO_BYTES <= self.len);
+        // SAFETY: inside the mapping (asserted).
+        unsafe { self.base.add(i * BO_BYTES) }
+    }
+
+    /// Reclaims the whole region to swap now (`MADV_PAGEOUT`).
+    fn pageout(&self) -> Result<()> {
+        // SAFETY: advice on exactly our own mapping; it changes no content.
+        let rc = unsafe { libc::madvise(self.base.cast(), self.len, libc::MADV_PAGEOUT) };
+        if rc != 0 {
+            return Err(Error::sys(
+                "reclaim-bench: madvise(MADV_PAGEOUT)",
+                nix::errno::Errno::last(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn touch_first(&self, i: usize) {
+        // SAFETY: the first byte of chunk `i`, inside the mapping.
+        let _ = unsafe { std::ptr::read_volatile(self.chunk_ptr(i)) };
+    }
+
+    fn touch_all(&self, i: usize) {
+        let chunk = self.chunk_ptr(i);
+        for page in (0..BO_BYTES).step_by(PAGE) {
+            // SAFETY: one byte of each page of chunk `i`, inside the mapping.
+            let _ = unsafe { std::ptr::read_volatile(chunk.add(page)) };
+        }
+    }
+}
+
+impl Drop for Anon {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, which nothing
+        // else uses any more.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&[3.0], 0.99), Some(3.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! `cargo xtask bench --guest`: the guest side of reclaim, measured against
+//! the kernel's own swap path in the same guest boot. Boots a guest on the
+//! gpuswap daemon, runs `gpuswap-guest reclaim-bench` through the agent
+//! (see that module for what is measured), and writes its JSON and a
+//! Markdown table for docs/benchmarks.md.
+//!
+//! usage: gpuswap-guest-bench [--bos N] [--rounds R] [--memory MiB] [--out DIR]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gpuswap_tests::{boot_guest, Images, VmConfig};
+use serde_json::{json, Value};
+
+struct Args {
+    bos: u32,
+    rounds: u32,
+    memory_mib: u32,
+    out: PathBuf,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        bos: 24,
+        rounds: 3,
+        memory_mib: 512,
+        out: gpuswap_tests::root().join("target/bench-guest"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
+        match flag.as_str() {
+            "--bos" => a.bos = num(&value)?,
+            "--rounds" => a.rounds = num(&value)?,
+            "--memory" => a.memory_mib = num(&value)?,
+            "--out" => a.out = PathBuf::from(value),
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+fn run(a: &Args) -> Result<Value, String> {
+    let images = Images::get();
+    // zram as large as the guest: every BO and the anonymous copy fit.
+    let config = VmConfig {
+        memory_mib: a.memory_mib,
+        append: format!("gpuswap.cmd=agent gpuswap.zram={}M", a.memory_mib),
+        ..VmConfig::default()
+    };
+    let mut booted = boot_guest(&images, "bench-guest", &config, &[])?;
+    booted.agent.set_timeout(Duration::from_secs(600));
+    let hello = booted.agent.request(json!({"op": "hello"}))?;
+    let argv = [
+        "/bin/gpuswap-guest".to_string(),
+        "reclaim-bench".into(),
+        "--bos".into(),
+        a.bos.to_string(),
+        "--rounds".into(),
+        a.rounds.to_string(),
+    ];
+    let run = booted.agent.request(json!({"op": "run", "argv": argv}))?;
+    let _ = booted.agent.request(json!({"op": "exit", "status": 0}));
+    let _ = booted.vm.wait(Duration::from_secs(60));
+    if run["status"] != json!(0) {
+        return Err(format!("reclaim-bench failed: {run}"));
+    }
+    let result: Value = serde_json::from_str(run["stdout"].as_str().unwrap_or(""))
+        .map_err(|e| format!("reclaim-bench printed no JSON ({e}): {run}"))?;
+    Ok(json!({
+        "guest": {"kernel": hello["kernel"], "clocksource": hello["clocksource"],
+                  "memory_mib": a.memory_mib},
+        "bench": result,
+    }))
+}
+
+fn table(v: &Value) -> String {
+    let m = &v["bench"]["median"];
+    let f = |k: &str| m[k].as_f64().map_or("?".into(), |x| format!("{x:.1}"));
+    let ratio = |a: &str, b: &str| match (m[a].as_f64(), m[b].as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "?".into(),
+    };
+    format!(
+        "Guest {} ({} clocksource, {} MiB, TCG), {} BOs of {} MiB, median of {} rounds:\n\n\
+         | | gpuswap shrinker | kernel swap (same bytes, same zram) | ratio |\n\
+         | --- | --- | --- | --- |\n\
+         | eviction throughput (MiB/s) | {} (forced scan) | {} (`MADV_PAGEOUT`) | {} |\n\
+         | first CPU touch p50 / p99 (ms) | {} / {} (whole BO back) | {} / {} (one page) | |\n\
+         | swap-in of 4 MiB p50 / p99 (ms) | {} / {} (first touch) | {} / {} (every page touched) | {} |\n\
+         | first transfer p50 / p99 (ms) | {} / {} (swap-in, ATTACH, TRANSFER, fence) | | |\n",
+        v["guest"]["kernel"].as_str().unwrap_or("?"),
+        v["guest"]["clocksource"].as_str().unwrap_or("?"),
+        v["guest"]["memory_mib"],
+        v["bench"]["bos"],
+        v["bench"]["bo_mib"],
+        v["bench"]["rounds"].as_array().map_or(0, Vec::len),
+        f("evict_mib_per_s"),
+        f("pageout_mib_per_s"),
+        ratio("evict_mib_per_s", "pageout_mib_per_s"),
+        f("bo_first_touch_ms_p50"),
+        f("bo_first_touch_ms_p99"),
+        f("anon_first_touch_ms_p50"),
+        f("anon_first_touch_ms_p99"),
+        f("bo_first_touch_ms_p50"),
+        f("bo_first_touch_ms_p99"),
+        f("anon_chunk_swapin_ms_p50"),
+        f("anon_chunk_swapin_ms_p99"),
+        ratio("anon_chunk_swapin_ms_p50", "bo_first_touch_ms_p50"),
+        f("bo_first_transfer_ms_p50"),
+        f("bo_first_transfer_ms_p99"),
+    )
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gpuswap-guest-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(v) => {
+            let md = table(&v);
+            print!("{md}");
+            let written = std::fs::create_dir_all(&args.out)
+                .and_then(|()| {
+                    std::fs::write(
+                        args.out.join("guest.json"),
+                        serde_json::to_string_pretty(&v).unwrap_or_default(),
+                    )
+                })
+                .and_then(|()| std::fs::write(args.out.join("guest.md"), &md));
+            match written {
+                Ok(()) => {
+                    println!("written: {}", args.out.join("guest.{json,md}").display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gpuswap-guest-bench: {}: {e}", args.out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("gpuswap-guest-bench: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
