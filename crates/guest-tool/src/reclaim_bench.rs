@@ -5,16 +5,20 @@
 //! host) and an anonymous region of the same size with the same content,
 //! then:
 //! - **eviction**: one forced evict scan of every BO (debugfs; the scan
-//!   queues the DETACHes, waits for the host and gives the pages to shmem,
-//!   which swaps them to zram), against `MADV_PAGEOUT` of the anonymous
-//!   region (reclaim of the same pages to the same zram);
-//! - **restore by CPU touch**: one byte read of each evicted BO (the fault
+//!   queues the DETACHes, waits for the host and gives the pages to shmem),
+//!   against `MADV_PAGEOUT` of the anonymous region (reclaim of the same
+//!   bytes into zram). The scan does not write to zram itself: shmem's
+//!   pages go there when reclaim gets to them, at what `MADV_PAGEOUT`
+//!   costs; so a whole eviction costs the scan plus a page-out;
+//! - **restore by CPU touch**: after memory pressure (an anonymous region
+//!   of free memory plus the BOs' size, written once and unmapped) has
+//!   pushed the evicted pages into zram, one byte read of each BO (the fault
 //!   brings the whole BO back: its pages are one shmem object), against the
-//!   first touch of each paged-out 4 MiB chunk (one page and its readahead)
-//!   and against touching all of a chunk's pages (the same bytes as a BO);
-//! - **restore by transfer**: after another eviction, the first transfer
-//!   of each BO (swap-in, ATTACH, TRANSFER, and a fence barrier: the time a
-//!   user waits for the host to have it again).
+//!   first touch of each paged-out 4 MiB anonymous chunk (one page and its
+//!   readahead) and the touch of all its pages (the same bytes as a BO);
+//! - **restore by transfer**: after another eviction and push, the first
+//!   transfer of each BO (swap-in, ATTACH, TRANSFER, and a fence barrier:
+//!   until the host has it again).
 //!
 //! Times are wall clock in the guest. Needs swap (the harness's zram).
 
@@ -111,25 +115,34 @@ fn one_round(
         gpu.transfer_to_host(h, RegionArgs::default(), Some(true))?;
     }
 
+    let swap_before_evict = swap_used_mib()?;
     let (evict_s, evicted) = evict(handles.len())?;
-    let bo_touch = time_each(handles, |&h| gpu.first_byte(h).map(drop))?;
+    let swap_after_evict = swap_used_mib()?;
 
-    let before = pswpout()?;
+    let swap_before_pageout = swap_used_mib()?;
     let t = Instant::now();
     anon.pageout()?;
     let pageout_s = t.elapsed().as_secs_f64();
-    let paged_out = pswpout()?.saturating_sub(before);
-    let anon_touch = time_each(&(0..handles.len()).collect::<Vec<_>>(), |&i| {
+    let paged_out = swap_used_mib()? - swap_before_pageout;
+    let chunks: Vec<usize> = (0..handles.len()).collect();
+    let anon_touch = time_each(&chunks, |&i| {
         anon.touch_first(i);
         Ok(())
     })?;
     anon.pageout()?;
-    let anon_chunk = time_each(&(0..handles.len()).collect::<Vec<_>>(), |&i| {
+    let anon_chunk = time_each(&chunks, |&i| {
         anon.touch_all(i);
         Ok(())
     })?;
 
+    // The evicted pages are shmem's now, still in memory: reclaim writes
+    // them to zram when it gets to them. Make it get to them, so that the
+    // first touches read them back from zram like the anonymous ones.
+    let touch_swapped_mib = push_shmem_to_swap(mib)?;
+    let bo_touch = time_each(handles, |&h| gpu.first_byte(h).map(drop))?;
+
     evict(handles.len())?;
+    let transfer_swapped_mib = push_shmem_to_swap(mib)?;
     let bo_transfer = time_each(handles, |&h| {
         gpu.transfer_to_host(h, RegionArgs::default(), Some(true))
             .map(drop)
@@ -140,9 +153,12 @@ fn one_round(
         "evict_s": evict_s,
         "evicted_mib": evicted as f64 * PAGE as f64 / MIB as f64,
         "evict_mib_per_s": evicted as f64 * PAGE as f64 / MIB as f64 / evict_s,
+        "swap_used_by_the_scan_mib": swap_after_evict - swap_before_evict,
+        "bo_mib_in_swap_before_touch": touch_swapped_mib,
+        "bo_mib_in_swap_before_transfer": transfer_swapped_mib,
         "pageout_s": pageout_s,
-        "paged_out_mib": paged_out as f64 * PAGE as f64 / MIB as f64,
-        "pageout_mib_per_s": (paged_out as f64 * PAGE as f64 / MIB as f64).min(mib) / pageout_s,
+        "paged_out_mib": paged_out,
+        "pageout_mib_per_s": paged_out / pageout_s,
         "bo_first_touch_ms_p50": percentile(&bo_touch, 0.5),
         "bo_first_touch_ms_p99": percentile(&bo_touch, 0.99),
         "bo_first_transfer_ms_p50": percentile(&bo_transfer, 0.5),
@@ -169,11 +185,37 @@ fn evict(bos: usize) -> Result<(f64, u64)> {
     Ok((secs, freed))
 }
 
-fn pswpout() -> Result<u64> {
-    Ok(sysinfo::vmstat()?
-        .get("pswpout")
-        .and_then(Value::as_u64)
-        .unwrap_or(0))
+/// Makes reclaim write up to `mib` MiB of shmem (the evicted BOs' pages)
+/// to swap: an anonymous region as large as free memory plus `mib`,
+/// written once and unmapped again. Returns how much shmem left memory.
+fn push_shmem_to_swap(mib: f64) -> Result<f64> {
+    let shmem = || -> Result<f64> {
+        Ok(sysinfo::meminfo()?
+            .get("Shmem")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+            / 1024.0)
+    };
+    let free_mib = sysinfo::meminfo()?
+        .get("MemFree")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0)
+        / 1024.0;
+    let before = shmem()?;
+    let len = ((free_mib + mib) as usize * MIB).max(MIB);
+    let mut hog = Anon::map(len)?;
+    for page in (0..len).step_by(PAGE) {
+        // A different word per page, so no page is same-filled in zram.
+        hog.bytes()[page] = (page / PAGE) as u8 | 1;
+    }
+    drop(hog);
+    Ok((before - shmem()?).max(0.0))
+}
+
+fn swap_used_mib() -> Result<f64> {
+    let m = sysinfo::meminfo()?;
+    let kib = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    Ok((kib("SwapTotal") - kib("SwapFree")) / 1024.0)
 }
 
 /// Milliseconds each call of `f` took, in order.
@@ -229,6 +271,12 @@ impl Anon {
         // SAFETY: chunk `i` lies inside the mapping (asserted), which lives
         // as long as `self`; the borrow of `self` makes it the only view.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(i * BO_BYTES), BO_BYTES) }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the whole mapping, which lives as long as `self`; the
+        // borrow of `self` makes it the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
     }
 
     /// Where chunk `i` starts.

@@ -82,6 +82,11 @@ fn run(a: &Args) -> Result<Value, String> {
 fn table(v: &Value) -> String {
     let m = &v["bench"]["median"];
     let f = |k: &str| m[k].as_f64().map_or("?".into(), |x| format!("{x:.1}"));
+    let round0 = |k: &str| {
+        v["bench"]["rounds"][0][k]
+            .as_f64()
+            .map_or("?".into(), |x| format!("{x:.0}"))
+    };
     let ratio = |a: &str, b: &str| match (m[a].as_f64(), m[b].as_f64()) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "?".into(),
@@ -90,10 +95,16 @@ fn table(v: &Value) -> String {
         "Guest {} ({} clocksource, {} MiB, TCG), {} BOs of {} MiB, median of {} rounds:\n\n\
          | | gpuswap shrinker | kernel swap (same bytes, same zram) | ratio |\n\
          | --- | --- | --- | --- |\n\
-         | eviction throughput (MiB/s) | {} (forced scan) | {} (`MADV_PAGEOUT`) | {} |\n\
+         | eviction throughput (MiB/s) | {} (forced scan: DETACH, pages to shmem) | {} (`MADV_PAGEOUT`: into zram) | {} |\n\
          | first CPU touch p50 / p99 (ms) | {} / {} (whole BO back) | {} / {} (one page) | |\n\
          | swap-in of 4 MiB p50 / p99 (ms) | {} / {} (first touch) | {} / {} (every page touched) | {} |\n\
-         | first transfer p50 / p99 (ms) | {} / {} (swap-in, ATTACH, TRANSFER, fence) | | |\n",
+         | first transfer p50 / p99 (ms) | {} / {} (swap-in, ATTACH, TRANSFER, fence) | | |\n\n\
+         Ratios: the kernel's time over the shrinker's (above 1: the shrinker's \
+         path is faster). The scan leaves the pages in shmem, which writes them \
+         to zram when reclaim gets to them, at the page-out's cost: a whole \
+         eviction costs both. Before the touches and the transfers, memory \
+         pressure pushed {} and {} MiB of the {} MiB of evicted BO pages into zram \
+         (first round).\n",
         v["guest"]["kernel"].as_str().unwrap_or("?"),
         v["guest"]["clocksource"].as_str().unwrap_or("?"),
         v["guest"]["memory_mib"],
@@ -114,6 +125,9 @@ fn table(v: &Value) -> String {
         ratio("anon_chunk_swapin_ms_p50", "bo_first_touch_ms_p50"),
         f("bo_first_transfer_ms_p50"),
         f("bo_first_transfer_ms_p99"),
+        round0("bo_mib_in_swap_before_touch"),
+        round0("bo_mib_in_swap_before_transfer"),
+        v["bench"]["bos"].as_u64().unwrap_or(0) * v["bench"]["bo_mib"].as_u64().unwrap_or(0),
     )
 }
 
