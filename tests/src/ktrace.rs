@@ -223,6 +223,9 @@ pub struct KernelTrace {
     pub guest_unparsed: u64,
     pub kernel_overrun: u64,
     pub reader_error: Option<String>,
+    /// Reads whose reply did not come within the stall bound: their events
+    /// are lost (the guest handed them over).
+    pub abandoned_reads: u64,
 }
 
 impl KernelTrace {
@@ -311,6 +314,7 @@ impl KernelTrace {
                 "guest_buffer_full": self.guest_dropped,
                 "kernel_ring_overrun": self.kernel_overrun,
                 "unparsed_lines": self.guest_unparsed,
+                "reads_abandoned": self.abandoned_reads,
             },
             "reader_error": self.reader_error,
             "clock": self.clock.summary(),

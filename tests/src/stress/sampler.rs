@@ -349,21 +349,17 @@ impl GuestThread {
         }
     }
 
-    /// Sends `request` and waits for its reply until `deadline`, or (unless
-    /// `last`) until the sampler stops: `Ok(None)` if none came by then (a
-    /// late reply is skipped by the next wait), `Err` if the channel broke.
-    fn ask(
-        &mut self,
-        request: Value,
-        deadline: Instant,
-        last: bool,
-    ) -> crate::Result<Option<Value>> {
+    /// Sends `request` and waits for its reply until `deadline` (also when
+    /// the sampler stops meanwhile: a trace read's reply holds events the
+    /// guest no longer has): `Ok(None)` if none came by then (a late reply
+    /// is skipped by the next wait), `Err` if the channel broke.
+    fn ask(&mut self, request: Value, deadline: Instant) -> crate::Result<Option<Value>> {
         let id = self.agent.send(request)?;
         loop {
             if let Some(reply) = self.agent.poll_reply(id, POLL)? {
                 return Ok(Some(reply));
             }
-            if Instant::now() >= deadline || (!last && self.stop.load(Ordering::Relaxed)) {
+            if Instant::now() >= deadline {
                 return Ok(None);
             }
         }
@@ -375,9 +371,13 @@ impl GuestThread {
         let deadline = Instant::now() + if last { LAST_READ } else { self.max_stall };
         for _ in 0..TRACE_READS {
             let sent = crate::unix_us();
-            let reply = match self.ask(json!({"op": "trace_read"}), deadline, last) {
+            let reply = match self.ask(json!({"op": "trace_read"}), deadline) {
                 Ok(Some(reply)) => reply,
-                Ok(None) => return true,
+                Ok(None) => {
+                    // Its events left the guest's buffer and will not be seen.
+                    lock(&self.shared).kernel.abandoned_reads += 1;
+                    return true;
+                }
                 Err(e) => {
                     self.fail(format!("guest sampler: {e}"));
                     return false;
