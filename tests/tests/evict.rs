@@ -800,15 +800,27 @@ struct ShrinkRound {
     dontneed_share: f64,
     /// An anonymous-memory hog (MiB) racing the buffers for RAM.
     hog_mib: u64,
+    /// 4 MiB buffers per process.
+    bos: u64,
 }
 
 const SHRINK_PROCESSES: u64 = 4;
-const SHRINK_BOS: u64 = 28;
 const SHRINK_ROUNDS: u64 = 2;
+const SHRINK_BO_MIB: u64 = 4;
+
+/// Buffers per process, sized as igt sizes its shrinker tests: all of them
+/// together are the guest's RAM plus a quarter of its swap (a KASAN
+/// kernel's shadow memory leaves less RAM, so fewer buffers).
+fn shrink_bos(g: &mut Guest) -> u64 {
+    let m = g.req(json!({"op": "meminfo"}));
+    let kib = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("no {k} in {m}"));
+    let total_mib = (kib("MemTotal") + kib("SwapTotal") / 4) / 1024;
+    total_mib.div_ceil(SHRINK_PROCESSES * SHRINK_BO_MIB)
+}
 
 /// Shaped like igt's `gem_shrink` / `msm_shrink`: four processes each hold
-/// 28 buffers of 4 MiB, 448 MiB in all, as much as a 384 MiB guest's RAM
-/// plus a quarter of its 256 MiB swap (igt's sizing), so the shrinker must
+/// `round.bos` buffers of 4 MiB, in all as much as the guest's RAM plus a
+/// quarter of its swap (igt's sizing, [`shrink_bos`]), so the shrinker must
 /// evict some for the others to be written; then each process uses its
 /// buffers twice more (`mmap`: read back through the mapping; `transfer`:
 /// to the host, whose copies are checked). `-madvise`: a quarter are
@@ -827,7 +839,7 @@ fn igt_style_shrink(g: &mut Guest, round: ShrinkRound, seed: u64) {
          done",
         last = SHRINK_PROCESSES - 1,
         variant = round.variant,
-        bos = SHRINK_BOS,
+        bos = round.bos,
         rounds = SHRINK_ROUNDS,
         share = round.dontneed_share,
     );
@@ -867,14 +879,14 @@ fn igt_style_shrink(g: &mut Guest, round: ShrinkRound, seed: u64) {
         SHRINK_PROCESSES,
         "{round:?}: {errors}"
     );
-    let dontneed = (SHRINK_BOS as f64 * round.dontneed_share).ceil() as u64;
+    let dontneed = (round.bos as f64 * round.dontneed_share).ceil() as u64;
     let mut purged = 0;
     for r in &reports {
         assert_eq!(r["mismatches"], json!([]), "{round:?}: {r}");
         assert_eq!(r["purged_but_readable"], 0, "{round:?}: {r}");
         assert_eq!(
             r["checked"].as_u64(),
-            Some(SHRINK_ROUNDS * (SHRINK_BOS - dontneed)),
+            Some(SHRINK_ROUNDS * (round.bos - dontneed)),
             "{round:?}: {r}"
         );
         purged += r["purged"].as_u64().unwrap();
@@ -937,6 +949,7 @@ fn igt_style_shrink_rounds(variant: &'static str) {
     let mut g = Guest::boot(&format!("evict-igt-{variant}"), 384, "gpuswap.zram=256M");
     // Requests made while the guest is over-committed can take long.
     g.agent.set_timeout(Duration::from_secs(120));
+    let bos = shrink_bos(&mut g);
     // Plain, -madvise, and -oom: a 128 MiB anonymous hog races the buffers
     // (the OOM killer may take the hog, igt's expected outcome, which the
     // clean-kernel-log check then forgives; nothing else may be killed:
@@ -947,6 +960,7 @@ fn igt_style_shrink_rounds(variant: &'static str) {
             variant,
             dontneed_share,
             hog_mib,
+            bos,
         };
         igt_style_shrink(&mut g, round, 100 + i as u64);
     }
