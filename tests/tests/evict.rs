@@ -980,3 +980,40 @@ fn igt_style_copy_mmap_over_committed_and_with_madvise() {
 fn igt_style_copy_transfer_over_committed_and_with_madvise() {
     igt_style_shrink_rounds("transfer");
 }
+
+/// `cargo xtask bench --guest` keeps measuring what it says: a small
+/// `reclaim-bench` evicts every BO, pages the anonymous copy out, gets the
+/// evicted pages into zram before timing their restores, and reports a
+/// positive time for every path (the numbers themselves are the
+/// benchmark's, not asserted here).
+#[test]
+fn the_guest_reclaim_benchmark_measures_both_paths() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let mut g = Guest::boot("evict-reclaim-bench", 384, "gpuswap.zram=384M");
+    g.agent.set_timeout(Duration::from_secs(300));
+    let out = sh(
+        &mut g,
+        "/bin/gpuswap-guest reclaim-bench --bos 4 --rounds 1",
+    );
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let r = &v["rounds"][0];
+    assert_eq!(r["evicted_mib"], 16.0, "{v}");
+    for key in [
+        "paged_out_mib",
+        "bo_mib_in_swap_before_touch",
+        "bo_mib_in_swap_before_transfer",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|m| m >= 15.0), "{key}: {v}");
+    }
+    for key in [
+        "evict_mib_per_s",
+        "pageout_mib_per_s",
+        "bo_first_touch_ms_p50",
+        "bo_first_transfer_ms_p50",
+        "anon_first_touch_ms_p50",
+        "anon_chunk_swapin_ms_p50",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    g.finish();
+}

@@ -185,31 +185,33 @@ fn evict(bos: usize) -> Result<(f64, u64)> {
     Ok((secs, freed))
 }
 
-/// Makes reclaim write up to `mib` MiB of shmem (the evicted BOs' pages)
-/// to swap: an anonymous region as large as free memory plus `mib`,
-/// written once and unmapped again. Returns how much shmem left memory.
+/// Makes reclaim write `mib` MiB of shmem (the evicted BOs' pages) to
+/// swap: an anonymous region as large as free memory plus what is still
+/// to go, written once and unmapped again, a few times if reclaim took
+/// other pages first. Returns how much shmem left memory.
 fn push_shmem_to_swap(mib: f64) -> Result<f64> {
-    let shmem = || -> Result<f64> {
+    const ATTEMPTS: usize = 4;
+    let meminfo_mib = |key: &str| -> Result<f64> {
         Ok(sysinfo::meminfo()?
-            .get("Shmem")
+            .get(key)
             .and_then(Value::as_f64)
             .unwrap_or(0.0)
             / 1024.0)
     };
-    let free_mib = sysinfo::meminfo()?
-        .get("MemFree")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0)
-        / 1024.0;
-    let before = shmem()?;
-    let len = ((free_mib + mib) as usize * MIB).max(MIB);
-    let mut hog = Anon::map(len)?;
-    for page in (0..len).step_by(PAGE) {
-        // A different word per page, so no page is same-filled in zram.
-        hog.bytes()[page] = (page / PAGE) as u8 | 1;
+    let before = meminfo_mib("Shmem")?;
+    for _ in 0..ATTEMPTS {
+        let gone = before - meminfo_mib("Shmem")?;
+        if gone >= mib * 0.95 {
+            break;
+        }
+        let len = ((meminfo_mib("MemFree")? + mib - gone) as usize * MIB).max(MIB);
+        let mut hog = Anon::map(len)?;
+        for page in (0..len).step_by(PAGE) {
+            // A different byte per page, so no page is same-filled in zram.
+            hog.bytes()[page] = (page / PAGE) as u8 | 1;
+        }
     }
-    drop(hog);
-    Ok((before - shmem()?).max(0.0))
+    Ok((before - meminfo_mib("Shmem")?).max(0.0))
 }
 
 fn swap_used_mib() -> Result<f64> {
