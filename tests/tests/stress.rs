@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gpuswap_tests::stress::{self, Options, Scenario};
-use gpuswap_tests::trace_file;
+use gpuswap_tests::{trace_file, Images};
 use serde_json::Value;
 
 /// Debian's QEMU 10, which hides blob resources from the guest.
@@ -21,6 +21,10 @@ fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
     o.cycles = 2;
     o.memory_mib = 384;
     o.squeeze_mib = 384 * 6 / 10;
+    // The same squeeze of the same usable memory on a KASAN kernel.
+    if Images::get().kernel_variant().as_deref() == Some("kasan") {
+        o.memory_mib += gpuswap_tests::KASAN_OVERHEAD_MIB;
+    }
     o.bos = 32;
     o.seed = 11;
     o.progress = Some(true);

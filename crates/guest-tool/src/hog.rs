@@ -84,6 +84,9 @@ pub struct HogReport {
     pub oom_killed: bool,
     /// The hog child's pid, null when there is none.
     pub pid: Option<i32>,
+    /// The pid of the child the OOM killer took (with `oom_killed`), so a
+    /// caller can tell its OOM report in the kernel log.
+    pub killed_pid: Option<i32>,
 }
 
 /// The agent's handle on the hog child (none until the first non-zero size).
@@ -128,11 +131,13 @@ impl Hog {
         }
         // Does the child still live? A death between requests is reported now.
         let mut oom_killed = false;
+        let mut killed_pid = None;
         if let Some(child) = &mut self.child {
             match waitpid(child.pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {}
                 Ok(status) => {
                     child.reaped = true;
+                    killed_pid = Some(child.pid.as_raw());
                     self.child = None;
                     if !killed_by_sigkill(status) {
                         return Err(Error::msg(format!(
@@ -153,6 +158,7 @@ impl Hog {
                 ms: ms_since(start),
                 oom_killed,
                 pid: None,
+                killed_pid,
             });
         }
         if self.child.is_none() {
@@ -169,6 +175,7 @@ impl Hog {
                     ms: ms_since(start),
                     oom_killed,
                     pid: Some(child.pid.as_raw()),
+                    killed_pid,
                 })
             }
             Ok(neg) => {
@@ -187,6 +194,7 @@ impl Hog {
                 ))
             }
             Err(died) => {
+                let pid = child.pid.as_raw();
                 let status = waitpid(child.pid, None);
                 // Unless waiting failed, the pid is no longer ours to kill.
                 child.reaped = status.is_ok();
@@ -198,6 +206,7 @@ impl Hog {
                         ms: ms_since(start),
                         oom_killed: true,
                         pid: None,
+                        killed_pid: Some(pid),
                     })
                 } else {
                     Err(Error::msg(format!(

@@ -153,7 +153,7 @@ pub enum Request {
     /// Stop it -> `{scans, freed, errors, first_error, ms}`.
     ScanLoopStop {},
     /// Resize the memory hog to exactly `mib` MiB (0 releases it) ->
-    /// `{mib, ms, oom_killed, pid}`. The hog is anonymous, swappable memory
+    /// `{mib, ms, oom_killed, pid, killed_pid}`. The hog is anonymous, swappable memory
     /// filled with half-compressible data, held by a forked child with
     /// oom_score_adj 1000 (see [`crate::hog`]): `oom_killed` tells that the
     /// OOM killer ended it since the last `hog` (then `mib` is what is held
