@@ -136,6 +136,13 @@ pub struct Plan {
     pub budget: Duration,
 }
 
+/// How long a sample waits, untimed, before the backend's CPU time is
+/// read: a thread's CPU time (schedstat) moves only when it is descheduled
+/// or at a tick, and a backend polling its queue stays on the CPU for its
+/// poll window (at most 1 ms, `--poll-us`) after the last request. Past
+/// it, the thread sleeps and its run is on the books.
+const CPU_SETTLE: Duration = Duration::from_millis(2);
+
 /// Runs `batch` operations per sample; `op` returns an error string to
 /// abort. Returns seconds per operation.
 pub fn measure(
@@ -151,6 +158,8 @@ pub fn measure(
     let started = Instant::now();
     let mut wall = Vec::with_capacity(plan.samples);
     let mut used = Vec::with_capacity(plan.samples);
+    // The warm-up's polling goes on the books before the first sample.
+    std::thread::sleep(CPU_SETTLE);
     while wall.len() < plan.samples.max(1) {
         let c0 = cpu();
         let t = Instant::now();
@@ -158,6 +167,7 @@ pub fn measure(
             op()?;
         }
         wall.push(t.elapsed().as_secs_f64() / batch as f64);
+        std::thread::sleep(CPU_SETTLE);
         if let (Some(c0), Some(c1)) = (c0, cpu()) {
             used.push(c1.saturating_sub(c0) as f64 * 1e-9 / batch as f64);
         }

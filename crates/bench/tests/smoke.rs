@@ -52,22 +52,22 @@ fn check_stat(what: &str, s: &Stat) {
     assert!(s.min <= s.median, "{what}: {s:?}");
 }
 
-/// Checks `t`; returns whether its backend CPU time was seen to move.
-fn check_timing(what: &str, t: &Timing) -> bool {
+fn check_timing(what: &str, t: &Timing) {
     check_stat(what, &t.wall);
     let cpu = t
         .cpu
         .as_ref()
         .unwrap_or_else(|| panic!("{what}: no CPU time"));
-    // CPU samples are never negative or NaN. They can all be 0: a thread's
-    // CPU time (schedstat) moves when it is descheduled or at a tick, and a
-    // backend that polls its queue stays on the CPU through a short smoke
-    // sample. That the probe works is checked over the whole run.
+    // A backend may do a tiny request within one scheduler accounting
+    // step, so CPU samples can be 0; they are never negative or NaN.
     assert!(
         cpu.values.iter().all(|v| v.is_finite() && *v >= 0.0),
         "{what}: {cpu:?}"
     );
-    cpu.median > 0.0
+    assert!(
+        cpu.median > 0.0,
+        "{what}: backend CPU time is all zero: {cpu:?}"
+    );
 }
 
 fn check(r: &Results, with_c: bool) {
@@ -92,13 +92,9 @@ fn check(r: &Results, with_c: bool) {
     );
     for b in &r.backends {
         let n = &b.backend;
-        let mut cpu_moved = 0;
-        let mut check_timing = |what: String, t: &Timing| {
-            cpu_moved += usize::from(check_timing(&what, t));
-        };
-        check_timing(format!("{n} flush"), &b.round_trips.flush);
-        check_timing(format!("{n} pipelined"), &b.round_trips.flush_pipelined);
-        check_timing(format!("{n} create+unref"), &b.round_trips.create_unref);
+        check_timing(&format!("{n} flush"), &b.round_trips.flush);
+        check_timing(&format!("{n} pipelined"), &b.round_trips.flush_pipelined);
+        check_timing(&format!("{n} create+unref"), &b.round_trips.create_unref);
         assert_eq!(
             b.attach_detach.len(),
             Layout::ALL.len() * w.attach_sizes.len()
@@ -109,16 +105,16 @@ fn check(r: &Results, with_c: bool) {
                 .cycle
                 .as_ref()
                 .unwrap_or_else(|| panic!("{n} refused {p:?}"));
-            check_timing(format!("{n} attach {:?} {}", p.layout, p.bytes), t);
+            check_timing(&format!("{n} attach {:?} {}", p.layout, p.bytes), t);
             assert_eq!(p.entries, p.layout.entries(p.bytes));
         }
         assert_eq!(b.transfers.len(), w.frames.len());
         for t in &b.transfers {
-            check_timing(format!("{n} transfer {}", t.frame), &t.transfer);
+            check_timing(&format!("{n} transfer {}", t.frame), &t.transfer);
         }
         assert_eq!(b.evict_restore.len(), w.evict_frames.len());
         for e in &b.evict_restore {
-            check_timing(format!("{n} evict {}", e.frame), &e.cycle);
+            check_timing(&format!("{n} evict {}", e.frame), &e.cycle);
             for (what, s) in [
                 ("evict", &e.evict),
                 ("attach", &e.attach),
@@ -132,8 +128,6 @@ fn check(r: &Results, with_c: bool) {
                 "{n}: every cycle verified"
             );
         }
-        // The CPU probe reads this backend: some workload's time moved.
-        assert!(cpu_moved > 0, "{n}: backend CPU time never moved");
     }
 }
 
