@@ -5,6 +5,7 @@
 //! and hash) and [`proto`] (the agent's wire format) have no device dependency.
 
 pub mod agent;
+pub mod anon;
 pub mod devnode;
 pub mod drm;
 pub mod error;

@@ -24,9 +24,9 @@
 
 use std::time::Instant;
 
-use nix::libc;
 use serde_json::{json, Value};
 
+use crate::anon::AnonMap;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, RegionArgs};
 use crate::pattern::{self, Kind};
@@ -240,65 +240,32 @@ fn percentile(ms: &[f64], q: f64) -> Option<f64> {
 }
 
 /// A private anonymous region of 4 MiB chunks.
-struct Anon {
-    base: *mut u8,
-    len: usize,
-}
+struct Anon(AnonMap);
 
 impl Anon {
     fn map(len: usize) -> Result<Anon> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is
-        // affected, and the result is checked before use.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Error::sys("reclaim-bench: mmap", nix::errno::Errno::last()));
-        }
-        Ok(Anon {
-            base: base.cast(),
-            len,
-        })
+        AnonMap::new(len)
+            .map(Anon)
+            .map_err(|e| e.context("reclaim-bench"))
     }
 
     fn chunk(&mut self, i: usize) -> &mut [u8] {
-        assert!((i + 1) * BO_BYTES <= self.len);
-        // SAFETY: chunk `i` lies inside the mapping (asserted), which lives
-        // as long as `self`; the borrow of `self` makes it the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(i * BO_BYTES), BO_BYTES) }
+        &mut self.0.as_mut_slice()[i * BO_BYTES..(i + 1) * BO_BYTES]
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the whole mapping, which lives as long as `self`; the
-        // borrow of `self` makes it the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+        self.0.as_mut_slice()
     }
 
     /// Where chunk `i` starts.
     fn chunk_ptr(&self, i: usize) -> *const u8 {
-        assert!((i + 1) * BO_BYTES <= self.len);
+        assert!((i + 1) * BO_BYTES <= self.0.len());
         // SAFETY: inside the mapping (asserted).
-        unsafe { self.base.add(i * BO_BYTES) }
+        unsafe { self.0.as_ptr().add(i * BO_BYTES) }
     }
 
-    /// Reclaims the whole region to swap now (`MADV_PAGEOUT`).
     fn pageout(&self) -> Result<()> {
-        // SAFETY: advice on exactly our own mapping; it changes no content.
-        let rc = unsafe { libc::madvise(self.base.cast(), self.len, libc::MADV_PAGEOUT) };
-        if rc != 0 {
-            return Err(Error::sys(
-                "reclaim-bench: madvise(MADV_PAGEOUT)",
-                nix::errno::Errno::last(),
-            ));
-        }
-        Ok(())
+        self.0.pageout().map_err(|e| e.context("reclaim-bench"))
     }
 
     fn touch_first(&self, i: usize) {
@@ -312,14 +279,6 @@ impl Anon {
             // SAFETY: one byte of each page of chunk `i`, inside the mapping.
             let _ = unsafe { std::ptr::read_volatile(chunk.add(page)) };
         }
-    }
-}
-
-impl Drop for Anon {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`, which nothing
-        // else uses any more.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 

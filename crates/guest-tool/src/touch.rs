@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use nix::libc;
 use serde_json::{json, Value};
 
+use crate::anon::AnonMap;
 use crate::error::{Error, Result};
 
 const PAGE: usize = 4096;
@@ -28,22 +28,8 @@ pub fn run(mib: u64) -> Result<Value> {
         .and_then(|m| m.checked_mul(1 << 20))
         .filter(|&l| l > 0)
         .ok_or_else(|| Error::msg(format!("touch: {mib} MiB is not a size to map")))?;
-    // SAFETY: a fresh private anonymous mapping; no existing memory is
-    // affected, and the result is checked before use.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(Error::sys("touch: mmap", nix::errno::Errno::last()));
-    }
-    let base = base.cast::<u8>();
+    let map = AnonMap::new(len).map_err(|e| e.context("touch"))?;
+    let base = map.as_ptr();
     let started = Instant::now();
     let (mut slowest, mut total) = (Duration::ZERO, Duration::ZERO);
     let (mut slow, mut over_1s) = (0u64, 0u64);
@@ -80,8 +66,7 @@ pub fn run(mib: u64) -> Result<Value> {
         }
     }
     let pages = (len / PAGE) as u64;
-    // SAFETY: unmaps exactly the mapping made above, which nothing else uses.
-    unsafe { libc::munmap(base.cast(), len) };
+    drop(map);
     Ok(json!({
         "pid": std::process::id(),
         "pages": pages,
