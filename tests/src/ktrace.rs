@@ -293,13 +293,13 @@ impl KernelTrace {
     }
 
     /// For the report: what was kept and lost, and how well the clocks
-    /// line up.
-    pub fn summary(&self) -> Value {
+    /// line up (`events`: [`KernelTrace::events`], placed once by the caller).
+    pub fn summary(&self, events: &[KernelEvent]) -> Value {
         let mut by_name: std::collections::BTreeMap<&str, u64> = Default::default();
         for r in &self.raw {
             *by_name.entry(&r.name).or_default() += 1;
         }
-        let mut bounds: Vec<f64> = self.events().iter().map(|e| e.uncertainty_us).collect();
+        let mut bounds: Vec<f64> = events.iter().map(|e| e.uncertainty_us).collect();
         bounds.sort_by(f64::total_cmp);
         json!({
             "unavailable": self.unavailable,
@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(events[0].name, "bo_attach");
         assert_eq!((events[1].res(), events[1].gen()), (Some(7), Some(2)));
         assert!((events[1].host_us - 9_000_050.0).abs() < 1e-6);
-        let s = t.summary();
+        let s = t.summary(&events);
         assert_eq!(s["lost"]["guest_buffer_full"], 2);
         assert_eq!(s["lost"]["kernel_ring_overrun"], 4);
         assert_eq!(s["by_event"]["bo_detach"], 1);

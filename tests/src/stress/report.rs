@@ -112,7 +112,7 @@ impl Run {
             "steps_per_s_by_phase": self.steps_per_s_by_phase(),
         });
         let kernel_trace = json!({
-            "guest_kernel": self.kernel.summary(),
+            "guest_kernel": self.kernel.summary(&kernel_events),
             "daemon_events": {"kept": self.daemon_events.len(), "lost": self.daemon_events_lost},
         });
         let trace = self.o.trace.as_ref().map(|path| {
