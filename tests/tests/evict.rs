@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use gpuswap_tests::{kernel_problems, tail, GuestSession, VmConfig};
+use gpuswap_tests::{kernel_problems, tail, GuestSession, Images, VmConfig};
 use serde_json::{json, Value};
 
 const SEED: u64 = 0x5eed;
@@ -808,14 +808,20 @@ const SHRINK_PROCESSES: u64 = 4;
 const SHRINK_ROUNDS: u64 = 2;
 const SHRINK_BO_MIB: u64 = 4;
 
+/// The igt-style guest: RAM and zram swap, in MiB.
+const SHRINK_RAM_MIB: u32 = 384;
+const SHRINK_SWAP_MIB: u64 = 256;
+
 /// Buffers per process, sized as igt sizes its shrinker tests: all of them
-/// together are the guest's RAM plus a quarter of its swap (a KASAN
-/// kernel's shadow memory leaves less RAM, so fewer buffers).
-fn shrink_bos(g: &mut Guest) -> u64 {
-    let m = g.req(json!({"op": "meminfo"}));
-    let kib = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("no {k} in {m}"));
-    let total_mib = (kib("MemTotal") + kib("SwapTotal") / 4) / 1024;
-    total_mib.div_ceil(SHRINK_PROCESSES * SHRINK_BO_MIB)
+/// together are the guest's RAM plus a quarter of its swap (28 each in the
+/// 384 MiB guest). A KASAN kernel keeps some RAM for itself
+/// ([`gpuswap_tests::KASAN_OVERHEAD_MIB`]), which is not the guest's to fill.
+fn shrink_bos() -> u64 {
+    let mut ram_mib = u64::from(SHRINK_RAM_MIB);
+    if Images::get().kernel_variant().as_deref() == Some("kasan") {
+        ram_mib -= u64::from(gpuswap_tests::KASAN_OVERHEAD_MIB);
+    }
+    (ram_mib + SHRINK_SWAP_MIB / 4).div_ceil(SHRINK_PROCESSES * SHRINK_BO_MIB)
 }
 
 /// Shaped like igt's `gem_shrink` / `msm_shrink`: four processes each hold
@@ -956,10 +962,14 @@ fn expect_hog_kill(g: &mut Guest, hog: &Value) {
 
 fn igt_style_shrink_rounds(variant: &'static str) {
     let _guest = gpuswap_tests::one_guest_at_a_time();
-    let mut g = Guest::boot(&format!("evict-igt-{variant}"), 384, "gpuswap.zram=256M");
+    let mut g = Guest::boot(
+        &format!("evict-igt-{variant}"),
+        SHRINK_RAM_MIB,
+        &format!("gpuswap.zram={SHRINK_SWAP_MIB}M"),
+    );
     // Requests made while the guest is over-committed can take long.
     g.agent.set_timeout(Duration::from_secs(120));
-    let bos = shrink_bos(&mut g);
+    let bos = shrink_bos();
     // Plain, -madvise, and -oom: a 128 MiB anonymous hog races the buffers
     // (the OOM killer may take the hog, igt's expected outcome, which the
     // clean-kernel-log check then forgives; nothing else may be killed:
