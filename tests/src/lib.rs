@@ -429,6 +429,10 @@ impl Drop for Vm {
     }
 }
 
+/// How much of the serial log a failed boot's error carries: room for the
+/// init's port report (`GPUSWAP-PORTS` lines) and what came before it.
+const BOOT_LOG_LINES: usize = 100;
+
 /// Connects to the guest agent at `socket` once the guest tool answers,
 /// for a guest whose console goes to `serial`. `gone` says why the guest
 /// can no longer answer (its VMM exited), if it cannot.
@@ -455,7 +459,7 @@ pub fn wait_for_agent_after(
         if let Some(why) = gone() {
             return Err(format!(
                 "{why} before the agent answered; serial log:\n{}",
-                tail(serial, 40)
+                tail(serial, BOOT_LOG_LINES)
             ));
         }
         // /init prints this when the workload ended: no agent is coming.
@@ -464,7 +468,7 @@ pub fn wait_for_agent_after(
         if this_boot.contains("GPUSWAP-INIT-EXIT") {
             return Err(format!(
                 "the guest workload exited before the agent answered; serial log:\n{}",
-                tail(serial, 40)
+                tail(serial, BOOT_LOG_LINES)
             ));
         }
         if let Ok(mut agent) = Agent::connect(socket) {
@@ -477,7 +481,7 @@ pub fn wait_for_agent_after(
         if Instant::now() > deadline {
             return Err(format!(
                 "no guest agent within {timeout:?}; serial log:\n{}",
-                tail(serial, 40)
+                tail(serial, BOOT_LOG_LINES)
             ));
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -702,29 +706,24 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Starts a daemon (with `daemon_args`) in a run directory `name` and boots
 /// the guest on it (`config.append` must run the agent), waiting for the
-/// agent.
-///
-/// Known open bug: now and then the guest's virtio-serial device shows no
-/// port at all (`/sys/class/virtio-ports` stays empty), so the agent
-/// cannot start. Such a boot, and only such a boot, is retried once, with
-/// a warning; any other boot failure is returned.
+/// agent. No boot is retried: a guest without its agent port fails the
+/// caller, with the init's port report (`GPUSWAP-PORTS` lines) in the
+/// serial log.
 pub fn boot_guest(
     images: &Images,
     name: &str,
     config: &VmConfig,
     daemon_args: &[&str],
 ) -> Result<Booted> {
-    retry_missing_port(name, |name| {
-        let dir = RunDir::new(name);
-        let daemon = Daemon::start(&images.daemon, &dir, daemon_args)?;
-        let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
-        let agent = vm.agent(BOOT_TIMEOUT)?;
-        Ok(Booted {
-            dir,
-            daemon,
-            vm,
-            agent,
-        })
+    let dir = RunDir::new(name);
+    let daemon = Daemon::start(&images.daemon, &dir, daemon_args)?;
+    let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
+    let agent = vm.agent(BOOT_TIMEOUT)?;
+    Ok(Booted {
+        dir,
+        daemon,
+        vm,
+        agent,
     })
 }
 
@@ -736,27 +735,10 @@ pub fn boot_guest_on(
     name: &str,
     config: &VmConfig,
 ) -> Result<(RunDir, Vm, Agent)> {
-    retry_missing_port(name, |name| {
-        let dir = RunDir::new(name);
-        let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
-        let agent = vm.agent(BOOT_TIMEOUT)?;
-        Ok((dir, vm, agent))
-    })
-}
-
-/// Runs `boot(name)`, and once more (as `name-retry`) when it failed on
-/// the known missing-port signature only.
-fn retry_missing_port<T>(name: &str, mut boot: impl FnMut(&str) -> Result<T>) -> Result<T> {
-    const MISSING_PORT: &str = "no virtio-serial port named";
-    match boot(name) {
-        Err(e) if e.contains(MISSING_PORT) => {
-            eprintln!(
-                "WARNING: [{name}] guest came up without its agent port (known bug); booting again:\n{e}"
-            );
-            boot(&format!("{name}-retry"))
-        }
-        other => other,
-    }
+    let dir = RunDir::new(name);
+    let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
+    let agent = vm.agent(BOOT_TIMEOUT)?;
+    Ok((dir, vm, agent))
 }
 
 /// A booted guest on its own gpuswap daemon, for the real-guest tests:

@@ -180,3 +180,30 @@ fn guest_boots_on_the_reference_c_backend() {
     let _ = backend.kill();
     let _ = backend.wait();
 }
+
+/// A guest whose agent finds no port tells the host why: the boot fails
+/// at once (no retry anywhere), and the error carries the init's port
+/// report, the virtio devices, the ports the guest did see and where
+/// each CPU's interrupts went, which is what tells a lost control-queue
+/// interrupt from a device that never probed.
+#[test]
+fn a_guest_without_its_agent_port_reports_what_it_saw() {
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let images = Images::get();
+    let config = VmConfig {
+        append: "gpuswap.cmd=agent gpuswap.args=--port,org.gpuswap.absent,--port-wait,2".into(),
+        ..VmConfig::default()
+    };
+    let Err(e) = boot_guest(&images, "boot-no-port", &config, &[]) else {
+        panic!("the agent answered on a port it was told not to use");
+    };
+    for line in [
+        "no virtio-serial port named \"org.gpuswap.absent\"",
+        "org.gpuswap.agent",
+        "GPUSWAP-PORTS virtio-ports: vport",
+        "GPUSWAP-PORTS interrupts:",
+        "GPUSWAP-PORTS device virtio",
+    ] {
+        assert!(e.contains(line), "{line:?} missing from:\n{e}");
+    }
+}

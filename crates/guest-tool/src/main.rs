@@ -11,9 +11,11 @@ use gpuswap_guest::{hog, kms, pattern, reclaim_bench, shrink, Error, Result};
 
 fn usage() -> &'static str {
     "usage:
-  gpuswap-guest agent [--port NAME] [--stdio] [--card PATH] [--exit-on-eof]
+  gpuswap-guest agent [--port NAME] [--port-wait SECS] [--stdio] [--card PATH]
+                [--exit-on-eof]
       serve the agent protocol on the virtio-serial port NAME
-      (default org.gpuswap.agent), or on stdin/stdout with --stdio
+      (default org.gpuswap.agent; waiting up to SECS, default 60, for the
+      port to appear), or on stdin/stdout with --stdio
   gpuswap-guest sampler [--port NAME]
       serve the read-only requests (hello, meminfo, shrinker_stats, vmstat,
       sample) on the virtio-serial port NAME (default org.gpuswap.sampler),
@@ -49,6 +51,7 @@ enum Command {
         stdio: bool,
         card: Option<PathBuf>,
         exit_on_eof: bool,
+        port_wait: Duration,
     },
     Sampler {
         port: String,
@@ -85,6 +88,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
     }
     .to_owned();
     let (mut stdio, mut exit_on_eof) = (false, false);
+    let mut port_wait = agent::PORT_WAIT;
     let mut card = None;
     let (mut width, mut height, mut seed) = (64u32, 64u32, 1u64);
     let mut mib = 64u64;
@@ -120,6 +124,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
             ("agent" | "sampler", "--port") => port = value()?,
             ("agent", "--stdio") => stdio = true,
             ("agent", "--exit-on-eof") => exit_on_eof = true,
+            ("agent", "--port-wait") => port_wait = Duration::from_secs(num(flag, value()?)?),
             ("touch", "--mib") => mib = num(flag, value()?)?,
             ("smoke", "--width") => width = num(flag, value()?)?,
             ("smoke", "--height") => height = num(flag, value()?)?,
@@ -155,6 +160,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
             stdio,
             card,
             exit_on_eof,
+            port_wait,
         },
         "smoke" => Command::Smoke {
             width,
@@ -170,7 +176,13 @@ fn parse_args(args: &[String]) -> Result<Command> {
     })
 }
 
-fn run_agent(port: &str, stdio: bool, card: Option<PathBuf>, exit_on_eof: bool) -> Result<i32> {
+fn run_agent(
+    port: &str,
+    port_wait: Duration,
+    stdio: bool,
+    card: Option<PathBuf>,
+    exit_on_eof: bool,
+) -> Result<i32> {
     // Under memory pressure the OOM killer should take the hog (score 1000),
     // never the host's channel into the guest. Needs root; best effort.
     if let Err(e) = hog::protect_agent_from_oom() {
@@ -184,7 +196,7 @@ fn run_agent(port: &str, stdio: bool, card: Option<PathBuf>, exit_on_eof: bool) 
             OnEof::Stop,
         );
     }
-    let node = agent::wait_for_port(port, agent::PORT_WAIT)?;
+    let node = agent::wait_for_port(port, port_wait)?;
     let (reader, file) = open_port(&node)?;
     let mut agent = Agent::new(card.as_deref());
     eprintln!(
@@ -356,7 +368,8 @@ fn main() -> ExitCode {
             stdio,
             card,
             exit_on_eof,
-        } => run_agent(&port, stdio, card, exit_on_eof),
+            port_wait,
+        } => run_agent(&port, port_wait, stdio, card, exit_on_eof),
         Command::Sampler { port } => run_sampler(&port),
         Command::Touch { mib } => gpuswap_guest::touch::run(mib).map(|v| {
             println!("{v}");

@@ -1,26 +1,31 @@
 //! `gpuswap-guest reclaim-bench`: what the shrinker costs the guest,
 //! measured next to the kernel's own swap path for the same bytes.
 //!
-//! Each round writes `bos` idle 4 MiB 2D BOs (attached: transferred to the
-//! host) and an anonymous region of the same size with the same content,
-//! then:
+//! Each round creates `bos` fresh idle 4 MiB 2D BOs (written and
+//! transferred to the host, so attached) and fills an anonymous region of
+//! the same size with the same content, then:
 //! - **eviction**: one forced evict scan of every BO (debugfs; the scan
 //!   queues the DETACHes, waits for the host and gives the pages to shmem),
 //!   against `MADV_PAGEOUT` of the anonymous region (reclaim of the same
 //!   bytes into zram). The scan does not write to zram itself: shmem's
 //!   pages go there when reclaim gets to them, at what `MADV_PAGEOUT`
 //!   costs; so a whole eviction costs the scan plus a page-out;
-//! - **restore by CPU touch**: after memory pressure (an anonymous region
-//!   of free memory plus the BOs' size, written once and unmapped) has
-//!   pushed the evicted pages into zram, one byte read of each BO (the fault
-//!   brings the whole BO back: its pages are one shmem object), against the
-//!   first touch of each paged-out 4 MiB anonymous chunk (one page and its
-//!   readahead) and the touch of all its pages (the same bytes as a BO);
-//! - **restore by transfer**: after another eviction and push, the first
-//!   transfer of each BO (swap-in, ATTACH, TRANSFER, and a fence barrier:
-//!   until the host has it again).
+//! - memory pressure (a growing anonymous region) then pushes the evicted
+//!   pages into zram, so that restores read them back from there like the
+//!   anonymous ones;
+//! - **restore by CPU touch**: one byte read of each BO of the first half
+//!   (the fault brings the whole BO back: its pages are one shmem object),
+//!   against the first touch of each paged-out 4 MiB anonymous chunk (one
+//!   page and its readahead) and the touch of all its pages (the same
+//!   bytes as a BO);
+//! - **restore by transfer**: the first transfer of each BO of the second
+//!   half (swap-in, ATTACH, TRANSFER, and a fence barrier: until the host
+//!   has it again).
 //!
-//! Times are wall clock in the guest. Needs swap (the harness's zram).
+//! Fresh BOs each round, and one push for both halves: a page read back
+//! from swap is activated (the refault was recent), and an active page is
+//! out of reach of the push. Times are wall clock in the guest. Needs swap
+//! (the harness's zram).
 
 use std::time::Instant;
 
@@ -51,26 +56,31 @@ pub struct Plan {
 
 /// Runs the plan; one JSON object with every round and the medians.
 pub fn run(plan: Plan) -> Result<Value> {
-    if plan.bos == 0 || plan.rounds == 0 {
+    if plan.bos < 2 || plan.rounds == 0 {
         return Err(Error::msg(
-            "reclaim-bench: --bos and --rounds must be at least 1",
+            "reclaim-bench: --bos must be at least 2 (one to touch, one to transfer), \
+             --rounds at least 1",
         ));
     }
     let mut gpu = Gpu::open(None)?;
-    let mut handles = Vec::new();
-    for _ in 0..plan.bos {
-        handles.push(gpu.create_2d(BO_SIDE, BO_SIDE, FORMAT)?.handle);
-    }
     let mut anon = Anon::map(plan.bos as usize * BO_BYTES)?;
     let mut rounds = Vec::new();
     for round in 0..plan.rounds {
-        rounds.push(one_round(
+        let mut handles = Vec::new();
+        for _ in 0..plan.bos {
+            handles.push(gpu.create_2d(BO_SIDE, BO_SIDE, FORMAT)?.handle);
+        }
+        let result = one_round(
             &mut gpu,
             &handles,
             &mut anon,
             plan.seed,
             u64::from(round) + 1,
-        )?);
+        );
+        for h in handles {
+            gpu.close(h)?;
+        }
+        rounds.push(result?);
     }
     let median = |key: &str| {
         let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[key].as_f64()).collect();
@@ -89,9 +99,6 @@ pub fn run(plan: Plan) -> Result<Value> {
         "anon_chunk_swapin_ms_p50": median("anon_chunk_swapin_ms_p50"),
         "anon_chunk_swapin_ms_p99": median("anon_chunk_swapin_ms_p99"),
     });
-    for h in handles {
-        gpu.close(h)?;
-    }
     Ok(json!({
         "bos": plan.bos,
         "bo_mib": BO_BYTES / MIB,
@@ -135,15 +142,11 @@ fn one_round(
         Ok(())
     })?;
 
-    // The evicted pages are shmem's now, still in memory: reclaim writes
-    // them to zram when it gets to them. Make it get to them, so that the
-    // first touches read them back from zram like the anonymous ones.
-    let touch_swapped_mib = push_shmem_to_swap(mib)?;
-    let bo_touch = time_each(handles, |&h| gpu.first_byte(h).map(drop))?;
-
-    evict(handles.len())?;
-    let transfer_swapped_mib = push_shmem_to_swap(mib)?;
-    let bo_transfer = time_each(handles, |&h| {
+    // The evicted pages are shmem's now, still in memory.
+    let (swapped_mib, push) = push_shmem_to_swap(mib)?;
+    let (touched, transferred) = handles.split_at(handles.len() / 2);
+    let bo_touch = time_each(touched, |&h| gpu.first_byte(h).map(drop))?;
+    let bo_transfer = time_each(transferred, |&h| {
         gpu.transfer_to_host(h, RegionArgs::default(), Some(true))
             .map(drop)
     })?;
@@ -154,8 +157,8 @@ fn one_round(
         "evicted_mib": evicted as f64 * PAGE as f64 / MIB as f64,
         "evict_mib_per_s": evicted as f64 * PAGE as f64 / MIB as f64 / evict_s,
         "swap_used_by_the_scan_mib": swap_after_evict - swap_before_evict,
-        "bo_mib_in_swap_before_touch": touch_swapped_mib,
-        "bo_mib_in_swap_before_transfer": transfer_swapped_mib,
+        "shmem_mib_pushed_to_swap": swapped_mib,
+        "push": push,
         "pageout_s": pageout_s,
         "paged_out_mib": paged_out,
         "pageout_mib_per_s": paged_out / pageout_s,
@@ -185,33 +188,65 @@ fn evict(bos: usize) -> Result<(f64, u64)> {
     Ok((secs, freed))
 }
 
-/// Makes reclaim write `mib` MiB of shmem (the evicted BOs' pages) to
-/// swap: an anonymous region as large as free memory plus what is still
-/// to go, written once and unmapped again, a few times if reclaim took
-/// other pages first. Returns how much shmem left memory.
-fn push_shmem_to_swap(mib: f64) -> Result<f64> {
-    const ATTEMPTS: usize = 4;
-    let meminfo_mib = |key: &str| -> Result<f64> {
-        Ok(sysinfo::meminfo()?
-            .get(key)
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0)
-            / 1024.0)
-    };
+/// Makes reclaim write the evicted BOs' `mib` MiB of shmem to swap: an
+/// anonymous region grows 4 MiB at a time, each step written, until that
+/// much shmem has left memory and two more steps took no more (reclaim
+/// goes from the oldest inactive pages: other shmem first, then the
+/// evicted BOs, which are older than the region), or until the region
+/// holds free memory plus twice `mib`, or swap is nearly full. Growing
+/// slowly keeps reclaim at the watermarks, with the reserves zram needs to
+/// store a page: one allocation of all free memory at once starved zram.
+/// Returns how much shmem left memory, and the pressure it took with the
+/// LRU lists before and after.
+fn push_shmem_to_swap(mib: f64) -> Result<(f64, Value)> {
+    const STEP: usize = 4 * MIB;
+    const SETTLE_STEPS: usize = 2;
     let before = meminfo_mib("Shmem")?;
-    for _ in 0..ATTEMPTS {
-        let gone = before - meminfo_mib("Shmem")?;
-        if gone >= mib * 0.95 {
-            break;
-        }
-        let len = ((meminfo_mib("MemFree")? + mib - gone) as usize * MIB).max(MIB);
-        let mut hog = Anon::map(len)?;
-        for page in (0..len).step_by(PAGE) {
+    let start = lru_state(0.0)?;
+    let budget = (meminfo_mib("MemFree")? + 2.0 * mib) as usize * MIB;
+    let mut hog = Vec::new();
+    let mut gone = 0.0;
+    let mut still = 0;
+    while hog.len() * STEP < budget
+        && meminfo_mib("SwapFree")? >= 4.0 * (STEP / MIB) as f64
+        && (gone < mib * 0.95 || still < SETTLE_STEPS)
+    {
+        let mut step = Anon::map(STEP)?;
+        for page in (0..STEP).step_by(PAGE) {
             // A different byte per page, so no page is same-filled in zram.
-            hog.bytes()[page] = (page / PAGE) as u8 | 1;
+            step.0.as_mut_slice()[page] = (page / PAGE) as u8 | 1;
         }
+        hog.push(step);
+        let now = (before - meminfo_mib("Shmem")?).max(0.0);
+        still = if now > gone { 0 } else { still + 1 };
+        gone = now;
     }
-    Ok((before - meminfo_mib("Shmem")?).max(0.0))
+    let pressure = json!({
+        "hog_mib": hog.len() * STEP / MIB,
+        "before": start,
+        "after": lru_state(gone)?,
+    });
+    drop(hog);
+    Ok((gone, pressure))
+}
+
+/// The anonymous LRU lists (where shmem's pages are), in MiB.
+fn lru_state(shmem_gone_mib: f64) -> Result<Value> {
+    Ok(json!({
+        "shmem_gone_mib": shmem_gone_mib,
+        "free_mib": meminfo_mib("MemFree")?,
+        "active_anon_mib": meminfo_mib("Active(anon)")?,
+        "inactive_anon_mib": meminfo_mib("Inactive(anon)")?,
+        "unevictable_mib": meminfo_mib("Unevictable")?,
+    }))
+}
+
+fn meminfo_mib(key: &str) -> Result<f64> {
+    Ok(sysinfo::meminfo()?
+        .get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0)
+        / 1024.0)
 }
 
 fn swap_used_mib() -> Result<f64> {
@@ -251,10 +286,6 @@ impl Anon {
 
     fn chunk(&mut self, i: usize) -> &mut [u8] {
         &mut self.0.as_mut_slice()[i * BO_BYTES..(i + 1) * BO_BYTES]
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        self.0.as_mut_slice()
     }
 
     /// Where chunk `i` starts.

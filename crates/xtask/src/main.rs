@@ -53,10 +53,6 @@ enum Cmd {
         /// Boots.
         n: usize,
     },
-    /// Benchmarks: the release daemon side by side with QEMU's C
-    /// vhost-user-gpu backend and memcpy (see docs/benchmarks.md). Writes
-    /// results.json, results.md and attach-detach.svg to docs/bench (a
-    /// full run) or target/bench-smoke (--smoke).
     /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly): builds
     /// the targets of crates/fuzz and runs one or each for a while; fails
     /// on a crash, printing where libFuzzer left the input.
@@ -71,6 +67,10 @@ enum Cmd {
         #[arg(long)]
         scratch_corpus: bool,
     },
+    /// Benchmarks: the release daemon side by side with QEMU's C
+    /// vhost-user-gpu backend and memcpy (see docs/benchmarks.md). Writes
+    /// results.json, results.md and attach-detach.svg to docs/bench (a
+    /// full run) or target/bench-smoke (--smoke).
     Bench {
         /// The few-second version: every workload at tiny sizes.
         #[arg(long)]

@@ -102,8 +102,9 @@ fn table(v: &Value) -> String {
          Ratios: the kernel's time over the shrinker's (above 1: the shrinker's \
          path is faster). The scan leaves the pages in shmem, which writes them \
          to zram when reclaim gets to them, at the page-out's cost: a whole \
-         eviction costs both. Before the touches and the transfers, memory \
-         pressure pushed {} and {} MiB of the {} MiB of evicted BO pages into zram \
+         eviction costs both. Half the BOs are touched, the other half \
+         transferred. Before them, memory pressure pushed {} MiB of shmem \
+         (the {} MiB of evicted BO pages, and older shmem first) into zram \
          (first round).\n",
         v["guest"]["kernel"].as_str().unwrap_or("?"),
         v["guest"]["clocksource"].as_str().unwrap_or("?"),
@@ -125,8 +126,7 @@ fn table(v: &Value) -> String {
         ratio("anon_chunk_swapin_ms_p50", "bo_first_touch_ms_p50"),
         f("bo_first_transfer_ms_p50"),
         f("bo_first_transfer_ms_p99"),
-        round0("bo_mib_in_swap_before_touch"),
-        round0("bo_mib_in_swap_before_transfer"),
+        round0("shmem_mib_pushed_to_swap"),
         v["bench"]["bos"].as_u64().unwrap_or(0) * v["bench"]["bo_mib"].as_u64().unwrap_or(0),
     )
 }
