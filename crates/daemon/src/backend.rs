@@ -435,13 +435,14 @@ fn handle_chain(
 
     let (hdr, response, delay) = match decoded {
         Ok(req) => {
-            let response = device.process(&req);
+            let hdr = req.hdr;
+            let response = device.process(req);
             let delay = device
                 .faults()
                 .delay_ms
-                .get(&req.hdr.type_)
+                .get(&hdr.type_)
                 .map(|&ms| Duration::from_millis(ms));
-            (req.hdr, response, delay)
+            (hdr, response, delay)
         }
         Err((hdr, err)) => {
             device.record_malformed(hdr.map(|h| h.type_), &err);

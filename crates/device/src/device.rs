@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use gpuswap_protocol::wire::{self, DisplayOne, MemEntry, MAX_SCANOUTS};
+use gpuswap_protocol::wire::{self, DisplayOne, MAX_SCANOUTS};
 use gpuswap_protocol::{
     blob_mem, ctrl_type, format, Command, DecodeError, ErrorCode, Request, Response,
 };
@@ -109,7 +109,25 @@ impl ResourceKind {
 #[derive(Debug)]
 enum Backing {
     Detached,
-    Attached { extents: Vec<GuestExtent>, len: u64 },
+    /// The extents as the guest sent them (decoded once, moved here): the
+    /// one place a backing is stored. The page-ownership index refers to
+    /// them; the renderer gets host iovecs derived from them.
+    Attached {
+        extents: Vec<GuestExtent>,
+        len: u64,
+    },
+}
+
+/// Every attached backing in `resources`, for the page-ownership index.
+fn attached_backings(
+    resources: &BTreeMap<u32, Resource>,
+) -> impl Iterator<Item = (u32, &[GuestExtent])> {
+    resources
+        .iter()
+        .filter_map(|(&id, res)| match &res.backing {
+            Backing::Attached { extents, .. } => Some((id, extents.as_slice())),
+            Backing::Detached => None,
+        })
 }
 
 #[derive(Debug)]
@@ -281,7 +299,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         self.owners = PageOwners::for_memory(&*mem);
         let ids: Vec<u32> = self.resources.keys().copied().collect();
         for id in ids {
-            let Some(res) = self.resources.get_mut(&id) else {
+            let Some(res) = self.resources.get(&id) else {
                 continue;
             };
             let Backing::Attached { extents, .. } = &res.backing else {
@@ -294,12 +312,13 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             self.renderer.detach_backing(id);
             let lost = match resolved {
                 Ok(iovecs) => {
-                    self.owners.claim(id, extents);
+                    self.owners
+                        .claim(id, extents, attached_backings(&self.resources));
                     // SAFETY: the iovecs point into `mem`, which the device
                     // keeps alive (`self.mem`) until the next `set_memory`,
                     // which detaches first, or until the backing is
                     // detached.
-                    unsafe { self.renderer.attach_backing(id, &iovecs) }
+                    unsafe { self.renderer.attach_backing(id, iovecs) }
                         .err()
                         .map(|e| {
                             (
@@ -364,21 +383,22 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
 
     /// Executes one request and returns its response. Never panics on guest
     /// input: every failure is an error response and a log line.
-    pub fn process(&mut self, req: &Request) -> Response {
+    pub fn process(&mut self, req: Request) -> Response {
         let name = ctrl_type::name(req.cmd.type_code());
         *self.counters.commands.entry(name).or_default() += 1;
-        let result = match &req.cmd {
+        let ctx_id = req.hdr.ctx_id;
+        let result = match req.cmd {
             Command::GetDisplayInfo => Ok(self.display_info()),
             Command::GetEdid(args) => self.get_edid(args.scanout),
-            Command::ResourceCreate2d(args) => self.create_2d(args),
+            Command::ResourceCreate2d(args) => self.create_2d(&args),
             Command::ResourceUnref(args) => self.unref(args.resource_id, name),
-            Command::SetScanout(args) => self.set_scanout(args, name),
+            Command::SetScanout(args) => self.set_scanout(&args, name),
             Command::ResourceFlush(args) => self.flush(args.resource_id, args.r.into(), name),
-            Command::TransferToHost2d(args) => self.transfer_to_host(args, name),
+            Command::TransferToHost2d(args) => self.transfer_to_host(&args, name),
             Command::ResourceAttachBacking {
                 resource_id,
                 entries,
-            } => self.attach(*resource_id, entries, name),
+            } => self.attach(resource_id, entries, name),
             Command::ResourceDetachBacking(args) => self.detach(args.resource_id, name),
             Command::GetCapsetInfo(args) => Err(fail(
                 ErrorCode::InvalidParameter,
@@ -393,9 +413,9 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             )),
             Command::ResourceAssignUuid(args) => self.assign_uuid(args.resource_id, name),
             Command::ResourceCreateBlob { args, entries } => {
-                self.create_blob(args, req.hdr.ctx_id, entries, name)
+                self.create_blob(&args, ctx_id, entries, name)
             }
-            Command::SetScanoutBlob(args) => self.set_scanout_blob(args, name),
+            Command::SetScanoutBlob(args) => self.set_scanout_blob(&args, name),
             Command::ResourceMapBlob(_) | Command::ResourceUnmapBlob(_) => Err(fail(
                 ErrorCode::Unspec,
                 "no host-visible memory: only guest-memory blobs are supported",
@@ -404,9 +424,9 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 ErrorCode::Unspec,
                 "3D contexts need a 3D renderer, which this device does not have",
             )),
-            Command::UpdateCursor(args) => self.update_cursor(args, name),
+            Command::UpdateCursor(args) => self.update_cursor(&args, name),
             Command::MoveCursor(args) => {
-                self.move_cursor(args);
+                self.move_cursor(&args);
                 Ok(Response::OkNoData)
             }
         };
@@ -616,7 +636,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         &mut self,
         args: &wire::ResourceCreateBlob,
         ctx_id: u32,
-        entries: &[MemEntry],
+        entries: Vec<GuestExtent>,
         name: &'static str,
     ) -> CmdResult {
         let id = args.resource_id;
@@ -666,7 +686,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         Ok(Response::OkNoData)
     }
 
-    fn attach(&mut self, id: u32, entries: &[MemEntry], name: &'static str) -> CmdResult {
+    fn attach(&mut self, id: u32, extents: Vec<GuestExtent>, name: &'static str) -> CmdResult {
         let res = self.live(id, name)?;
         if res.is_attached() {
             self.violation(id, Violation::DoubleAttach, name);
@@ -676,7 +696,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             ));
         }
         let kind = res.kind;
-        if entries.is_empty() {
+        if extents.is_empty() {
             return Err(fail(
                 ErrorCode::InvalidParameter,
                 format!("resource {id}: attach with no entries"),
@@ -695,13 +715,6 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             );
             return Err(fail(ErrorCode::OutOfMemory, "injected attach failure"));
         }
-        let extents: Vec<GuestExtent> = entries
-            .iter()
-            .map(|e| GuestExtent {
-                addr: e.addr,
-                len: e.length,
-            })
-            .collect();
         let bad = |e: memory::BackingError| {
             fail(ErrorCode::InvalidParameter, format!("resource {id}: {e}"))
         };
@@ -723,11 +736,14 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         // SAFETY: the iovecs point into `self.mem`, which stays mapped until
         // `set_memory` re-attaches every backing into a new table, and the
         // renderer drops them on detach or unref.
-        if let Err(e) = unsafe { self.renderer.attach_backing(id, &iovecs) } {
+        if let Err(e) = unsafe { self.renderer.attach_backing(id, iovecs) } {
             self.uncharge(entry_bytes);
             return Err(fail(ErrorCode::Unspec, e.to_string()));
         }
-        let conflicts = self.owners.claim(id, &extents);
+        let conflicts = self
+            .owners
+            .claim(id, &extents, attached_backings(&self.resources));
+        let entries = extents.len() as u32;
         let res = self
             .resources
             .get_mut(&id)
@@ -740,7 +756,7 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             id,
             generation,
             EventKind::Attach {
-                entries: entries.len() as u32,
+                entries,
                 bytes: len,
             },
         );

@@ -5,7 +5,7 @@
 //! Backings are stored as guest addresses and resolved again whenever the
 //! memory table changes; host pointers are never kept across a change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice,
@@ -17,19 +17,7 @@ use crate::renderer::HostIovec;
 /// Guest page size used for ownership tracking.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// One guest-physical extent of a backing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestExtent {
-    pub addr: u64,
-    pub len: u32,
-}
-
-impl GuestExtent {
-    fn end(&self) -> u64 {
-        // Cannot overflow: `validate` rejects extents that wrap.
-        self.addr + u64::from(self.len)
-    }
-}
+pub use gpuswap_protocol::GuestExtent;
 
 /// Why a backing could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,16 +211,13 @@ pub fn read_backing<M: GuestMemoryBackend>(
 #[derive(Debug, Default)]
 pub struct PageOwners {
     regions: Vec<RegionOwners>,
-    /// What each resource claimed, for finding the owners of a page
-    /// another claim collides with.
-    claims: BTreeMap<u32, Vec<GuestExtent>>,
+    /// The resources whose pages are marked here. Their extents are the
+    /// device's (its resource table is where a backing is stored): a claim
+    /// that collides gets them from the caller to find the other holders.
+    claimants: BTreeSet<u32>,
     /// Pages held by more than one live resource (only after an overlap
     /// violation), with every holder.
     shared: BTreeMap<u64, Vec<u32>>,
-    /// The buffer of the last released claim, reused by the next claim:
-    /// a fresh multi-megabyte allocation per attach costs a page fault per
-    /// page.
-    spare: Vec<GuestExtent>,
 }
 
 #[derive(Debug)]
@@ -369,8 +354,15 @@ impl PageOwners {
     }
 
     /// Marks the pages of `extents` as held by `id`. Returns the other
-    /// live resources that already hold one of those pages.
-    pub fn claim(&mut self, id: u32, extents: &[GuestExtent]) -> Vec<u32> {
+    /// live resources that already hold one of those pages, found among
+    /// `backings` (every attached backing, as the device stores them; read
+    /// only when a page is already taken).
+    pub fn claim<'a>(
+        &mut self,
+        id: u32,
+        extents: &[GuestExtent],
+        backings: impl IntoIterator<Item = (u32, &'a [GuestExtent])>,
+    ) -> Vec<u32> {
         // Pages some backing already covered, in the order met.
         let mut taken = Vec::new();
         Self::for_each_extent_run(&mut self.regions, extents, |region, first, count| {
@@ -399,28 +391,29 @@ impl PageOwners {
         let conflicts = if taken.is_empty() {
             Vec::new()
         } else {
-            self.record_overlaps(id, &taken)
+            self.record_overlaps(id, &taken, backings)
         };
-        let spare = &mut self.spare;
-        self.claims
-            .entry(id)
-            .or_insert_with(|| std::mem::take(spare))
-            .extend_from_slice(extents);
+        self.claimants.insert(id);
         conflicts
     }
 
     /// `id` claims pages that were already held (`taken`, in the order
-    /// met, maybe repeated): finds their other holders from the kept
-    /// claims, records the pages as shared, and returns the other holders
-    /// in the order their pages were met. A page only `id` itself holds
-    /// (an entry repeated in its own backing) is no overlap.
-    fn record_overlaps(&mut self, id: u32, taken: &[u64]) -> Vec<u32> {
+    /// met, maybe repeated): finds their other holders among the claimants'
+    /// `backings`, records the pages as shared, and returns the other
+    /// holders in the order their pages were met. A page only `id` itself
+    /// holds (an entry repeated in its own backing) is no overlap.
+    fn record_overlaps<'a>(
+        &mut self,
+        id: u32,
+        taken: &[u64],
+        backings: impl IntoIterator<Item = (u32, &'a [GuestExtent])>,
+    ) -> Vec<u32> {
         let mut pages = taken.to_vec();
         pages.sort_unstable();
         pages.dedup();
         let mut holders: Vec<Vec<u32>> = vec![Vec::new(); pages.len()];
-        for (&other, extents) in &self.claims {
-            if other == id {
+        for (other, extents) in backings {
+            if other == id || !self.claimants.contains(&other) {
                 continue;
             }
             for e in extents {
@@ -456,23 +449,19 @@ impl PageOwners {
         conflicts
     }
 
-    /// Releases the pages `id` claimed; a page another resource also holds
-    /// stays held by that one. `extents` are what `id` claimed: the kept
-    /// claim is what gets released, so a resource that claimed nothing
-    /// here (e.g. one whose backing left guest RAM when the memory table
-    /// changed) releases nothing.
+    /// Releases the pages `id` claimed with `extents`; a page another
+    /// resource also holds stays held by that one. A resource that claimed
+    /// nothing here (e.g. one whose backing left guest RAM when the memory
+    /// table changed) releases nothing.
     pub fn release(&mut self, id: u32, extents: &[GuestExtent]) {
-        let Some(claimed) = self.claims.remove(&id) else {
+        if !self.claimants.remove(&id) {
             return;
-        };
-        debug_assert!(
-            claimed == extents,
-            "resource {id} releases what it did not claim"
-        );
+        }
+        let claimed = extents;
         // Pages `id` shares with others stay held by them.
         let mut kept = Vec::new();
         if !self.shared.is_empty() {
-            for e in &claimed {
+            for e in claimed {
                 kept.extend(
                     self.shared
                         .range(e.addr & !(PAGE_SIZE - 1)..e.end())
@@ -490,7 +479,7 @@ impl PageOwners {
                 }
             }
         }
-        Self::for_each_extent_run(&mut self.regions, &claimed, |region, first, count| {
+        Self::for_each_extent_run(&mut self.regions, claimed, |region, first, count| {
             if count == 1 {
                 region.held[first / 64] &= !(1u64 << (first % 64));
             } else {
@@ -506,31 +495,23 @@ impl PageOwners {
                 region.held[first / 64] |= 1 << (first % 64);
             });
         }
-        if claimed.capacity() > self.spare.capacity() {
-            let mut claimed = claimed;
-            claimed.clear();
-            self.spare = claimed;
-        }
     }
 
     /// Cross-checks the index against `expected`, each live resource's
     /// attached extents (what the device's resource table says), for tests
-    /// and fuzzing: the kept claims must be exactly those, the held bits
-    /// exactly the pages they cover, and the shared pages exactly those
-    /// more than one resource covers, with those holders. Recomputes the
-    /// whole index, so it costs a walk over every claimed page.
+    /// and fuzzing: the claimants must be exactly those resources, the held
+    /// bits exactly the pages they cover, and the shared pages exactly
+    /// those more than one resource covers, with those holders. Recomputes
+    /// the whole index, so it costs a walk over every claimed page.
     pub fn check_consistency(
         &self,
         expected: &BTreeMap<u32, &[GuestExtent]>,
     ) -> Result<(), String> {
-        let claimed: BTreeMap<u32, &[GuestExtent]> = self
-            .claims
-            .iter()
-            .map(|(&id, extents)| (id, extents.as_slice()))
-            .collect();
-        if claimed != *expected {
+        if !self.claimants.iter().eq(expected.keys()) {
             return Err(format!(
-                "page index claims {claimed:?}, resource table has {expected:?}"
+                "page index claimants {:?}, resource table has {:?}",
+                self.claimants,
+                expected.keys().collect::<Vec<_>>()
             ));
         }
         let mut regions: Vec<RegionOwners> = self
@@ -749,7 +730,8 @@ mod tests {
                     .filter(|(_, e)| !pages_of(e).is_disjoint(&mine))
                     .map(|(&o, _)| o)
                     .collect();
-                let got = owners.claim(id, &ext);
+                let backings = model.iter().map(|(&id, e)| (id, e.as_slice()));
+                let got = owners.claim(id, &ext, backings);
                 assert_eq!(got.len(), want.len(), "no repeats in {got:?}");
                 assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
                 model.insert(id, ext);
@@ -789,10 +771,11 @@ mod tests {
             addr: 0x2800,
             len: 0x100,
         }];
-        assert!(owners.claim(1, &a).is_empty());
-        assert_eq!(owners.claim(2, &b), vec![1]);
+        assert!(owners.claim(1, &a, []).is_empty());
+        assert_eq!(owners.claim(2, &b, [(1, &a[..])]), vec![1]);
         owners.release(1, &a);
-        assert!(owners.claim(2, &b).is_empty());
+        owners.release(2, &b);
+        assert!(owners.claim(2, &b, []).is_empty());
     }
 
     #[test]
@@ -808,15 +791,19 @@ mod tests {
             addr: 0x2000,
             len: 0x1000,
         }];
-        owners.claim(1, &a);
-        owners.claim(2, &b);
+        owners.claim(1, &a, []);
+        owners.claim(2, &b, [(1, &a[..])]);
         let both = BTreeMap::from([(1, &a[..]), (2, &b[..])]);
         owners.check_consistency(&both).unwrap();
         assert_eq!(owners.shared.get(&0x2000), Some(&vec![1, 2]));
         let only_a = BTreeMap::from([(1, &a[..])]);
         assert!(owners.check_consistency(&only_a).is_err());
-        let swapped = BTreeMap::from([(1, &b[..]), (2, &a[..])]);
-        assert!(owners.check_consistency(&swapped).is_err());
+        let b_grown = [GuestExtent {
+            addr: 0x2000,
+            len: 0x3000,
+        }];
+        let grown = BTreeMap::from([(1, &a[..]), (2, &b_grown[..])]);
+        assert!(owners.check_consistency(&grown).is_err());
         owners.regions[0].held[0] &= !(1 << 1);
         let err = owners.check_consistency(&both).unwrap_err();
         assert!(err.contains("held pages"), "{err}");

@@ -34,13 +34,15 @@ pub trait Renderer {
     /// Creates a guest-memory blob of `size` bytes with no backing yet.
     fn create_guest_blob(&mut self, id: u32, blob_flags: u32, size: u64) -> RendererResult<()>;
 
-    /// Attaches `iovecs` as the backing of resource `id`.
+    /// Attaches `iovecs` as the backing of resource `id`. They are the
+    /// renderer's from here on (derived from the device's extents, kept for
+    /// as long as the backing is attached).
     ///
     /// # Safety
     /// Every iovec must stay valid for reads and writes until the backing
     /// is detached or the resource is unreferenced: the renderer keeps the
     /// pointers and dereferences them on later transfers.
-    unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> RendererResult<()>;
+    unsafe fn attach_backing(&mut self, id: u32, iovecs: Vec<HostIovec>) -> RendererResult<()>;
 
     /// Forgets the backing of resource `id` (if it has one); its host copy
     /// is kept. Cannot fail: afterwards the renderer holds no pointer into
@@ -263,11 +265,11 @@ impl Renderer for RutabagaRenderer {
             .map_err(err("create blob", id))
     }
 
-    unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> RendererResult<()> {
+    unsafe fn attach_backing(&mut self, id: u32, iovecs: Vec<HostIovec>) -> RendererResult<()> {
         self.rutabaga
-            .attach_backing(id, rutabaga_iovecs(iovecs))
+            .attach_backing(id, rutabaga_iovecs(&iovecs))
             .map_err(err("attach", id))?;
-        self.backings.insert(id, iovecs.to_vec());
+        self.backings.insert(id, iovecs);
         Ok(())
     }
 
@@ -432,7 +434,7 @@ mod tests {
             len: backing.len(),
         }];
         // SAFETY: `backing` outlives the attachment: it is detached below.
-        unsafe { r.attach_backing(1, &iov).unwrap() };
+        unsafe { r.attach_backing(1, iov.to_vec()).unwrap() };
         let full = Rect2d {
             x: 0,
             y: 0,
@@ -462,7 +464,7 @@ mod tests {
             len: backing.len(),
         }];
         // SAFETY: `backing` outlives the attachment: it is unreferenced below.
-        unsafe { r.attach_backing(1, &iov).unwrap() };
+        unsafe { r.attach_backing(1, iov.to_vec()).unwrap() };
         let row1 = Rect2d {
             x: 0,
             y: 1,
@@ -522,7 +524,7 @@ mod tests {
             len: backing.len(),
         }];
         // SAFETY: `backing` outlives the attachment: it is unreferenced below.
-        unsafe { r.attach_backing(1, &iov).unwrap() };
+        unsafe { r.attach_backing(1, iov.to_vec()).unwrap() };
         let pixel = Rect2d {
             x: 3,
             y: 2,

@@ -35,13 +35,14 @@ impl Renderer for Refusing {
     fn create_guest_blob(&mut self, id: u32, blob_flags: u32, size: u64) -> Result<()> {
         self.inner.create_guest_blob(id, blob_flags, size)
     }
-    unsafe fn attach_backing(&mut self, id: u32, iovecs: &[HostIovec]) -> Result<()> {
+    unsafe fn attach_backing(&mut self, id: u32, iovecs: Vec<HostIovec>) -> Result<()> {
         if self.refuse_attach.get() {
             return Err(RendererError("attach refused by the test".into()));
         }
+        let first = iovecs[0].base as usize;
         // SAFETY: the caller's promise is passed on unchanged.
         unsafe { self.inner.attach_backing(id, iovecs) }?;
-        self.held.borrow_mut().insert(id, iovecs[0].base as usize);
+        self.held.borrow_mut().insert(id, first);
         Ok(())
     }
     fn detach_backing(&mut self, id: u32) {
@@ -65,7 +66,7 @@ impl Renderer for Refusing {
 
 fn send(dev: &mut GpuDevice<Refusing, Mem>, bytes: &[u8]) -> Response {
     let req = Request::decode_ctrl(bytes, 1024).expect("a valid request");
-    dev.process(&req)
+    dev.process(req)
 }
 
 #[test]

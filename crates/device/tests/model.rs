@@ -694,7 +694,7 @@ impl Run {
         if let Some(bytes) = bytes {
             let req = self.bench.decode(&bytes).expect("request decodes");
             let name = t::name(req.cmd.type_code());
-            let resp = self.bench.dev.process(&req);
+            let resp = self.bench.dev.process(req);
             let expected = x.resp.map_or(Response::OkNoData, Response::Err);
             prop_assert_eq!(&resp, &expected, "response");
             let events = self.bench.events();

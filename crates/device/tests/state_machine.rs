@@ -1127,7 +1127,8 @@ fn fenced_responses_echo_fence_id_context_and_ring() {
         let bytes = with_header(fenced, t::RESOURCE_CREATE_2D, body);
         let req = b.decode(&bytes).unwrap();
         let mut out = Vec::new();
-        b.dev.process(&req).encode(&req.hdr, &mut out);
+        let hdr = req.hdr;
+        b.dev.process(req).encode(&hdr, &mut out);
         assert_eq!(out.len(), 24);
         let hdr = decode_hdr(&out);
         assert_eq!(hdr.type_, expected);
@@ -1148,7 +1149,8 @@ fn fenced_responses_echo_fence_id_context_and_ring() {
     );
     let req = b.decode(&bytes).unwrap();
     let mut out = Vec::new();
-    b.dev.process(&req).encode(&req.hdr, &mut out);
+    let hdr = req.hdr;
+    b.dev.process(req).encode(&hdr, &mut out);
     let hdr = decode_hdr(&out);
     assert_eq!(
         (hdr.type_, hdr.flags, hdr.fence_id),

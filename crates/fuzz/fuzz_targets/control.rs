@@ -62,7 +62,8 @@ fn backend() -> GpuBackendDevice {
         attach(3, 6 * MIB),
     ] {
         let req = Request::decode_ctrl(&bytes, 16).expect("set-up request decodes");
-        assert_eq!(device.process(&req), Response::OkNoData, "{:?}", req.cmd);
+        let name = t::name(req.cmd.type_code());
+        assert_eq!(device.process(req), Response::OkNoData, "{name}");
     }
     drop(device);
     backend

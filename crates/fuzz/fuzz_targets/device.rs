@@ -442,16 +442,17 @@ fuzz_target!(|input: Input| {
                 };
                 debug_assert!(bytes.starts_with(&encode_request(&req)));
                 let before = dev.resource_count();
-                let response = dev.process(&req);
-                // Only CREATE adds a resource, only on success.
-                let created = matches!(
+                let creates = matches!(
                     req.cmd,
                     Command::ResourceCreate2d(_) | Command::ResourceCreateBlob { .. }
-                ) && response == Response::OkNoData;
+                );
+                let name = t::name(req.cmd.type_code());
+                let response = dev.process(req);
+                // Only CREATE adds a resource, only on success.
+                let created = creates && response == Response::OkNoData;
                 assert!(
                     dev.resource_count() <= before + usize::from(created),
-                    "{:?} -> {response:?} added a resource",
-                    req.cmd
+                    "{name} -> {response:?} added a resource"
                 );
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gpuswap_device::{Display, DisplayMode, Rect2d};
 use gpuswap_protocol::wire::{CtrlHeader, MemEntry, ResourceAttachBacking, MAX_SCANOUTS};
-use gpuswap_protocol::{format, Command, Request};
+use gpuswap_protocol::{format, Command, GuestExtent, Request};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
 pub type Mem = GuestMemoryMmap<()>;
@@ -16,7 +16,8 @@ pub const PAGE: u64 = 4096;
 pub const MIB: u64 = 1 << 20;
 
 /// The bytes `req` was decoded from, up to the end of what the decoder
-/// read: header, fixed-size body, then the memory entries.
+/// read: header, fixed-size body, then the memory entries (their padding,
+/// which the decoder drops, as zeros).
 pub fn encode_request(req: &Request) -> Vec<u8> {
     let mut out = req.hdr.as_slice().to_vec();
     match &req.cmd {
@@ -54,9 +55,14 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
     out
 }
 
-fn push_entries(out: &mut Vec<u8>, entries: &[MemEntry]) {
+fn push_entries(out: &mut Vec<u8>, entries: &[GuestExtent]) {
     for e in entries {
-        out.extend_from_slice(e.as_slice());
+        let entry = MemEntry {
+            addr: e.addr,
+            length: e.len,
+            padding: 0,
+        };
+        out.extend_from_slice(entry.as_slice());
     }
 }
 

@@ -20,6 +20,32 @@ pub enum DecodeError {
     WrongQueue(u32),
 }
 
+/// One guest-physical extent of a backing: a `virtio_gpu_mem_entry` as
+/// decoded (its padding dropped). The form a backing is stored in, from
+/// the decoder to the device's resource table, never copied in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestExtent {
+    pub addr: u64,
+    pub len: u32,
+}
+
+impl GuestExtent {
+    /// One past the last byte (saturating: an extent that wraps the
+    /// address space is refused by the device before its end matters).
+    pub fn end(&self) -> u64 {
+        self.addr.saturating_add(u64::from(self.len))
+    }
+}
+
+impl From<MemEntry> for GuestExtent {
+    fn from(e: MemEntry) -> Self {
+        GuestExtent {
+            addr: e.addr,
+            len: e.length,
+        }
+    }
+}
+
 /// A decoded request: its header and typed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -39,7 +65,7 @@ pub enum Command {
     TransferToHost2d(TransferToHost2d),
     ResourceAttachBacking {
         resource_id: u32,
-        entries: Vec<MemEntry>,
+        entries: Vec<GuestExtent>,
     },
     ResourceDetachBacking(ResourceId),
     GetCapsetInfo(GetCapsetInfo),
@@ -47,7 +73,7 @@ pub enum Command {
     ResourceAssignUuid(ResourceId),
     ResourceCreateBlob {
         args: ResourceCreateBlob,
-        entries: Vec<MemEntry>,
+        entries: Vec<GuestExtent>,
     },
     SetScanoutBlob(SetScanoutBlob),
     ResourceMapBlob(ResourceMapBlob),
@@ -118,7 +144,7 @@ fn take_entries(
     consumed: usize,
     nr_entries: u32,
     max_entries: u32,
-) -> Result<Vec<MemEntry>, DecodeError> {
+) -> Result<Vec<GuestExtent>, DecodeError> {
     if nr_entries > max_entries {
         return Err(DecodeError::TooManyEntries {
             nr_entries,
@@ -139,7 +165,7 @@ fn take_entries(
         .map(|chunk| {
             let mut entry = MemEntry::default();
             entry.as_mut_slice().copy_from_slice(chunk);
-            entry
+            GuestExtent::from(entry)
         })
         .collect();
     *bytes = &bytes[need..];
@@ -284,7 +310,7 @@ mod tests {
             req.cmd,
             Command::ResourceAttachBacking {
                 resource_id: 9,
-                entries: entries.to_vec()
+                entries: entries.iter().copied().map(GuestExtent::from).collect()
             }
         );
     }

@@ -9,7 +9,7 @@ pub mod wire;
 mod command;
 mod response;
 
-pub use command::{Command, DecodeError, Request};
+pub use command::{Command, DecodeError, GuestExtent, Request};
 pub use response::{ErrorCode, Response};
 
 /// Feature bits (virtio spec 5.7.3).

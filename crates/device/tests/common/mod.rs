@@ -353,20 +353,21 @@ impl Bench {
     /// Decodes and processes a control-queue request.
     pub fn send(&mut self, bytes: &[u8]) -> Response {
         let req = self.decode(bytes).expect("request decodes");
-        self.dev.process(&req)
+        self.dev.process(req)
     }
 
     /// Decodes and processes a cursor-queue request.
     pub fn send_cursor(&mut self, bytes: &[u8]) -> Response {
         let req = Request::decode_cursor(bytes).expect("cursor request decodes");
-        self.dev.process(&req)
+        self.dev.process(req)
     }
 
     /// Sends and asserts an OK_NODATA answer.
     pub fn ok(&mut self, bytes: &[u8]) {
         let req = self.decode(bytes).expect("request decodes");
-        let resp = self.dev.process(&req);
-        assert_eq!(resp, Response::OkNoData, "{:?}", req.cmd);
+        let name = gpuswap_protocol::ctrl_type::name(req.cmd.type_code());
+        let resp = self.dev.process(req);
+        assert_eq!(resp, Response::OkNoData, "{name}");
     }
 
     /// Events since the previous call.
