@@ -27,8 +27,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::display::SocketDisplay;
 use crate::poll::AdaptivePoll;
+use crate::socket_display::SocketDisplay;
 
 /// Guest memory as vhost-user-backend maps it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -53,7 +53,7 @@ pub const GPU_FEATURES: u64 = 1 << features::VIRTIO_GPU_F_EDID
 /// device, waiting for QEMU, and QEMU may at the same time wait for us to
 /// answer a config-space read. Config reads touch no lock, so that cannot
 /// deadlock.
-pub struct GpuBackendDevice {
+pub struct VhostUserGpuBackend {
     /// Shared with the control socket, which must reach the device while
     /// a request is delayed by fault injection.
     device: Arc<Mutex<Device>>,
@@ -92,11 +92,11 @@ pub enum RingError {
     },
 }
 
-impl GpuBackendDevice {
+impl VhostUserGpuBackend {
     pub fn new(config: DeviceConfig) -> io::Result<Self> {
         let renderer = RutabagaRenderer::new().map_err(io::Error::other)?;
         let device = GpuDevice::new(config, renderer);
-        Ok(GpuBackendDevice {
+        Ok(VhostUserGpuBackend {
             num_scanouts: device.num_scanouts(),
             device: Arc::new(Mutex::new(device)),
             mem: Mutex::default(),
@@ -497,7 +497,7 @@ fn handle_chain(
     }
 }
 
-impl VhostUserBackend for GpuBackendDevice {
+impl VhostUserBackend for VhostUserGpuBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
 

@@ -5,7 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod control;
-pub mod display;
 pub mod poll;
 pub mod relay;
 pub mod seccomp;
+pub mod socket_display;

@@ -19,7 +19,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use gpuswap_daemon::backend::GpuBackendDevice;
+use gpuswap_daemon::backend::VhostUserGpuBackend;
 use gpuswap_daemon::{config, control, relay, seccomp};
 
 /// The longest `--poll-us`: beyond a millisecond a poll costs more CPU
@@ -310,7 +310,7 @@ fn run(args: Args) -> Result<(), String> {
         ..DeviceConfig::default()
     };
     let backend = Arc::new(
-        GpuBackendDevice::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
+        VhostUserGpuBackend::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
     );
     backend.set_poll_max(Duration::from_micros(args.poll_us));
     let faults = args.faults();
@@ -455,8 +455,8 @@ enum StartError {
 /// Serves one frontend connection from `start` to its end, then frees
 /// everything the frontend had.
 fn serve_frontend(
-    backend: &Arc<GpuBackendDevice>,
-    start: impl FnOnce(&mut VhostUserDaemon<Arc<GpuBackendDevice>>) -> Result<(), StartError>,
+    backend: &Arc<VhostUserGpuBackend>,
+    start: impl FnOnce(&mut VhostUserDaemon<Arc<VhostUserGpuBackend>>) -> Result<(), StartError>,
 ) -> Result<(), String> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("gpuswap".into(), backend.clone(), mem)

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use gpuswap_daemon::backend::{GpuBackendDevice, GuestMemory, CURSOR_QUEUE};
+use gpuswap_daemon::backend::{GuestMemory, VhostUserGpuBackend, CURSOR_QUEUE};
 use gpuswap_device::DeviceConfig;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
@@ -25,11 +25,11 @@ fn queues(
     size: u16,
     event_idx: bool,
 ) -> (
-    GpuBackendDevice,
+    VhostUserGpuBackend,
     GuestMemoryAtomic<GuestMemory>,
     Vec<VringRwLock>,
 ) {
-    let backend = GpuBackendDevice::new(DeviceConfig::default()).expect("backend");
+    let backend = VhostUserGpuBackend::new(DeviceConfig::default()).expect("backend");
     let ranges = [(GuestAddress(0), 4 << 20), (GuestAddress(6 * MIB), 4 << 20)];
     let mem = GuestMemoryAtomic::new(GuestMemory::from_ranges(&ranges).expect("guest RAM"));
     let vrings: Vec<VringRwLock> = RING_BASE

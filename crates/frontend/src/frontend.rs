@@ -20,7 +20,7 @@ use vhost::{VhostBackend, VringConfigData};
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::display::{DisplayConfig, DisplayHandle, DisplayServer};
+use crate::display_server::{DisplayConfig, DisplayHandle, DisplayServer};
 use crate::error::{Error, QueueId, Result};
 use crate::guest_ram::{GuestRam, PagePool, RegionSpec, PAGE_SIZE};
 use crate::ring::{RawDesc, RingLayout, SplitRing};

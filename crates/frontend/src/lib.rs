@@ -27,14 +27,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod commands;
-pub mod display;
+pub mod display_server;
 mod error;
 pub mod frontend;
 pub mod guest_ram;
 pub mod ring;
 
 pub use commands::{CapsetInfo, Commands, Fence};
-pub use display::{DisplayConfig, DisplayEvent, DisplayHandle, Framebuffer, ScanoutMode};
+pub use display_server::{DisplayConfig, DisplayEvent, DisplayHandle, Framebuffer, ScanoutMode};
 pub use error::{Error, QueueId, Result};
 pub use frontend::{Completion, FrontendConfig, GpuFrontend, Negotiated, Token};
 pub use guest_ram::{GuestRam, Pages, Placement, RegionSpec, PAGE_SIZE};

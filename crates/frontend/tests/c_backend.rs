@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use gpuswap_frontend::display::protocol_features;
+use gpuswap_frontend::display_server::protocol_features;
 use gpuswap_frontend::frontend::VIRTIO_F_VERSION_1;
 use gpuswap_frontend::{
     commands, DisplayEvent, Error, Fence, FrontendConfig, GpuFrontend, Pages, Placement, QueueId,

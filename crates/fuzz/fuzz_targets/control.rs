@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use gpuswap_daemon::backend::GpuBackendDevice;
+use gpuswap_daemon::backend::VhostUserGpuBackend;
 use gpuswap_daemon::control::{self, ControlRequest};
 use gpuswap_device::DeviceConfig;
 use gpuswap_fuzz::{guest_memory, request_bytes, MIB};
@@ -23,13 +23,13 @@ use vm_memory::ByteValued;
 
 /// A backend with a 2D resource attached, a 2D resource detached and an
 /// attached guest blob.
-fn backend() -> GpuBackendDevice {
+fn backend() -> VhostUserGpuBackend {
     let config = DeviceConfig {
         max_host_memory: 16 * MIB,
         trace_capacity: 64,
         ..DeviceConfig::default()
     };
-    let backend = GpuBackendDevice::new(config).expect("backend");
+    let backend = VhostUserGpuBackend::new(config).expect("backend");
     let mut device = backend.device();
     device.set_memory(guest_memory(0));
     let create_2d = |id| ResourceCreate2d {

@@ -1,6 +1,6 @@
 //! Whole descriptor chains through the daemon's queue handler.
 //!
-//! Sets both queues of a `GpuBackendDevice` up as a vhost-user frontend
+//! Sets both queues of a `VhostUserGpuBackend` up as a vhost-user frontend
 //! would (size, ring addresses, ready, memory table), then lets the input
 //! write the descriptor tables, avail rings and buffers into guest memory
 //! and kick the queues: chains with indirect tables, loops, odd lengths
@@ -14,7 +14,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use gpuswap_daemon::backend::{GpuBackendDevice, CONTROL_QUEUE, CURSOR_QUEUE};
+use gpuswap_daemon::backend::{VhostUserGpuBackend, CONTROL_QUEUE, CURSOR_QUEUE};
 use gpuswap_device::DeviceConfig;
 use gpuswap_fuzz::{guest_memory_mmap, Mem, MIB};
 use libfuzzer_sys::fuzz_target;
@@ -135,7 +135,7 @@ fuzz_target!(|input: Input| {
         trace_capacity: 256,
         ..DeviceConfig::default()
     };
-    let backend = GpuBackendDevice::new(config).expect("backend");
+    let backend = VhostUserGpuBackend::new(config).expect("backend");
     let atomic: GuestMemoryAtomic<Mem> = GuestMemoryAtomic::new(guest_memory_mmap(0));
     let vrings: Vec<VringRwLock> = (0..2)
         .map(|_| VringRwLock::new(atomic.clone(), 1024).expect("vring"))

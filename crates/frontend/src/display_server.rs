@@ -534,7 +534,7 @@ fn handle_message(
     payload: Vec<u8>,
     mut fds: Vec<OwnedFd>,
 ) -> io::Result<()> {
-    use crate::display::request as r;
+    use crate::display_server::request as r;
     let malformed = |payload: Vec<u8>| DisplayEvent::Unknown {
         request,
         flags,
