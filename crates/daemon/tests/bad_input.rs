@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use gpuswap_device::{ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
 use gpuswap_frontend::ring::DESC_F_INDIRECT;
 use gpuswap_frontend::{commands, Error, FrontendConfig, GpuFrontend, Placement, QueueId, RawDesc};
 use gpuswap_protocol::wire::{

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use gpuswap_device::RESOURCE_OVERHEAD;
 use gpuswap_frontend::display_server::protocol_features;
 use gpuswap_frontend::{
     commands, DisplayConfig, DisplayEvent, Error, Fence, FrontendConfig, GpuFrontend, Pages,

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use gpuswap_device::RESOURCE_OVERHEAD;
 use gpuswap_frontend::{FrontendConfig, Placement, RegionSpec};
 use gpuswap_protocol::{blob_mem, format, ErrorCode};
 use serde_json::json;

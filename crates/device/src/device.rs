@@ -24,9 +24,9 @@ mod inspect;
 pub use inspect::{hex, ResourceInfo, ResourceSnapshot, HOST_BAND};
 
 /// Host memory charged per live resource for its bookkeeping.
-const RESOURCE_OVERHEAD: u64 = 256;
+pub const RESOURCE_OVERHEAD: u64 = 256;
 /// Host memory charged per backing entry (the extent and its iovec).
-const ENTRY_OVERHEAD: u64 = 32;
+pub const ENTRY_OVERHEAD: u64 = 32;
 
 /// Limits and defaults. Every guest-controlled size is checked against
 /// these before anything is allocated.

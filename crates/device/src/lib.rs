@@ -25,7 +25,8 @@ pub mod renderer;
 pub mod trace;
 
 pub use device::{
-    hex, DeviceConfig, Faults, GpuDevice, ResourceInfo, ResourceKind, ResourceSnapshot, HOST_BAND,
+    hex, DeviceConfig, Faults, GpuDevice, ResourceInfo, ResourceKind, ResourceSnapshot,
+    ENTRY_OVERHEAD, HOST_BAND, RESOURCE_OVERHEAD,
 };
 pub use display::{Display, DisplayMode};
 pub use renderer::{HostIovec, Rect2d, Renderer, RendererError, RutabagaRenderer};

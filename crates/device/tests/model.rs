@@ -17,8 +17,7 @@ use proptest::prelude::*;
 /// Two adjacent regions of 32 pages: backings may cross between them.
 const REGION_PAGES: u64 = 32;
 const RAM_PAGES: u64 = 2 * REGION_PAGES;
-const RESOURCE_OVERHEAD: u64 = 256;
-const ENTRY_OVERHEAD: u64 = 32;
+use gpuswap_device::{ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
 
 /// Which resource an op names.
 #[derive(Debug, Clone, Copy)]

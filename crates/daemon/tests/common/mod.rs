@@ -22,12 +22,6 @@ use serde_json::{json, Value};
 /// How long anything in these tests may take before it counts as hung.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Host memory the device charges per resource and per backing entry on
-/// top of host copies (`RESOURCE_OVERHEAD`, `ENTRY_OVERHEAD` in
-/// crates/device/src/device.rs).
-pub const RESOURCE_OVERHEAD: u64 = 256;
-pub const ENTRY_OVERHEAD: u64 = 32;
-
 /// The daemon binary Cargo built for these tests.
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_gpuswap-daemon");
 
@@ -358,7 +352,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// xxh3-64 as the daemon prints it (`host_hash`, `backing_hash`).
 pub fn hash_hex(bytes: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+    gpuswap_device::hex(xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
 pub fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
