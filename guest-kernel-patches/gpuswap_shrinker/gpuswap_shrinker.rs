@@ -41,7 +41,7 @@ module! {
 }
 
 /// The driver's interface (`include/drm/virtgpu_shrinker.h` in the patched
-/// tree, in the kernel's bindings since patch 0009), wrapped in safe
+/// tree, in the kernel's bindings since patch 0013), wrapped in safe
 /// functions. The modes, the count and both calls are the generated ones,
 /// so a change on the C side fails this module's build.
 mod virtio_gpu {

@@ -169,7 +169,7 @@ fn verify_blob(g: &mut Guest, b: &Blob) {
 
 /// Mappable BLOB_MEM_GUEST blobs with the patched QEMU: the host sees them
 /// with the right size; they are created with zero entries (attach on first
-/// use, guest-kernel-patches 0002); written through the mmap, evicted by a
+/// use, guest-kernel-patches 0005); written through the mmap, evicted by a
 /// forced scan and faulted back, their content stays intact, and the host
 /// never sees a detach of an unattached blob or any violation.
 #[test]

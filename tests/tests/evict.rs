@@ -662,7 +662,7 @@ fn unbind_with_bos_and_scans_running() {
 /// while four guest processes fault in anonymous memory that, with the
 /// buffers, over-commits the guest's RAM, so their page faults reclaim and
 /// call the shrinker. No allocation may wait behind the delayed fences:
-/// every 4 KiB first touch takes under 2 s (the kernel before patch 0008
+/// every 4 KiB first touch takes under 2 s (the kernel before patch 0012
 /// made them wait 5 s per buffer a scan evicted), and the kernel reports no
 /// hung task or RCU stall; the buffers keep their content.
 #[test]

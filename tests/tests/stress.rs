@@ -131,7 +131,7 @@ fn a_corrupted_transfer_is_detected_and_named() {
 }
 
 /// Every DETACH_BACKING completes 3 s late. Before the kernel series made
-/// reclaim non-blocking (patch 0008), one shrinker scan evicted buffer
+/// reclaim non-blocking (patch 0012), one shrinker scan evicted buffer
 /// after buffer, waiting for each DETACH, while every other reclaimer
 /// waited for the scan: the guest froze for minutes (docs/stress, 137 s).
 /// Now reclaim never waits behind a scan, a scan waits at most 20 ms, and

@@ -122,7 +122,7 @@ impl KernelTrace {
         let events = dir.join("events/virtio_gpu");
         if let Some(missing) = EVENTS.iter().find(|e| !events.join(e).exists()) {
             return Err(Error::msg(format!(
-                "the kernel has no {missing} tracepoint (patch 0010 of the guest series)"
+                "the kernel has no {missing} tracepoint (patch 0014 of the guest series)"
             )));
         }
         write(&dir, "tracing_on", "0")?;
