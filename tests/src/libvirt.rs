@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{root, Images, Result, RunDir};
+use gpuswap_harness::{root, Images, Result, RunDir};
 
 /// The libvirt connection the tests use.
 pub const URI: &str = "qemu:///system";

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gpuswap_tests::{root, GuestSession, VmConfig};
+use gpuswap_harness::{root, VmConfig};
+use gpuswap_tests::GuestSession;
 use serde_json::{json, Value};
 
 const SEED: u64 = 0xb10b;

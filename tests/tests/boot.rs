@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gpuswap_tests::{
+use gpuswap_harness::{
     boot_guest, kernel_problems, tail, Booted, Images, RunDir, Vm, VmConfig, BOOT_TIMEOUT,
 };
 use serde_json::{json, Value};
@@ -14,7 +14,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Creates a 2D BO, fills it with a pattern, transfers it; returns
 /// (res_id, handle, guest hash).
 fn write_and_transfer(
-    agent: &mut gpuswap_tests::Agent,
+    agent: &mut gpuswap_harness::Agent,
     width: u32,
     height: u32,
 ) -> (u64, u64, String) {
@@ -155,7 +155,7 @@ fn guest_boots_on_the_reference_c_backend() {
         .stderr(std::fs::File::create(dir.path("c-backend.err")).expect("log"))
         .spawn()
         .expect("start the C backend");
-    gpuswap_tests::wait_for_path(&socket, Duration::from_secs(10)).expect("C backend socket");
+    gpuswap_harness::wait_for_path(&socket, Duration::from_secs(10)).expect("C backend socket");
 
     let mut vm = Vm::start(&images, &socket, &dir, &VmConfig::default()).expect("start QEMU");
     let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");

@@ -2,11 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use gpuswap_tests::qmp::Qmp;
-use gpuswap_tests::{
-    assert_guest_ended_cleanly, assert_host_clean, boot_guest, boot_guest_on, tail, Agent, Control,
-    GuestSession, Images, VmConfig,
-};
+use gpuswap_harness::qmp::Qmp;
+use gpuswap_harness::{boot_guest, boot_guest_on, tail, Agent, Control, Images, VmConfig};
+use gpuswap_tests::{assert_guest_ended_cleanly, assert_host_clean, GuestSession};
 use serde_json::{json, Value};
 
 const SEED: u64 = 0x6b11;
@@ -176,21 +174,21 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
     const BOOTS: u64 = 10;
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let images = Images::get();
-    let dir = gpuswap_tests::RunDir::new("reboots");
-    let daemon = gpuswap_tests::Daemon::start(&images.daemon, &dir, &[]).expect("daemon");
+    let dir = gpuswap_harness::RunDir::new("reboots");
+    let daemon = gpuswap_harness::Daemon::start(&images.daemon, &dir, &[]).expect("daemon");
     let mut control = daemon.control().unwrap();
     let config = VmConfig {
         memory_mib: 384,
         reboot: true,
         ..VmConfig::default()
     };
-    let mut vm = gpuswap_tests::Vm::start(&images, &daemon.socket, &dir, &config).expect("QEMU");
+    let mut vm = gpuswap_harness::Vm::start(&images, &daemon.socket, &dir, &config).expect("QEMU");
     let serial = vm.serial_log.clone();
     let mut qmp = Qmp::connect(&vm.qmp_socket, Duration::from_secs(10)).expect("QMP");
     let mut from = 0;
     for boot in 0..BOOTS {
         let mut agent = vm
-            .agent_after(from, gpuswap_tests::BOOT_TIMEOUT)
+            .agent_after(from, gpuswap_harness::BOOT_TIMEOUT)
             .unwrap_or_else(|e| panic!("boot {boot}: {e}"));
         agent.set_timeout(Duration::from_secs(300));
         let st = control.request(json!({"cmd": "status"})).unwrap();
@@ -222,7 +220,7 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
         }
         if boot % 2 == 1 {
             let log = std::fs::read(&serial).unwrap();
-            let problems = gpuswap_tests::kernel_problems(&String::from_utf8_lossy(&log[from..]));
+            let problems = gpuswap_harness::kernel_problems(&String::from_utf8_lossy(&log[from..]));
             assert!(problems.is_empty(), "boot {boot}: {problems:?}");
             from = log.len();
             drop(agent);
@@ -240,7 +238,7 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
         });
         let end: usize = end.parse().unwrap();
         let log = std::fs::read(&serial).unwrap();
-        let problems = gpuswap_tests::kernel_problems(&String::from_utf8_lossy(&log[from..end]));
+        let problems = gpuswap_harness::kernel_problems(&String::from_utf8_lossy(&log[from..end]));
         assert!(problems.is_empty(), "boot {boot}: {problems:?}");
         from = end;
     }
@@ -258,7 +256,7 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
         "{}",
         tail(&serial, 40)
     );
-    let problems = gpuswap_tests::kernel_problems(&log);
+    let problems = gpuswap_harness::kernel_problems(&log);
     assert!(problems.is_empty(), "{problems:?}");
     assert_host_clean(&mut control);
 }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use gpuswap_tests::{kernel_problems, tail, GuestSession, Images, VmConfig};
+use gpuswap_harness::{kernel_problems, tail, Images, VmConfig};
+use gpuswap_tests::GuestSession;
 use serde_json::{json, Value};
 
 const SEED: u64 = 0x5eed;

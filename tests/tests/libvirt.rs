@@ -9,11 +9,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use gpuswap_harness::{tail, wait_for_agent, Agent, Control, Images, RunDir, BOOT_TIMEOUT};
+use gpuswap_tests::assert_guest_ended_cleanly;
 use gpuswap_tests::libvirt::{
     self, backend_pid, cmdline, process_alive, Domain, DomainSpec, Installed,
-};
-use gpuswap_tests::{
-    assert_guest_ended_cleanly, tail, wait_for_agent, Agent, Control, Images, RunDir, BOOT_TIMEOUT,
 };
 use serde_json::{json, Value};
 

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gpuswap_tests::stress::{self, Options, Scenario};
-use gpuswap_tests::{trace_file, Images};
+use gpuswap_harness::stress::{self, Options, Scenario};
+use gpuswap_harness::{trace_file, Images};
 use serde_json::Value;
 
 /// Debian's QEMU 10, which hides blob resources from the guest.
@@ -28,7 +28,7 @@ fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
     o.bos = 32;
     o.seed = 11;
     o.progress = Some(true);
-    let dir = gpuswap_tests::root().join("target/stress-tests");
+    let dir = gpuswap_harness::root().join("target/stress-tests");
     o.report = dir.join(format!("{name}.json"));
     o
 }

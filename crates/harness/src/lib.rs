@@ -1,7 +1,10 @@
-//! End-to-end test support: the real daemon, a real guest under QEMU (via
+//! gpuswap's harness: the real daemon, a real guest under QEMU (via
 //! `qemu-scripts/gpuswap-vm`), and clients for the daemon's control socket
-//! and the guest agent channel. Used by the tests in `tests/tests/` and by
-//! the `gpuswap-run` main job.
+//! and the guest agent channel; the stress runs of the `gpuswap-run` main
+//! job ([`stress`]) with their QMP client, timeline, guest kernel trace and
+//! trace file. The binaries `gpuswap-run`, `gpuswap-boot-loop` and
+//! `gpuswap-guest-bench` are built on it, and so are the end-to-end tests
+//! in `tests/` (package `gpuswap-tests`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -13,7 +16,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod ktrace;
-pub mod libvirt;
 pub mod qmp;
 pub mod stress;
 pub mod timeline;
@@ -21,10 +23,11 @@ pub mod trace_file;
 
 pub type Result<T> = std::result::Result<T, String>;
 
-/// The repository root.
+/// The repository root (this crate is `crates/harness`).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
@@ -89,19 +92,6 @@ impl Images {
             .find_map(|l| l.strip_prefix("variant="))
             .map(str::to_string)
     }
-}
-
-/// Guest RAM a KASAN kernel takes for itself before anyone else gets any:
-/// its shadow (an eighth of RAM), quarantine and larger image (measured:
-/// 376 of 512 MiB left, against 481 with the debug kernel). Tests that
-/// squeeze the guest add it, so the squeeze means the same on both.
-pub const KASAN_OVERHEAD_MIB: u32 = 128;
-
-/// Serialises guest boots within one test binary: two TCG guests on a
-/// two-core machine would only slow each other into timeouts.
-pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A scratch directory for one run's sockets and logs, kept on failure.
@@ -741,123 +731,6 @@ pub fn boot_guest_on(
     Ok((dir, vm, agent))
 }
 
-/// A booted guest on its own gpuswap daemon, for the real-guest tests:
-/// boot, agent requests that panic with the serial log, and `finish`, which
-/// ends the guest and checks what every such test needs.
-pub struct GuestSession {
-    pub daemon: Daemon,
-    pub vm: Option<Vm>,
-    pub agent: Agent,
-    pub control: Control,
-    pub serial: PathBuf,
-    /// Processes the test expects the OOM killer to take (a memory hog):
-    /// their OOM reports are not kernel problems.
-    pub expected_oom_kills: Vec<u32>,
-    _dir: RunDir,
-}
-
-impl GuestSession {
-    pub const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
-    const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-
-    /// Starts a daemon and boots the guest on it (`config.append` must run
-    /// the agent), waiting for the agent; see [`boot_guest`].
-    pub fn boot(name: &str, config: &VmConfig) -> GuestSession {
-        Self::boot_with_daemon(name, config, &[])
-    }
-
-    /// As [`GuestSession::boot`], the daemon started with `daemon_args`
-    /// (fault injection, e.g. `--fault-delay resource_detach_backing=5000`).
-    pub fn boot_with_daemon(name: &str, config: &VmConfig, daemon_args: &[&str]) -> GuestSession {
-        let images = Images::get();
-        let Booted {
-            dir,
-            daemon,
-            vm,
-            mut agent,
-        } = boot_guest(&images, name, config, daemon_args)
-            .unwrap_or_else(|e| panic!("guest agent: {e}"));
-        agent.set_timeout(Self::REQUEST_TIMEOUT);
-        let control = daemon.control().expect("control socket");
-        let serial = vm.serial_log.clone();
-        GuestSession {
-            daemon,
-            vm: Some(vm),
-            agent,
-            control,
-            serial,
-            expected_oom_kills: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    /// An agent request that must succeed.
-    pub fn req(&mut self, request: Value) -> Value {
-        match self.agent.request(request) {
-            Ok(v) => v,
-            Err(e) => panic!("{e}\nguest serial log (tail):\n{}", tail(&self.serial, 40)),
-        }
-    }
-
-    /// The request's errno if it failed, None if it worked.
-    pub fn req_errno(&mut self, request: Value) -> Option<i64> {
-        match self.agent.request_errno(request) {
-            Ok(errno) => errno,
-            Err(e) => panic!("{e}\nguest serial log (tail):\n{}", tail(&self.serial, 40)),
-        }
-    }
-
-    /// Ends the guest and checks: clean exit, clean kernel log, no protocol
-    /// violation, the daemon alive, nothing left on the host.
-    pub fn finish(mut self) {
-        let _ = self.agent.request(json!({"op": "exit", "status": 0}));
-        let vm = self.vm.take().expect("vm");
-        let status = vm.wait(Self::EXIT_TIMEOUT).expect("QEMU exits");
-        assert_guest_ended_cleanly_but_oom_kills_of(&self.serial, &self.expected_oom_kills);
-        assert!(status.success(), "QEMU exited with {status}");
-        assert!(self.daemon.alive(), "daemon died");
-        assert_host_clean(&mut self.control);
-    }
-}
-
-/// The guest's serial log shows a clean kernel and a workload that ended
-/// with status 0.
-pub fn assert_guest_ended_cleanly(serial: &Path) {
-    assert_guest_ended_cleanly_but_oom_kills_of(serial, &[]);
-}
-
-/// As [`assert_guest_ended_cleanly`], the OOM kills of `expected` aside.
-pub fn assert_guest_ended_cleanly_but_oom_kills_of(serial: &Path, expected: &[u32]) {
-    let log = std::fs::read_to_string(serial).expect("serial log");
-    let problems = kernel_problems_but_oom_kills_of(&log, expected);
-    assert!(
-        problems.is_empty(),
-        "guest kernel reported problems:\n{}\n\nlog tail:\n{}",
-        problems.join("\n"),
-        tail(serial, 80)
-    );
-    assert!(
-        log.contains("GPUSWAP-INIT-EXIT status=0"),
-        "guest workload did not finish cleanly:\n{}",
-        tail(serial, 40)
-    );
-}
-
-/// The daemon saw no protocol violation and holds no resource once the
-/// guest is gone.
-pub fn assert_host_clean(control: &mut Control) {
-    let violations = control.violations().expect("trace");
-    assert!(violations.is_empty(), "protocol violations: {violations:?}");
-    let left = control.resources_left(Duration::from_secs(5));
-    assert!(
-        left.as_ref().is_ok_and(Vec::is_empty),
-        "resources left: {left:?}"
-    );
-    let counters = control.counters().expect("counters");
-    assert_eq!(counters["resources"], json!(0), "{counters}");
-    assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
-}
-
 /// The last `lines` lines of a file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -962,6 +835,12 @@ pub fn kernel_problems_but_oom_kills_of(log: &str, expected: &[u32]) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_is_the_repository_root() {
+        assert!(root().join("qemu-scripts/gpuswap-vm").is_file());
+        assert!(root().join("crates/harness/Cargo.toml").is_file());
+    }
 
     #[test]
     fn kernel_problems_are_found() {

@@ -499,7 +499,7 @@ fn main_job(kernel: &str, args: &[String]) -> Result<u8, String> {
 }
 
 /// Sets up, builds the images and runs harness binary `bin` of package
-/// gpuswap-tests on them; returns its exit status.
+/// gpuswap-harness on them; returns its exit status.
 fn harness(bin: &str, kernel: &str, args: &[String]) -> Result<u8, String> {
     setup()?;
     let images = images(kernel, true)?;
@@ -509,7 +509,7 @@ fn harness(bin: &str, kernel: &str, args: &[String]) -> Result<u8, String> {
         "--release",
         "-q",
         "-p",
-        "gpuswap-tests",
+        "gpuswap-harness",
         "--bin",
         bin,
         "--",

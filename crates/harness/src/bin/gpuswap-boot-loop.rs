@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use gpuswap_tests::{kernel_problems, tail, Daemon, Images, RunDir, Vm, VmConfig};
+use gpuswap_harness::{kernel_problems, tail, Daemon, Images, RunDir, Vm, VmConfig};
 use serde_json::json;
 
 /// How long one boot may take to answer (TCG, debug kernel).

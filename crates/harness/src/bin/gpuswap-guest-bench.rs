@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use gpuswap_tests::{boot_guest, Images, VmConfig};
+use gpuswap_harness::{boot_guest, Images, VmConfig};
 use serde_json::{json, Value};
 
 struct Args {
@@ -25,7 +25,7 @@ fn parse() -> Result<Args, String> {
         bos: 24,
         rounds: 3,
         memory_mib: 512,
-        out: gpuswap_tests::root().join("target/bench-guest"),
+        out: gpuswap_harness::root().join("target/bench-guest"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use gpuswap_tests::stress::{self, Options};
+use gpuswap_harness::stress::{self, Options};
 use serde_json::Value;
 
 /// Exit status: every check passed.
@@ -20,16 +20,13 @@ const USAGE_ERROR: u8 = 2;
 const COULD_NOT_RUN: u8 = 3;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match Options::parse(&args) {
+    let options = match Options::try_parse_from(std::env::args_os()) {
         Ok(o) => o,
-        Err(e) if e == stress::USAGE => {
-            print!("{e}");
-            return ExitCode::from(PASSED);
-        }
         Err(e) => {
-            eprintln!("gpuswap-run: {e}");
-            return ExitCode::from(USAGE_ERROR);
+            // --help goes to stdout and is no error; the rest is a usage
+            // error on stderr.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { USAGE_ERROR } else { PASSED });
         }
     };
     if options.repeat > 1 {

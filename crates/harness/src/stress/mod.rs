@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use checks::{Check, Checks};
-pub use options::{Mechanisms, Options, USAGE};
+pub use options::{Mechanisms, Options};
 pub use scenario::Scenario;
 
 use crate::ktrace::KernelTrace;

@@ -1,8 +1,13 @@
 //! The stress run's knobs, their command line, and the command that
 //! reproduces a run.
 
+use std::convert::Infallible;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use super::Scenario;
 
@@ -106,49 +111,104 @@ pub struct Options {
     pub seed_given: bool,
 }
 
-pub const USAGE: &str = "\
-usage: gpuswap-run [SCENARIO] [options]
-
-Boots the guest on gpuswap-daemon, squeezes its memory from the host while a
-GPU workload runs, and checks that every resource stays consistent.
-
-scenarios: steady (default), sawtooth, spike, soak
-
-options:
-  --duration S          workload seconds (default 120; soak 1800)
-  --cycles N            pressure cycles in that time (steady 1, sawtooth 4,
-                        spike 3, soak 15)
-  --memory MiB          guest RAM (default 512)
-  --bos N               number of buffers (default 48)
-  --sizes WxH,...       buffer sizes (default 64x64,512x512,1024x768,1024x1024,1920x1080)
-  --blob-share F        share of guest blobs, 0..1 (default 0.3; 0 with a
-                        QEMU that does not offer blobs)
-  --madvise-share F     share of buffers going through madvise (default 0.15)
-  --seed N              workload and content seed (default 1)
-  --repeat N            N runs in a row, each with a new seed (the same one
-                        with --seed), a table of their results, stopping at
-                        the first failure with its reproduce command
-  --pressure LIST       balloon,hog,drop-caches,scan (default balloon,hog)
-  --squeeze MiB         peak memory taken by balloon + hog (default 60% of RAM)
-  --zram MiB            guest zram swap (default 512)
-  --fault-fail-attaches N, --fault-corrupt-transfers N, --fault-delay CMD=MS
-                        daemon fault injection (passed through)
-  --qemu PATH           QEMU binary (default: the launcher's choice)
-  --report PATH         JSON report (default target/gpuswap-report.json)
-  --picture PATH        timeline SVG (default: the report path with .svg)
-  --junit PATH          JUnit XML, one test case per check (for CI systems)
-  --trace PATH          the run on one timeline as trace-event JSON: guest
-                        kernel tracepoints, daemon events, workload requests,
-                        pressure phases, memory counters (open it in
-                        ui.perfetto.dev or chrome://tracing)
-  --max-stall S         longest the guest may go without answering the
-                        sampler or a workload request (default 5; a run
-                        meant to stall, e.g. long fault delays, raises it)
-  --progress / --no-progress   live progress line (default: on a terminal)
-
-exit status: 0 every check passed, 1 a check failed (see the report),
-2 usage error, 3 the run could not start (images, boot; nothing checked)
-";
+/// `gpuswap-run`'s command line as clap reads it; [`Options::try_parse_from`]
+/// turns it into [`Options`]. Every option is optional here: the defaults
+/// depend on the scenario and on each other (see [`Options::new`]).
+/// A repeated option's last value wins, and a value may start with `-`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gpuswap-run",
+    about = "Boots the guest on gpuswap-daemon, squeezes its memory from the host while a \
+             GPU workload runs, and checks that every resource stays consistent.",
+    override_usage = "gpuswap-run [SCENARIO] [OPTIONS]",
+    after_help = "exit status: 0 every check passed, 1 a check failed (see the report), \
+                  2 usage error, 3 the run could not start (images, boot; nothing checked)",
+    args_override_self = true
+)]
+struct Cli {
+    /// steady (default), sawtooth, spike, soak
+    #[arg(value_name = "SCENARIO", value_parser = scenario)]
+    scenario: Option<Scenario>,
+    /// workload seconds (default 120; soak 1800)
+    #[arg(long, value_name = "S", allow_hyphen_values = true, value_parser = whole)]
+    duration: Option<u64>,
+    /// pressure cycles in that time (steady 1, sawtooth 4, spike 3, soak 15)
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = small)]
+    cycles: Option<u32>,
+    /// guest RAM (default 512)
+    #[arg(long, value_name = "MiB", allow_hyphen_values = true, value_parser = small)]
+    memory: Option<u32>,
+    /// number of buffers (default 48)
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = small)]
+    bos: Option<u32>,
+    /// buffer sizes (default 64x64,512x512,1024x768,1024x1024,1920x1080)
+    #[arg(long, value_name = "WxH,...", allow_hyphen_values = true, value_parser = parse_sizes)]
+    sizes: Option<Sizes>,
+    /// share of guest blobs, 0..1 (default 0.3; 0 with a QEMU that does not
+    /// offer blobs)
+    #[arg(long, value_name = "F", allow_hyphen_values = true, value_parser = share)]
+    blob_share: Option<f64>,
+    /// share of buffers going through madvise (default 0.15)
+    #[arg(long, value_name = "F", allow_hyphen_values = true, value_parser = share)]
+    madvise_share: Option<f64>,
+    /// workload and content seed (default 1)
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole)]
+    seed: Option<u64>,
+    /// N runs in a row, each with a new seed (the same one with --seed), a
+    /// table of their results, stopping at the first failure with its
+    /// reproduce command
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = repeat)]
+    repeat: Option<u32>,
+    /// balloon,hog,drop-caches,scan (default balloon,hog)
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true, value_parser = Mechanisms::parse)]
+    pressure: Option<Mechanisms>,
+    /// peak memory taken by balloon + hog (default 60% of RAM)
+    #[arg(long, value_name = "MiB", allow_hyphen_values = true, value_parser = small)]
+    squeeze: Option<u32>,
+    /// guest zram swap (default 512)
+    #[arg(long, value_name = "MiB", allow_hyphen_values = true, value_parser = small)]
+    zram: Option<u32>,
+    /// daemon fault injection: fail the next N ATTACH_BACKINGs (passed
+    /// through to gpuswap-daemon)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    fault_fail_attaches: Vec<String>,
+    /// daemon fault injection: corrupt the host copy after the next N
+    /// transfers (passed through to gpuswap-daemon)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    fault_corrupt_transfers: Vec<String>,
+    /// daemon fault injection: complete every request of type CMD MS ms
+    /// late (passed through to gpuswap-daemon)
+    #[arg(long, value_name = "CMD=MS", allow_hyphen_values = true)]
+    fault_delay: Vec<String>,
+    /// QEMU binary (default: the launcher's choice)
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true, value_parser = path)]
+    qemu: Option<PathBuf>,
+    /// JSON report (default target/gpuswap-report.json)
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true, value_parser = path)]
+    report: Option<PathBuf>,
+    /// timeline SVG (default: the report path with .svg)
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true, value_parser = path)]
+    picture: Option<PathBuf>,
+    /// JUnit XML, one test case per check (for CI systems)
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true, value_parser = path)]
+    junit: Option<PathBuf>,
+    /// the run on one timeline as trace-event JSON: guest kernel
+    /// tracepoints, daemon events, workload requests, pressure phases,
+    /// memory counters (open it in ui.perfetto.dev or chrome://tracing)
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true, value_parser = path)]
+    trace: Option<PathBuf>,
+    /// longest the guest may go without answering the sampler or a
+    /// workload request (default 5; a run meant to stall, e.g. long fault
+    /// delays, raises it)
+    #[arg(long, value_name = "S", allow_hyphen_values = true, value_parser = max_stall)]
+    max_stall: Option<Duration>,
+    /// live progress line (default: on a terminal)
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// no live progress line
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
+}
 
 /// A guest that answers nothing for this long has stalled (the default run
 /// answers within about a second; see docs/stress).
@@ -196,79 +256,75 @@ impl Options {
         }
     }
 
-    /// Parses the command line (without the program name).
-    pub fn parse(args: &[String]) -> Result<Options, String> {
-        let mut args = args.iter().peekable();
-        let scenario = match args.peek() {
-            Some(a) if !a.starts_with('-') => args.next().map(|a| a.parse()).transpose()?,
-            _ => None,
-        };
-        let mut o = Options::new(scenario.unwrap_or(Scenario::Steady));
-        let (mut duration, mut cycles, mut squeeze) = (None, None, None);
-        while let Some(flag) = args.next() {
-            let mut value = || {
-                args.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            let int = |v: String| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
-            let share = |v: String| match v.parse::<f64>() {
-                Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-                _ => Err(format!("{flag} {v}: expected a share between 0 and 1")),
-            };
-            let small = |n: u64| u32::try_from(n).map_err(|_| format!("{flag}: {n} is too large"));
-            match flag.as_str() {
-                "--duration" => duration = Some(Duration::from_secs(int(value()?)?)),
-                "--cycles" => cycles = Some(small(int(value()?)?)?),
-                "--memory" => o.memory_mib = small(int(value()?)?)?,
-                "--bos" => o.bos = small(int(value()?)?)?,
-                "--sizes" => o.sizes = parse_sizes(&value()?)?,
-                "--blob-share" => o.blob_share = share(value()?)?,
-                "--madvise-share" => o.madvise_share = share(value()?)?,
-                "--seed" => {
-                    o.seed = int(value()?)?;
-                    o.seed_given = true;
-                }
-                "--repeat" => {
-                    o.repeat = small(int(value()?)?)?;
-                    if o.repeat == 0 {
-                        return Err("--repeat must be at least 1".into());
-                    }
-                }
-                "--pressure" => o.pressure = Mechanisms::parse(&value()?)?,
-                "--squeeze" => squeeze = Some(small(int(value()?)?)?),
-                "--zram" => o.zram_mib = small(int(value()?)?)?,
-                "--fault-fail-attaches" | "--fault-corrupt-transfers" | "--fault-delay" => {
-                    o.daemon_faults.push(flag.clone());
-                    o.daemon_faults.push(value()?);
-                }
-                "--qemu" => o.qemu = Some(PathBuf::from(value()?)),
-                "--report" => o.report = PathBuf::from(value()?),
-                "--picture" => o.picture = Some(PathBuf::from(value()?)),
-                "--junit" => o.junit = Some(PathBuf::from(value()?)),
-                "--trace" => o.trace = Some(PathBuf::from(value()?)),
-                "--max-stall" => {
-                    let v = value()?;
-                    let s = v
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-                        .ok_or_else(|| format!("--max-stall {v}: seconds in (0, 3600]"))?;
-                    o.max_stall = Duration::from_secs_f64(s);
-                }
-                "--progress" => o.progress = Some(true),
-                "--no-progress" => o.progress = Some(false),
-                "-h" | "--help" => return Err(USAGE.into()),
-                other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
-            }
+    /// Parses `gpuswap-run`'s command line (`args` starts with the
+    /// program name, as `std::env::args_os()` does). The error is clap's:
+    /// `--help` (print it, exit 0) or a usage error (print it, exit 2).
+    pub fn try_parse_from<I, T>(args: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        Options::from_cli(cli, &matches).map_err(|e| command.error(ErrorKind::ValueValidation, e))
+    }
+
+    /// The options `cli` gives, the defaults of its scenario for the rest.
+    fn from_cli(cli: Cli, matches: &ArgMatches) -> Result<Options, String> {
+        let mut o = Options::new(cli.scenario.unwrap_or(Scenario::Steady));
+        if let Some(d) = cli.duration {
+            o.duration = Duration::from_secs(d);
         }
-        if let Some(d) = duration {
-            o.duration = d;
+        o.cycles = cli.cycles.unwrap_or(o.cycles);
+        o.memory_mib = cli.memory.unwrap_or(o.memory_mib);
+        o.bos = cli.bos.unwrap_or(o.bos);
+        o.sizes = cli.sizes.unwrap_or(o.sizes);
+        o.blob_share = cli.blob_share.unwrap_or(o.blob_share);
+        o.madvise_share = cli.madvise_share.unwrap_or(o.madvise_share);
+        if let Some(seed) = cli.seed {
+            o.seed = seed;
+            o.seed_given = true;
         }
-        if let Some(c) = cycles {
-            o.cycles = c;
+        o.repeat = cli.repeat.unwrap_or(o.repeat);
+        o.pressure = cli.pressure.unwrap_or(o.pressure);
+        o.squeeze_mib = cli.squeeze.unwrap_or(o.memory_mib * 6 / 10);
+        o.zram_mib = cli.zram.unwrap_or(o.zram_mib);
+        // The fault flags go to the daemon in the order they were given.
+        let mut faults: Vec<(usize, &str, String)> = Vec::new();
+        for (id, flag, values) in [
+            (
+                "fault_fail_attaches",
+                "--fault-fail-attaches",
+                cli.fault_fail_attaches,
+            ),
+            (
+                "fault_corrupt_transfers",
+                "--fault-corrupt-transfers",
+                cli.fault_corrupt_transfers,
+            ),
+            ("fault_delay", "--fault-delay", cli.fault_delay),
+        ] {
+            let at = matches.indices_of(id).into_iter().flatten();
+            faults.extend(at.zip(values).map(|(i, v)| (i, flag, v)));
         }
-        o.squeeze_mib = squeeze.unwrap_or(o.memory_mib * 6 / 10);
+        faults.sort_by_key(|(i, _, _)| *i);
+        o.daemon_faults = faults
+            .into_iter()
+            .flat_map(|(_, flag, value)| [flag.to_string(), value])
+            .collect();
+        o.qemu = cli.qemu;
+        o.report = cli.report.unwrap_or(o.report);
+        o.picture = cli.picture;
+        o.junit = cli.junit;
+        o.trace = cli.trace;
+        o.max_stall = cli.max_stall.unwrap_or(o.max_stall);
+        // At most one of the two is set: the last given overrides the other.
+        if cli.progress {
+            o.progress = Some(true);
+        } else if cli.no_progress {
+            o.progress = Some(false);
+        }
         o.check()?;
         Ok(o)
     }
@@ -333,7 +389,11 @@ impl Options {
     }
 }
 
-fn parse_sizes(list: &str) -> Result<Vec<(u32, u32)>, String> {
+/// Buffer sizes as `--sizes` gives them: one value, not one per size (an
+/// alias, so that clap does not take it for a repeated option).
+type Sizes = Vec<(u32, u32)>;
+
+fn parse_sizes(list: &str) -> Result<Sizes, String> {
     let sizes: Vec<(u32, u32)> = list
         .split(',')
         .map(|s| {
@@ -354,13 +414,65 @@ fn parse_sizes(list: &str) -> Result<Vec<(u32, u32)>, String> {
     Ok(sizes)
 }
 
+// The value parsers of [`Cli`]. clap's message names the option and the
+// value; theirs says what is wrong with it.
+
+fn scenario(name: &str) -> Result<Scenario, String> {
+    name.parse()
+}
+
+fn whole(v: &str) -> Result<u64, String> {
+    v.parse::<u64>().map_err(|e| e.to_string())
+}
+
+fn small(v: &str) -> Result<u32, String> {
+    let n = whole(v)?;
+    u32::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+fn repeat(v: &str) -> Result<u32, String> {
+    match small(v)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+fn share(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a share between 0 and 1".into()),
+    }
+}
+
+fn max_stall(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "seconds in (0, 3600]".into())
+}
+
+/// Any path, the empty one too (clap's own `PathBuf` parser refuses that).
+fn path(v: &str) -> Result<PathBuf, Infallible> {
+    Ok(PathBuf::from(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `gpuswap-run LINE`, as the program parses it.
+    fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("gpuswap-run").chain(args))
+    }
+
     fn parse(line: &str) -> Result<Options, String> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        Options::parse(&args)
+        parse_args(line.split_whitespace()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -375,44 +487,145 @@ mod tests {
     }
 
     #[test]
+    fn defaults_follow_the_scenario_and_the_memory() {
+        let soak = parse("soak").unwrap();
+        assert_eq!((soak.duration.as_secs(), soak.cycles), (1800, 15));
+        let saw = parse("sawtooth --duration 30").unwrap();
+        assert_eq!((saw.duration.as_secs(), saw.cycles), (30, 4));
+        assert_eq!(parse("--memory 1000").unwrap().squeeze_mib, 600);
+        assert_eq!(parse("--memory 1000 --squeeze 10").unwrap().squeeze_mib, 10);
+        let o = parse("--report out/r.json").unwrap();
+        assert_eq!(o.picture_path(), PathBuf::from("out/r.svg"));
+        assert_eq!((o.junit, o.trace, o.progress), (None, None, None));
+    }
+
+    #[test]
     fn reproduce_command_parses_back_to_the_same_run() {
         let o = parse(
             "sawtooth --duration 30 --cycles 2 --memory 384 --bos 10 --sizes 64x64,128x32 \
              --blob-share 0.5 --madvise-share 0 --seed 77 --pressure hog,scan --squeeze 100 \
-             --zram 128 --fault-delay resource_detach_backing=20 --fault-fail-attaches 1",
+             --zram 128 --fault-delay resource_detach_backing=20 --fault-fail-attaches 1 \
+             --max-stall 2.5 --qemu /usr/bin/qemu-system-x86_64",
         )
         .unwrap();
         let again = o.reproduce_command();
-        let args: Vec<String> = again
+        let args = again
             .strip_prefix("cargo xtask run -- ")
             .unwrap()
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        let mut back = Options::parse(&args).unwrap();
+            .split_whitespace();
+        let mut back = parse_args(args).unwrap();
         back.report = o.report.clone();
         back.junit = o.junit.clone();
         assert_eq!(back, o);
     }
 
     #[test]
+    fn a_repeated_option_keeps_its_last_value_and_faults_keep_their_order() {
+        let o = parse(
+            "--seed 3 --seed 4 --progress --no-progress --fault-delay a=1 \
+             --fault-fail-attaches 2 --fault-delay b=2 --fault-corrupt-transfers 1",
+        )
+        .unwrap();
+        assert_eq!((o.seed, o.seed_given, o.progress), (4, true, Some(false)));
+        assert_eq!(
+            o.daemon_faults,
+            [
+                "--fault-delay",
+                "a=1",
+                "--fault-fail-attaches",
+                "2",
+                "--fault-delay",
+                "b=2",
+                "--fault-corrupt-transfers",
+                "1"
+            ]
+        );
+        assert_eq!(
+            parse("--no-progress --progress").unwrap().progress,
+            Some(true)
+        );
+        assert!(o.reproduce_command().ends_with(
+            " --fault-delay a=1 --fault-fail-attaches 2 --fault-delay b=2 \
+             --fault-corrupt-transfers 1"
+        ));
+    }
+
+    #[test]
+    fn a_value_may_start_with_a_dash() {
+        // Passed through: the daemon judges its own fault values.
+        let o = parse("--fault-corrupt-transfers -1 --report -").unwrap();
+        assert_eq!(o.daemon_faults, ["--fault-corrupt-transfers", "-1"]);
+        assert_eq!(o.report, PathBuf::from("-"));
+        assert!(parse("--seed -1").unwrap_err().contains("invalid digit"));
+    }
+
+    #[test]
     fn bad_arguments_are_refused_with_a_reason() {
         for (line, needle) in [
             ("nosuch", "unknown scenario"),
-            ("--bos", "needs a value"),
-            ("--bos x", "--bos x"),
+            ("steady sawtooth", "unexpected argument 'sawtooth'"),
+            ("--bos", "a value is required for '--bos"),
+            ("--bos x", "invalid value 'x' for '--bos"),
             ("--bos 1", "at least 2"),
             ("--cycles 0", "at least 1"),
+            ("--cycles 5000000000", "5000000000 is too large"),
             ("--blob-share 2", "share between 0 and 1"),
             ("--sizes 10", "expected WxH"),
             ("--sizes 0x5", "1..4096"),
             ("--pressure fire", "unknown pressure mechanism"),
+            ("--pressure ,", "at least one mechanism"),
+            ("--memory 100", "at least 128 MiB"),
             ("--memory 256 --squeeze 250", "too little"),
-            ("--frobnicate", "unknown argument"),
+            ("--max-stall 0", "seconds in (0, 3600]"),
+            ("--frobnicate", "unexpected argument '--frobnicate'"),
             ("--repeat 0", "at least 1"),
         ] {
-            let err = parse(line).unwrap_err();
+            let err = parse_args(line.split_whitespace()).unwrap_err();
+            // What gpuswap-run prints on stderr before it exits 2.
+            assert!(err.use_stderr(), "{line}: {err}");
+            assert_eq!(err.exit_code(), 2, "{line}: {err}");
+            let err = err.to_string();
             assert!(err.contains(needle), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_is_no_error_and_names_every_option() {
+        for help in ["--help", "-h", "sawtooth --seed 3 --help"] {
+            let e = parse_args(help.split_whitespace()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{help}");
+            // gpuswap-run prints it on stdout and exits 0.
+            assert!(!e.use_stderr(), "{help}");
+        }
+        let text = Cli::command().render_help().to_string();
+        for option in [
+            "[SCENARIO]",
+            "--duration <S>",
+            "--cycles <N>",
+            "--memory <MiB>",
+            "--bos <N>",
+            "--sizes <WxH,...>",
+            "--blob-share <F>",
+            "--madvise-share <F>",
+            "--seed <N>",
+            "--repeat <N>",
+            "--pressure <LIST>",
+            "--squeeze <MiB>",
+            "--zram <MiB>",
+            "--fault-fail-attaches <N>",
+            "--fault-corrupt-transfers <N>",
+            "--fault-delay <CMD=MS>",
+            "--qemu <PATH>",
+            "--report <PATH>",
+            "--picture <PATH>",
+            "--junit <PATH>",
+            "--trace <PATH>",
+            "--max-stall <S>",
+            "--progress",
+            "--no-progress",
+            "exit status: 0 every check passed",
+        ] {
+            assert!(text.contains(option), "{option} missing from:\n{text}");
         }
     }
 }
