@@ -1,12 +1,12 @@
 //! Starting a backend process on a fresh socket, and connecting the
 //! in-process frontend to it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use gpuswap_frontend::{FrontendConfig, GpuFrontend, RegionSpec};
+use gpuswap_testkit::{Process, ScratchDir};
 
 /// Where Debian's `qemu-system-gui` installs QEMU's C backend.
 pub const C_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
@@ -52,9 +52,9 @@ pub struct Backend {
     pub binary: PathBuf,
     /// Its vhost-user socket.
     pub socket: PathBuf,
-    log: PathBuf,
-    dir: PathBuf,
-    child: Option<Child>,
+    // Dropped in this order: the process is gone before its directory.
+    process: Process,
+    _dir: ScratchDir,
 }
 
 impl Backend {
@@ -63,20 +63,10 @@ impl Backend {
         if !binary.exists() {
             return Err(format!("{} not found", binary.display()));
         }
-        let dir = std::env::temp_dir().join(format!(
-            "gpuswap-bench-{}-{}-{}",
-            std::process::id(),
-            kind.name(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dir =
+            ScratchDir::new("gpuswap-bench", kind.name()).map_err(|e| format!("temp dir: {e}"))?;
         let socket = dir.join("gpu.sock");
         let log = dir.join("backend.log");
-        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("dup log: {e}"))?;
         let mut cmd = Command::new(binary);
         match kind {
             Kind::Gpuswap | Kind::GpuswapNoPoll => {
@@ -92,25 +82,20 @@ impl Backend {
                 cmd.env("G_MESSAGES_DEBUG", "");
             }
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
+        let process = Process::spawn(&mut cmd, &log)
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         Ok(Backend {
             kind,
             binary: binary.to_path_buf(),
             socket,
-            log,
-            dir,
-            child: Some(child),
+            process,
+            _dir: dir,
         })
     }
 
     /// The backend's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
+        self.process.pid()
     }
 
     /// CPU time the backend has used so far (all threads), nanoseconds.
@@ -120,7 +105,7 @@ impl Backend {
 
     /// The backend's output so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// Connects a frontend with one guest RAM region of `ram_bytes` at
@@ -139,15 +124,5 @@ impl Backend {
                 self.log()
             )
         })
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

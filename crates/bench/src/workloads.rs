@@ -14,6 +14,7 @@ use gpuswap_protocol::wire::{
     SetScanout, TransferToHost2d,
 };
 use gpuswap_protocol::{ctrl_type as t, format};
+use gpuswap_testkit::pattern;
 use serde::{Deserialize, Serialize};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend};
 
@@ -350,20 +351,6 @@ fn set_scanout(scanout_id: u32, id: u32, r: Rect) -> Vec<u8> {
         resource_id: id,
     };
     req(t::SET_SCANOUT, body.as_slice(), &[])
-}
-
-/// Deterministic, non-periodic bytes (xorshift64 words).
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Scattered 4 KiB pages for `bytes`: one entry per page.

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use gpuswap_device::{ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
 use gpuswap_frontend::ring::DESC_F_INDIRECT;
-use gpuswap_frontend::{commands, Error, FrontendConfig, GpuFrontend, Placement, QueueId, RawDesc};
+use gpuswap_frontend::{commands, FrontendConfig, GpuFrontend, Placement, QueueId, RawDesc};
 use gpuswap_protocol::wire::{
     CtrlHeader, MemEntry, ResourceAttachBacking, ResourceCreateBlob, ResourceId, SetScanoutBlob,
 };
@@ -18,15 +18,6 @@ use vm_memory::ByteValued;
 const FMT: u32 = format::B8G8R8X8_UNORM;
 /// Guest RAM ends here (one 64 MiB region).
 const RAM_END: u64 = 64 << 20;
-
-fn code(r: Result<impl std::fmt::Debug, Error>) -> ErrorCode {
-    match r {
-        Err(e) => e
-            .device_error()
-            .unwrap_or_else(|| panic!("not an error response: {e}")),
-        Ok(v) => panic!("expected an error response, got {v:?}"),
-    }
-}
 
 fn small_ram() -> FrontendConfig {
     FrontendConfig {

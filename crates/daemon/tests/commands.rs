@@ -8,42 +8,15 @@ use common::*;
 use gpuswap_device::RESOURCE_OVERHEAD;
 use gpuswap_frontend::display_server::protocol_features;
 use gpuswap_frontend::{
-    commands, DisplayConfig, DisplayEvent, Error, Fence, FrontendConfig, GpuFrontend, Pages,
-    Placement, QueueId, ScanoutMode,
+    commands, DisplayConfig, DisplayEvent, Fence, FrontendConfig, Placement, QueueId, ScanoutMode,
 };
-use gpuswap_protocol::wire::{
-    CtrlHeader, CursorPos, ResourceId, ResourceMapBlob, SetScanoutBlob, UpdateCursor,
-};
+use gpuswap_protocol::wire::{CursorPos, Rect, ResourceMapBlob, SetScanoutBlob, UpdateCursor};
 use gpuswap_protocol::{blob_mem, ctrl_type, features, flags, format, ErrorCode};
+use gpuswap_testkit::pattern;
 use serde_json::json;
 use vm_memory::ByteValued;
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
-
-fn err(r: Result<impl std::fmt::Debug, Error>) -> ErrorCode {
-    match r {
-        Err(e) => e
-            .device_error()
-            .unwrap_or_else(|| panic!("not an error response: {e}")),
-        Ok(v) => panic!("expected an error response, got {v:?}"),
-    }
-}
-
-/// Creates a `w`x`h` 2D resource backed by scattered pages holding
-/// `pixels`, attached and transferred. Returns the pages.
-fn make_2d(gpu: &mut GpuFrontend, id: u32, w: u32, h: u32, pixels: &[u8]) -> Pages {
-    gpu.resource_create_2d(id, FMT, w, h).unwrap();
-    let pages = gpu
-        .ram_mut()
-        .alloc(pixels.len().div_ceil(4096), Placement::Scattered)
-        .unwrap();
-    gpu.ram()
-        .write_entries(&pages.entries(), 0, pixels)
-        .unwrap();
-    gpu.attach_backing(id, &pages.entries()).unwrap();
-    gpu.transfer_to_host_2d(id, rect(0, 0, w, h), 0).unwrap();
-    pages
-}
 
 fn edid_checksum_ok(e: &[u8]) -> bool {
     e.len() == 128 && e.iter().fold(0u8, |s, b| s.wrapping_add(*b)) == 0
@@ -56,17 +29,33 @@ fn edid_mode(e: &[u8]) -> (u32, u32) {
     (w, h)
 }
 
-#[test]
-fn get_display_info_asks_the_display_channel() {
-    let d = Daemon::spawn("dinfo", &[]);
-    let display = DisplayConfig {
+/// The pixels of `r` inside an image `width` pixels wide with rows
+/// `stride` bytes apart starting at `offset`, packed row after row.
+fn sub_image(image: &[u8], stride: usize, offset: usize, r: Rect) -> Vec<u8> {
+    let mut out = Vec::with_capacity((r.width * r.height * 4) as usize);
+    for y in r.y..r.y + r.height {
+        let start = offset + y as usize * stride + r.x as usize * 4;
+        out.extend_from_slice(&image[start..start + r.width as usize * 4]);
+    }
+    out
+}
+
+/// A display with one enabled `width` x `height` scanout.
+fn one_scanout(width: u32, height: u32) -> DisplayConfig {
+    DisplayConfig {
         scanouts: vec![ScanoutMode {
-            width: 1024,
-            height: 600,
+            width,
+            height,
             enabled: true,
         }],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn get_display_info_asks_the_display_channel() {
+    let d = Daemon::spawn("dinfo", &[]);
+    let display = one_scanout(1024, 600);
     let mut gpu = d.connect(FrontendConfig {
         display: Some(display),
         ..Default::default()
@@ -104,8 +93,14 @@ fn get_display_info_headless_uses_scanout_option() {
 
 #[test]
 fn get_edid_from_the_display_channel() {
+    // A mode other than the daemon's own (--scanout, 1280x800), so that
+    // the EDID shows where it came from.
     let d = Daemon::spawn("edid", &[]);
-    let mut gpu = d.connect(FrontendConfig::default());
+    let display = one_scanout(1024, 600);
+    let mut gpu = d.connect(FrontendConfig {
+        display: Some(display.clone()),
+        ..Default::default()
+    });
     let handle = gpu.display().unwrap().clone();
     let mark = handle.event_count();
     let edid = gpu.get_edid(0).unwrap();
@@ -115,12 +110,13 @@ fn get_edid_from_the_display_channel() {
         handle.wait_protocol_features(WAIT),
         Some(protocol_features::EDID)
     );
-    assert_eq!(edid, DisplayConfig::default().edid(0).unwrap().to_vec());
+    assert_eq!(edid, display.edid(0).unwrap().to_vec());
+    assert_eq!(edid_mode(&edid), (1024, 600));
     assert!(edid_checksum_ok(&edid));
     wait_display(&handle, mark, "GET_EDID", |e| {
         *e == DisplayEvent::GetEdid { scanout_id: 0 }
     });
-    assert_eq!(err(gpu.get_edid(1)), ErrorCode::InvalidScanoutId);
+    assert_eq!(code(gpu.get_edid(1)), ErrorCode::InvalidScanoutId);
 }
 
 #[test]
@@ -160,7 +156,7 @@ fn get_edid_headless_is_generated_for_the_scanout_mode() {
         assert!(edid_checksum_ok(&edid), "checksum of scanout {scanout}");
         assert_eq!(edid_mode(&edid), mode);
     }
-    assert_eq!(err(gpu.get_edid(2)), ErrorCode::InvalidScanoutId);
+    assert_eq!(code(gpu.get_edid(2)), ErrorCode::InvalidScanoutId);
 }
 
 #[test]
@@ -189,14 +185,14 @@ fn resource_create_2d_and_unref() {
     assert_eq!(st["host_memory_used"], 33 * 17 * 4 + RESOURCE_OVERHEAD);
 
     assert_eq!(
-        err(gpu.resource_create_2d(7, FMT, 4, 4)),
+        code(gpu.resource_create_2d(7, FMT, 4, 4)),
         ErrorCode::InvalidResourceId,
         "duplicate id"
     );
     gpu.resource_unref(7).unwrap();
     assert!(ctl.resource(7).is_none());
     assert_eq!(ctl.status()["host_memory_used"], 0);
-    assert_eq!(err(gpu.resource_unref(7)), ErrorCode::InvalidResourceId);
+    assert_eq!(code(gpu.resource_unref(7)), ErrorCode::InvalidResourceId);
 
     let kinds: Vec<_> = ctl
         .trace(seq, Some(7))
@@ -257,7 +253,7 @@ fn set_scanout_flush_and_partial_transfer_reach_the_display() {
     let stride = (w * 4) as usize;
     let size = stride * h as usize;
     let pix = pattern(size, 11);
-    let pages = make_2d(&mut gpu, 1, w, h, &pix);
+    let pages = upload_2d(&mut gpu, 1, (w, h), &pix);
     let entries = pages.entries();
 
     let mark = display.event_count();
@@ -338,7 +334,7 @@ fn transfer_to_host_2d_checks_rect_and_offset() {
     let mut ctl = d.ctl();
     let (w, h) = (16u32, 16u32);
     let pix = pattern((w * h * 4) as usize, 3);
-    make_2d(&mut gpu, 1, w, h, &pix);
+    upload_2d(&mut gpu, 1, (w, h), &pix);
     assert_eq!(ctl.live(1)["host_hash"], hash_hex(&pix));
     let trace = ctl.trace(0, Some(1));
     let t = events_of(&trace, "transfer");
@@ -359,7 +355,7 @@ fn transfer_to_host_2d_checks_rect_and_offset() {
         (rect(u32::MAX, 0, 2, 1), 0),
     ] {
         assert_eq!(
-            err(gpu.transfer_to_host_2d(1, r, offset)),
+            code(gpu.transfer_to_host_2d(1, r, offset)),
             ErrorCode::InvalidParameter,
             "{r:?} at {offset}"
         );
@@ -385,8 +381,8 @@ fn capsets_do_not_exist() {
     let mut gpu = d.connect(FrontendConfig::default().headless());
     assert_eq!(gpu.gpu_config().unwrap().num_capsets, 0);
     assert_eq!(gpu.read_config().unwrap().num_capsets, 0);
-    assert_eq!(err(gpu.get_capset_info(0)), ErrorCode::InvalidParameter);
-    assert_eq!(err(gpu.get_capset(1, 0, 64)), ErrorCode::InvalidParameter);
+    assert_eq!(code(gpu.get_capset_info(0)), ErrorCode::InvalidParameter);
+    assert_eq!(code(gpu.get_capset(1, 0, 64)), ErrorCode::InvalidParameter);
     gpu.get_display_info().unwrap();
 }
 
@@ -421,7 +417,7 @@ fn guest_blob_with_entries() {
     // Too short a backing for the blob is refused and creates nothing.
     let small = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
     assert_eq!(
-        err(gpu.resource_create_blob(6, blob_mem::GUEST, 0, 8192, &small.entries())),
+        code(gpu.resource_create_blob(6, blob_mem::GUEST, 0, 8192, &small.entries())),
         ErrorCode::InvalidParameter
     );
     assert!(ctl.resource(6).is_none());
@@ -454,7 +450,7 @@ fn guest_blob_without_entries_attaches_later() {
         .unwrap();
     // One page is not enough for two pages of blob.
     assert_eq!(
-        err(gpu.attach_backing(9, &pages.entries()[..1])),
+        code(gpu.attach_backing(9, &pages.entries()[..1])),
         ErrorCode::InvalidParameter
     );
     gpu.attach_backing(9, &pages.entries()).unwrap();
@@ -530,12 +526,12 @@ fn set_scanout_blob_honors_stride_and_offset() {
     // A layout past the end of the blob is refused.
     args.offsets[0] = (offset + 4096) as u32;
     assert_eq!(
-        err(gpu.set_scanout_blob(&args)),
+        code(gpu.set_scanout_blob(&args)),
         ErrorCode::InvalidParameter
     );
     // SET_SCANOUT_BLOB needs a blob, SET_SCANOUT a 2D resource.
     assert_eq!(
-        err(gpu.set_scanout(0, 3, rect(0, 0, 1, 1))),
+        code(gpu.set_scanout(0, 3, rect(0, 0, 1, 1))),
         ErrorCode::InvalidParameter
     );
 }
@@ -555,7 +551,7 @@ fn resource_assign_uuid() {
     gpu.resource_create_2d(5, FMT, 8, 8).unwrap();
     assert_ne!(gpu.resource_assign_uuid(5).unwrap(), uuid);
     assert_eq!(
-        err(gpu.resource_assign_uuid(99)),
+        code(gpu.resource_assign_uuid(99)),
         ErrorCode::InvalidResourceId
     );
 }
@@ -566,7 +562,7 @@ fn cursor_update_and_move_reach_the_display() {
     let mut gpu = d.connect(FrontendConfig::default());
     let display = gpu.display().unwrap().clone();
     let img = pattern(64 * 64 * 4, 41);
-    make_2d(&mut gpu, 9, 64, 64, &img);
+    upload_2d(&mut gpu, 9, (64, 64), &img);
     let pos = |x, y| CursorPos {
         scanout_id: 0,
         x,
@@ -708,58 +704,30 @@ fn cursor_update_and_move_reach_the_display() {
     assert!(display.errors().is_empty(), "{:?}", display.errors());
 }
 
+/// How the response header echoes the fence is the protocol crate's
+/// (`Response::header_for`); what the daemon adds is that each of its
+/// answers is built from the request's own header: the device's answer, a
+/// device error, and the daemon's answer to a request it cannot decode.
 #[test]
-fn fences_are_echoed_with_and_without_ring_idx() {
+fn every_answer_echoes_the_requests_fence() {
     let d = Daemon::spawn("fences", &[]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
-    // `fenced` checks every response echoes the fence (and ring_idx).
-    gpu.fenced(Fence::new(1))
+    // `fenced` checks that the response echoes the fence and ring_idx.
+    gpu.fenced(Fence::on_ring(1, 0, 3))
         .resource_create_2d(1, FMT, 16, 16)
         .unwrap();
-    let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
-    gpu.fenced(Fence::on_ring(2, 0, 3))
-        .attach_backing(1, &p.entries())
-        .unwrap();
-    gpu.fenced(Fence::on_ring(3, 5, 63))
-        .transfer_to_host_2d(1, rect(0, 0, 16, 16), 0)
-        .unwrap();
-    gpu.fenced(Fence::new(u64::MAX)).get_display_info().unwrap();
-    // Error responses echo the fence too.
     assert_eq!(
-        gpu.fenced(Fence::on_ring(4, 0, 1))
-            .detach_backing(99)
-            .unwrap_err()
-            .device_error(),
-        Some(ErrorCode::InvalidResourceId)
+        code(gpu.fenced(Fence::on_ring(2, 0, 1)).detach_backing(99)),
+        ErrorCode::InvalidResourceId
     );
     let (hdr, _) = gpu
-        .fenced(Fence::on_ring(5, 2, 7))
+        .fenced(Fence::on_ring(3, 2, 7))
         .raw(0x0999, &[], &[], 24)
         .unwrap();
     assert_eq!(hdr.type_, ctrl_type::RESP_ERR_UNSPEC);
     assert_eq!(
         (hdr.flags, hdr.fence_id, hdr.ctx_id, hdr.ring_idx),
-        (flags::FENCE | flags::INFO_RING_IDX, 5, 2, 7)
-    );
-    // Without the FENCE flag nothing is echoed, whatever the header holds.
-    let hdr = CtrlHeader {
-        type_: ctrl_type::RESOURCE_DETACH_BACKING,
-        flags: flags::INFO_RING_IDX,
-        fence_id: 42,
-        ctx_id: 3,
-        ring_idx: 2,
-        padding: [0; 3],
-    };
-    let body = ResourceId {
-        resource_id: 1,
-        padding: 0,
-    };
-    let req = commands::encode_request(&hdr, body.as_slice(), &[]);
-    let resp = gpu.submit(QueueId::Control, &req, 24).unwrap();
-    let out = commands::check_response(&resp, ctrl_type::RESP_OK_NODATA, None).unwrap();
-    assert_eq!(
-        (out.flags, out.fence_id, out.ctx_id, out.ring_idx),
-        (0, 0, 0, 0)
+        (flags::FENCE | flags::INFO_RING_IDX, 3, 2, 7)
     );
 }
 
@@ -774,7 +742,7 @@ fn three_d_commands_get_clean_errors() {
 
     for mem in [blob_mem::HOST3D, blob_mem::HOST3D_GUEST] {
         assert_eq!(
-            err(gpu.resource_create_blob(1, mem, 1, 4096, &[])),
+            code(gpu.resource_create_blob(1, mem, 1, 4096, &[])),
             ErrorCode::InvalidParameter
         );
     }
@@ -883,7 +851,7 @@ fn one_resource_split_over_two_scanouts() {
     let (w, h) = (128u32, 48u32);
     let stride = (w * 4) as usize;
     let pix = pattern(stride * h as usize, 51);
-    make_2d(&mut gpu, 1, w, h, &pix);
+    upload_2d(&mut gpu, 1, (w, h), &pix);
     let left = rect(0, 0, 64, 48);
     let right = rect(64, 0, 64, 48);
     gpu.set_scanout(0, 1, left).unwrap();

@@ -9,6 +9,7 @@ use common::*;
 use gpuswap_frontend::{commands, Fence, FrontendConfig, GpuFrontend, Pages, Placement, QueueId};
 use gpuswap_protocol::wire::ResourceId;
 use gpuswap_protocol::{ctrl_type, features, format, ErrorCode};
+use gpuswap_testkit::{pattern, poll_until};
 use serde_json::{json, Value};
 use vm_memory::ByteValued;
 
@@ -291,22 +292,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Creates a `w`x`h` 2D resource `id` on scattered pages holding `pixels`,
-/// attached and transferred in full.
-fn upload(gpu: &mut GpuFrontend, id: u32, (w, h): (u32, u32), pixels: &[u8]) -> Pages {
-    gpu.resource_create_2d(id, FMT, w, h).unwrap();
-    let pages = gpu
-        .ram_mut()
-        .alloc(pixels.len().div_ceil(4096), Placement::Scattered)
-        .unwrap();
-    gpu.ram()
-        .write_entries(&pages.entries(), 0, pixels)
-        .unwrap();
-    gpu.attach_backing(id, &pages.entries()).unwrap();
-    gpu.transfer_to_host_2d(id, rect(0, 0, w, h), 0).unwrap();
-    pages
-}
-
 /// What a stress harness does: the live resources whose host copy does
 /// not hash to what the guest wrote (`guest`: id -> content).
 fn mismatched(ctl: &mut Control, guest: &[(u32, &[u8])]) -> Vec<u32> {
@@ -335,7 +320,7 @@ fn fault_corrupt_transfers_spoils_one_host_copy_and_the_trace_names_it() {
     let (w, h) = (32u32, 16u32);
     let one = pattern((w * h * 4) as usize, 61);
     let two = pattern((w * h * 4) as usize, 62);
-    upload(&mut gpu, 1, (w, h), &one);
+    upload_2d(&mut gpu, 1, (w, h), &one);
     gpu.resource_create_2d(2, FMT, w, h).unwrap();
     let p2 = gpu.ram_mut().alloc(2, Placement::Scattered).unwrap();
     gpu.ram().write_entries(&p2.entries(), 0, &two).unwrap();
@@ -618,23 +603,17 @@ fn hostile_control_clients_are_bounded() {
     }
     // A client that leaves frees its place.
     drop(held.pop());
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let mut last = Value::Null;
+    let back = poll_until(WAIT, || {
         let mut c = UnixStream::connect(&d.control).unwrap();
         c.set_read_timeout(Some(WAIT)).unwrap();
         writeln!(c, "{{\"cmd\":\"status\"}}").unwrap();
         let mut line = String::new();
         BufReader::new(&c).read_line(&mut line).unwrap();
-        let r: Value = serde_json::from_str(&line).unwrap();
-        if r["ok"] == true {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the freed place never came back: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        last = serde_json::from_str(&line).unwrap();
+        (last["ok"] == true).then_some(())
+    });
+    assert!(back.is_some(), "the freed place never came back: {last}");
 }
 
 /// A monitoring client polling `resources` neither holds up the queues
@@ -649,7 +628,7 @@ fn resources_hashes_without_holding_up_the_queues_or_copying_host_copies() {
     let _pages: Vec<Pages> = contents
         .iter()
         .enumerate()
-        .map(|(i, c)| upload(&mut gpu, i as u32 + 1, (w as u32, h as u32), c))
+        .map(|(i, c)| upload_2d(&mut gpu, i as u32 + 1, (w as u32, h as u32), c))
         .collect();
     let mut ctl = d.ctl();
     for (i, content) in contents.iter().enumerate() {

@@ -12,6 +12,7 @@ use common::*;
 use gpuswap_frontend::{Fence, FrontendConfig, GpuFrontend, Pages, Placement, RegionSpec};
 use gpuswap_protocol::wire::{MemEntry, SetScanoutBlob};
 use gpuswap_protocol::{blob_mem, format};
+use gpuswap_testkit::pattern;
 use serde_json::{json, Value};
 
 /// Two adjacent regions, so one entry can cross from one to the other.

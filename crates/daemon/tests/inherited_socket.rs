@@ -13,6 +13,7 @@ use std::process::Command;
 use common::*;
 use gpuswap_frontend::{FrontendConfig, GpuFrontend, Placement};
 use gpuswap_protocol::format;
+use gpuswap_testkit::{pattern, wait_for_path, Process, ScratchDir};
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
 
@@ -60,7 +61,7 @@ fn connected_fd_is_served_until_it_closes() {
         // A second region and a fresh memory table pass through too.
         use_the_device(&mut gpu, &mut ctl, 2);
         assert!(
-            relay_dirs(&d.dir).is_empty(),
+            relay_dirs(d.dir()).is_empty(),
             "the private socket outlived its connection"
         );
         d.assert_alive();
@@ -94,9 +95,7 @@ fn connected_fd_peer_killed_mid_request() {
 #[test]
 fn listening_fd_accepts_frontends() {
     for once in [false, true] {
-        let dir = std::env::temp_dir().join(format!("gsd-{}-lfd-{once}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::new("gsd", &format!("lfd-{once}")).unwrap();
         let path = dir.join("gpu.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let extra: &[&str] = if once { &["--once"] } else { &[] };
@@ -119,8 +118,6 @@ fn listening_fd_accepts_frontends() {
         } else {
             d.assert_alive();
         }
-        drop(d);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -161,8 +158,8 @@ fn fd_that_is_no_unix_stream_socket_is_refused() {
 /// binary (PREFIX/libexec -> PREFIX/etc/gpuswap/daemon.conf).
 #[test]
 fn config_file_supplies_options() {
-    let dir = std::env::temp_dir().join(format!("gsd-{}-config", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("gsd", "config").unwrap();
+    let dir = scratch.path();
     std::fs::create_dir_all(dir.join("libexec")).unwrap();
     std::fs::create_dir_all(dir.join("etc/gpuswap")).unwrap();
     let conf = dir.join("etc/gpuswap/daemon.conf");
@@ -187,23 +184,15 @@ fn config_file_supplies_options() {
     ] {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let theirs = OwnedFd::from(theirs);
-        let mut child = command_with_fd(binary, &theirs)
-            .args(&extra)
-            .env_remove("XDG_RUNTIME_DIR")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = command_with_fd(binary, &theirs);
+        cmd.args(&extra).env_remove("XDG_RUNTIME_DIR");
+        let mut child = Process::spawn(&mut cmd, &dir.join("stderr")).unwrap();
         drop(theirs);
-        let control = dir.join(format!("run/{}.sock", child.id()));
-        let deadline = std::time::Instant::now() + WAIT;
-        while !control.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "{binary:?} exited");
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{control:?} never appeared"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let control = dir.join(format!("run/{}.sock", child.pid()));
+        wait_for_path(&control, WAIT, || {
+            (!child.is_running()).then(|| format!("{binary:?} exited"))
+        })
+        .unwrap();
         let gpu = GpuFrontend::from_stream(ours, FrontendConfig::default()).unwrap();
         let config = gpu.gpu_config().expect("config space");
         assert_eq!(config.num_scanouts, 1);
@@ -211,10 +200,10 @@ fn config_file_supplies_options() {
         let st = ctl.status();
         assert_eq!(st["max_host_memory"], 3 << 20, "{binary:?}: {st}");
         drop(gpu);
-        let status = child.wait().unwrap();
+        let status = child.wait_exit(WAIT).expect("the daemon exits");
         assert_eq!(status.code(), Some(0));
         assert!(!control.exists());
-        let log = std::fs::read_to_string(dir.join(format!("log/{}.log", child.id())))
+        let log = std::fs::read_to_string(dir.join(format!("log/{}.log", child.pid())))
             .expect("the log file");
         assert!(log.contains("frontend disconnected"), "{log}");
     }
@@ -250,5 +239,4 @@ fn config_file_supplies_options() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use common::*;
 use gpuswap_frontend::{DisplayEvent, Fence, FrontendConfig, GpuFrontend, Placement};
 use gpuswap_protocol::{blob_mem, format};
+use gpuswap_testkit::pattern;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -16,13 +17,7 @@ const FMT: u32 = format::B8G8R8X8_UNORM;
 /// Resource 1 (2D, attached, transferred, on scanout 0), resource 2 (2D,
 /// detached) and blob 3 (attached).
 fn populate(gpu: &mut GpuFrontend) {
-    gpu.resource_create_2d(1, FMT, 32, 32).unwrap();
-    let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
-    gpu.ram()
-        .write_entries(&p.entries(), 0, &pattern(4096, 1))
-        .unwrap();
-    gpu.attach_backing(1, &p.entries()).unwrap();
-    gpu.transfer_to_host_2d(1, rect(0, 0, 32, 32), 0).unwrap();
+    upload_2d(gpu, 1, (32, 32), &pattern(32 * 32 * 4, 1));
     gpu.set_scanout(0, 1, rect(0, 0, 32, 32)).unwrap();
     gpu.resource_create_2d(2, FMT, 64, 64).unwrap();
     let b = gpu.ram_mut().alloc(2, Placement::Scattered).unwrap();

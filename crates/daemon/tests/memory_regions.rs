@@ -9,6 +9,7 @@ use common::*;
 use gpuswap_device::RESOURCE_OVERHEAD;
 use gpuswap_frontend::{FrontendConfig, Placement, RegionSpec};
 use gpuswap_protocol::{blob_mem, format, ErrorCode};
+use gpuswap_testkit::pattern;
 use serde_json::json;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 

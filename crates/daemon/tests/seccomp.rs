@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use common::*;
 use gpuswap_frontend::{FrontendConfig, GpuFrontend, Placement};
 use gpuswap_protocol::format;
+use gpuswap_testkit::{pattern, poll_until, ScratchDir};
 use nix::sys::signal::Signal;
 
 /// A field of /proc/PID/status (or of one thread's), e.g. `Seccomp`.
@@ -41,16 +42,15 @@ fn thread_seccomp_modes(pid: u32) -> Vec<(String, String)> {
 /// sockets appear, just before serving).
 fn wait_for_filter(d: &mut Daemon, expected: &str) {
     let path = format!("/proc/{}/status", d.pid());
-    let deadline = std::time::Instant::now() + WAIT;
-    while status_field(&path, "Seccomp") != expected {
+    let installed = poll_until(WAIT, || {
         d.assert_alive();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Seccomp never became {expected}:\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+        (status_field(&path, "Seccomp") == expected).then_some(())
+    });
+    assert!(
+        installed.is_some(),
+        "Seccomp never became {expected}:\n{}",
+        d.log()
+    );
 }
 
 /// Creates, attaches, transfers, shows, flushes, detaches and unrefs a
@@ -147,8 +147,7 @@ fn seccomp_option_sets_the_mode() {
         assert_eq!(status_field(&status, "NoNewPrivs"), nnp, "{extra:?}");
     }
 
-    let dir = std::env::temp_dir().join(format!("gsd-{}-seccomp-conf", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("gsd", "seccomp-conf").unwrap();
     let conf = dir.join("daemon.conf");
     std::fs::write(&conf, "seccomp = off\n").unwrap();
     let conf = conf.display().to_string();
@@ -162,5 +161,4 @@ fn seccomp_option_sets_the_mode() {
     drop(d);
     let mut d = Daemon::spawn("seccomp-conf", &["--config", &conf, "--seccomp", "kill"]);
     wait_for_filter(&mut d, "2");
-    let _ = std::fs::remove_dir_all(&dir);
 }

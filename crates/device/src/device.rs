@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use gpuswap_protocol::wire::{self, DisplayOne, MAX_SCANOUTS};
 use gpuswap_protocol::{
-    blob_mem, ctrl_type, format, Command, DecodeError, ErrorCode, Request, Response,
+    blob_mem, ctrl_type, edid, format, Command, DecodeError, ErrorCode, Request, Response,
 };
 use log::{debug, warn};
 use vm_memory::GuestMemoryBackend;
 
 use crate::display::{Display, DisplayMode, CURSOR_SIZE};
-use crate::edid;
 use crate::limited_warn;
 use crate::log_limit::LogLimit;
 use crate::memory::{self, GuestExtent, PageOwners};

@@ -18,7 +18,6 @@
 
 mod device;
 pub mod display;
-pub mod edid;
 pub mod log_limit;
 pub mod memory;
 pub mod renderer;

@@ -738,13 +738,8 @@ mod tests {
                 .flat_map(|e| (e.addr / PAGE_SIZE)..e.end().div_ceil(PAGE_SIZE))
                 .collect()
         };
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = gpuswap_testkit::Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut rand = move |n: u64| rng.below(n);
         for _ in 0..3000 {
             let id = 1 + rand(6) as u32;
             if let Some(ext) = model.remove(&id) {

@@ -14,6 +14,7 @@ use gpuswap_device::{
     DeviceConfig, GpuDevice, HostIovec, Rect2d, Renderer, RendererError, RutabagaRenderer,
 };
 use gpuswap_protocol::{ErrorCode, Request, Response};
+use gpuswap_testkit::pattern;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 /// Rutabaga's renderer, with attaches refused on demand and a record of
@@ -141,7 +142,7 @@ fn a_backing_the_renderer_refuses_after_a_memory_change_is_left_detached() {
         send(&mut dev, &attach(1, &[(0x1_0000, 1024)])),
         Response::OkNoData
     );
-    let content = pattern(9, 1024);
+    let content = pattern(1024, 9);
     scatter(&new, &[(0x1_0000, 1024)], &content);
     assert_eq!(
         send(&mut dev, &transfer(1, rect(0, 0, 16, 16), 0)),

@@ -5,10 +5,13 @@ mod common;
 
 use common::*;
 use gpuswap_device::trace::{DetachReason, EventKind, InjectedFault, Violation};
-use gpuswap_device::DeviceConfig;
+use gpuswap_device::{DeviceConfig, Rect2d};
 use gpuswap_protocol::ctrl_type as t;
-use gpuswap_protocol::wire::{CtrlHeader, GetCapset, GetCapsetInfo, GetEdid, ResourceMapBlob};
-use gpuswap_protocol::{blob_mem, flags, DecodeError, ErrorCode, Response};
+use gpuswap_protocol::wire::{
+    CtrlHeader, CursorPos, GetCapset, GetCapsetInfo, GetEdid, ResourceMapBlob, UpdateCursor,
+};
+use gpuswap_protocol::{blob_mem, DecodeError, ErrorCode, Response};
+use gpuswap_testkit::{model, pattern};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 const UNSPEC: Response = Response::Err(ErrorCode::Unspec);
@@ -33,6 +36,36 @@ fn uploaded_2d(b: &mut Bench, id: u32, (w, h): (u32, u32), extents: &[(u64, u32)
     b.ok(&transfer(id, rect(0, 0, w, h), 0));
 }
 
+fn rect2d(x: u32, y: u32, width: u32, height: u32) -> Rect2d {
+    Rect2d {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+fn cursor(type_: u32, scanout_id: u32, x: u32, y: u32, id: u32, hot: (u32, u32)) -> Vec<u8> {
+    let body = UpdateCursor {
+        pos: CursorPos {
+            scanout_id,
+            x,
+            y,
+            padding: 0,
+        },
+        resource_id: id,
+        hot_x: hot.0,
+        hot_y: hot.1,
+        padding: 0,
+    };
+    request(type_, body.as_slice())
+}
+
+/// What a display is sent of `r` of an image (see `model::crop`).
+fn crop(image: &[u8], base: usize, stride: usize, r: Rect2d) -> Vec<u8> {
+    model::crop(image, base, stride, rect(r.x, r.y, r.width, r.height))
+}
+
 // ---- Attach and transfer -------------------------------------------------
 
 #[test]
@@ -41,7 +74,7 @@ fn transfer_after_attaching_scattered_pages_makes_host_copy_equal_the_guest_patt
     let (w, h) = (64, 48); // 3 pages
     let size = (w * h * 4) as usize;
     let extents = pages(&[7, 2, 17]);
-    let content = pattern(1, size);
+    let content = pattern(size, 1);
     let zero = hash(&vec![0; size]);
     b.ok(&create_2d(1, XRGB, w, h));
     b.ok(&attach(1, &extents));
@@ -81,7 +114,7 @@ fn evict_restore_cycles_keep_the_host_copy_byte_exact() {
     let full = rect(0, 0, w, h);
     let size = (w * h * 4) as usize;
     let mut extents = pages(&[3, 1]);
-    let mut content = pattern(100, size);
+    let mut content = pattern(size, 100);
     uploaded_2d(&mut b, 1, (w, h), &extents, &content);
     b.ok(&set_scanout(0, 1, full));
     b.display.take();
@@ -93,7 +126,7 @@ fn evict_restore_cycles_keep_the_host_copy_byte_exact() {
         assert_eq!(detaches_of(&events), vec![(1, DetachReason::Command)]);
         assert_eq!(events[0].generation, cycle);
         // The guest reuses the evicted pages: the host copy must not care.
-        b.scatter(&extents, &pattern(999 + cycle, size));
+        b.scatter(&extents, &pattern(size, 999 + cycle));
         assert_eq!(b.send(&transfer(1, full, 0)), UNSPEC);
         assert_eq!(
             b.violations(),
@@ -103,7 +136,7 @@ fn evict_restore_cycles_keep_the_host_copy_byte_exact() {
 
         // Restore into different pages with new content.
         extents = pages(&[16 * cycle + 5, 16 * cycle + 2]);
-        let next = pattern(100 + cycle, size);
+        let next = pattern(size, 100 + cycle);
         b.scatter(&extents, &next);
         assert_eq!(b.info(1).host_hash, Some(hash(&content)));
         b.ok(&attach(1, &extents));
@@ -133,7 +166,7 @@ fn flushing_part_of_a_2d_scanout_sends_just_that_part() {
     let mut b = Bench::simple();
     let (w, h) = (64u32, 32u32);
     let stride = (w * 4) as usize;
-    let content = pattern(9, stride * h as usize);
+    let content = pattern(stride * h as usize, 9);
     uploaded_2d(&mut b, 1, (w, h), &pages(&[2, 4]), &content);
     // The scanout shows the 32x16 part of the resource at (16, 8).
     b.ok(&set_scanout(0, 1, rect(16, 8, 32, 16)));
@@ -167,14 +200,14 @@ fn flushing_part_of_a_2d_scanout_sends_just_that_part() {
 fn double_attach_is_unspec_and_changes_nothing() {
     let mut b = Bench::simple();
     let first = pages(&[4]);
-    let content = pattern(2, 4096);
+    let content = pattern(4096, 2);
     uploaded_2d(&mut b, 1, (32, 32), &first, &content);
     let before = b.info(1);
     let used = b.dev.host_memory_used();
     b.events();
 
     let second = pages(&[9]);
-    b.scatter(&second, &pattern(3, 4096));
+    b.scatter(&second, &pattern(4096, 3));
     assert_eq!(b.send(&attach(1, &second)), UNSPEC);
     assert_eq!(b.violations(), vec![(1, Violation::DoubleAttach, ATTACH)]);
     let after = b.info(1);
@@ -220,11 +253,11 @@ fn use_of_a_detached_resource_is_refused_and_leaves_the_host_copy_untouched() {
     let (w, h) = (32, 32);
     let full = rect(0, 0, w, h);
     let extents = pages(&[5]);
-    let content = pattern(4, 4096);
+    let content = pattern(4096, 4);
     uploaded_2d(&mut b, 1, (w, h), &extents, &content);
     b.ok(&set_scanout(0, 1, full));
     b.ok(&detach(1));
-    b.scatter(&extents, &pattern(5, 4096));
+    b.scatter(&extents, &pattern(4096, 5));
     b.events();
     b.display.take();
 
@@ -249,7 +282,7 @@ fn use_of_a_detached_resource_is_refused_and_leaves_the_host_copy_untouched() {
 fn unref_of_an_attached_resource_detaches_implicitly_then_forgets_the_id() {
     let mut b = Bench::simple();
     let extents = pages(&[2, 3]);
-    uploaded_2d(&mut b, 1, (32, 64), &extents, &pattern(6, 8192));
+    uploaded_2d(&mut b, 1, (32, 64), &extents, &pattern(8192, 6));
     b.ok(&set_scanout(0, 1, rect(0, 0, 32, 64)));
     assert!(b.dev.host_memory_used() > 0);
     b.events();
@@ -337,7 +370,7 @@ fn blob_created_without_entries_starts_detached_and_attaches_later() {
 
     for generation in 1..=3u64 {
         let extents = pages(&[10 * generation, 10 * generation - 4]);
-        let content = pattern(generation, 8192);
+        let content = pattern(8192, generation);
         b.scatter(&extents, &content);
         b.ok(&attach(1, &extents));
         let info = b.info(1);
@@ -468,7 +501,7 @@ fn flushing_a_blob_scanout_sends_the_pixels_at_its_stride_and_offset() {
     let mut b = Bench::simple();
     let size = 12288usize;
     let extents = pages(&[9, 4, 6]);
-    let content = pattern(7, size);
+    let content = pattern(size, 7);
     b.scatter(&extents, &content);
     b.ok(&create_blob(1, blob_mem::GUEST, size as u64, &extents));
 
@@ -511,7 +544,7 @@ fn flushing_a_blob_scanout_sends_the_pixels_at_its_stride_and_offset() {
     // After an evict/restore into other pages the flush reads those.
     b.ok(&detach(1));
     let moved = pages(&[30, 20, 25]);
-    let next = pattern(8, size);
+    let next = pattern(size, 8);
     b.scatter(&moved, &next);
     b.ok(&attach(1, &moved));
     b.ok(&flush(1, rect(0, 0, 64, 25)));
@@ -629,14 +662,14 @@ fn entries_crossing_two_memory_regions_transfer_correctly() {
     let (w, h) = (64u32, 32u32);
     let stride = (w * 4) as usize;
     let extents = [(0xf800u64, 8192u32)];
-    let first = pattern(10, 8192);
+    let first = pattern(8192, 10);
     uploaded_2d(&mut b, 1, (w, h), &extents, &first);
     let info = b.info(1);
     assert_eq!(info.host_hash, Some(hash(&first)));
     assert_eq!(info.backing_hash, Some(hash(&first)));
 
     // A partial transfer whose rows straddle the region boundary.
-    let second = pattern(11, 8192);
+    let second = pattern(8192, 11);
     b.scatter(&extents, &second);
     let r = rect2d(10, 5, 30, 10);
     let offset = (r.y as usize) * stride + (r.x as usize) * 4;
@@ -672,7 +705,7 @@ fn a_new_memory_table_with_the_same_layout_keeps_backings_working() {
     let (w, h) = (32, 64);
     let full = rect(0, 0, w, h);
     let extents = pages(&[12, 3]);
-    let first = pattern(20, 8192);
+    let first = pattern(8192, 20);
     uploaded_2d(&mut b, 1, (w, h), &extents, &first);
 
     // Same guest layout, a different host mapping with the same contents.
@@ -690,16 +723,16 @@ fn a_new_memory_table_with_the_same_layout_keeps_backings_working() {
     assert_eq!(info.backing_hash, Some(hash(&first)));
 
     // Transfers read the new mapping, not the old one.
-    let second = pattern(21, 8192);
+    let second = pattern(8192, 21);
     scatter(&new, &extents, &second);
-    scatter(&old, &extents, &pattern(22, 8192));
+    scatter(&old, &extents, &pattern(8192, 22));
     b.ok(&transfer(1, full, 0));
     assert_eq!(b.info(1).host_hash, Some(hash(&second)));
     assert_eq!(b.info(1).backing_hash, Some(hash(&second)));
 
     // And the state machine goes on in the new table.
     b.ok(&detach(1));
-    let third = pattern(23, 8192);
+    let third = pattern(8192, 23);
     let moved = pages(&[40, 41]);
     scatter(&new, &moved, &third);
     b.ok(&attach(1, &moved));
@@ -716,8 +749,8 @@ fn a_memory_table_without_a_backing_detaches_it_as_a_violation() {
     );
     let low = pages(&[2]);
     let high = [(0x100000 + PAGE, 4096u32)];
-    let content = pattern(30, 4096);
-    uploaded_2d(&mut b, 1, (32, 32), &low, &pattern(31, 4096));
+    let content = pattern(4096, 30);
+    uploaded_2d(&mut b, 1, (32, 32), &low, &pattern(4096, 31));
     uploaded_2d(&mut b, 2, (32, 32), &high, &content);
     let used = b.dev.host_memory_used();
     b.events();
@@ -819,7 +852,7 @@ fn resource_id_0_is_refused() {
 #[test]
 fn a_duplicate_resource_id_is_refused_and_the_live_one_kept() {
     let mut b = Bench::simple();
-    let content = pattern(40, 4096);
+    let content = pattern(4096, 40);
     uploaded_2d(&mut b, 1, (32, 32), &pages(&[1]), &content);
     let used = b.dev.host_memory_used();
     b.events();
@@ -918,9 +951,9 @@ fn more_entries_than_the_limit_is_a_decode_error() {
 #[test]
 fn rects_outside_the_resource_are_invalid_parameter() {
     let mut b = Bench::simple();
-    let content = pattern(50, 2048);
+    let content = pattern(2048, 50);
     uploaded_2d(&mut b, 1, (32, 16), &pages(&[1]), &content);
-    b.scatter(&pages(&[1]), &pattern(51, 2048));
+    b.scatter(&pages(&[1]), &pattern(2048, 51));
     b.events();
     let outside = [
         rect(0, 0, 33, 16),
@@ -947,7 +980,7 @@ fn transfers_reading_past_the_backing_are_invalid_parameter() {
     let mut b = Bench::simple();
     // 64x32 needs 8 KiB; the backing is one page.
     b.ok(&create_2d(1, XRGB, 64, 32));
-    let content = pattern(60, 4096);
+    let content = pattern(4096, 60);
     b.scatter(&pages(&[1]), &content);
     b.ok(&attach(1, &pages(&[1])));
     let zero = hash(&[0u8; 8192]);
@@ -975,7 +1008,7 @@ fn transfers_reading_past_the_backing_are_invalid_parameter() {
     assert_eq!(b.info(1).host_hash, Some(hash(&expected)));
 }
 
-// ---- Fault injection and fences -----------------------------------------
+// ---- Fault injection -----------------------------------------------------
 
 #[test]
 fn injected_attach_faults_fail_exactly_the_next_two_attaches() {
@@ -1022,7 +1055,7 @@ fn injected_transfer_corruption_flips_one_host_byte_of_exactly_the_next_two_tran
     let mut b = Bench::simple();
     let (w, h) = (32u32, 16u32);
     let stride = (w * 4) as usize;
-    let content = pattern(7, stride * h as usize);
+    let content = pattern(stride * h as usize, 7);
     let extents = pages(&[1]);
     uploaded_2d(&mut b, 1, (w, h), &extents, &content);
     b.ok(&create_blob(2, blob_mem::GUEST, 4096, &pages(&[2])));
@@ -1106,64 +1139,12 @@ fn injected_transfer_corruption_flips_one_host_byte_of_exactly_the_next_two_tran
     );
 }
 
-#[test]
-fn fenced_responses_echo_fence_id_context_and_ring() {
-    let mut b = Bench::simple();
-    let fenced = CtrlHeader {
-        flags: flags::FENCE | flags::INFO_RING_IDX,
-        fence_id: 0x0123_4567_89ab_cdef,
-        ctx_id: 5,
-        ring_idx: 2,
-        ..Default::default()
-    };
-    let body = &create_2d(1, XRGB, 16, 16)[24..];
-    let decode_hdr = |bytes: &[u8]| {
-        let mut hdr = CtrlHeader::default();
-        hdr.as_mut_slice().copy_from_slice(&bytes[..24]);
-        hdr
-    };
-    // A success and an error (duplicate id) both carry the fence.
-    for expected in [t::RESP_OK_NODATA, t::RESP_ERR_INVALID_RESOURCE_ID] {
-        let bytes = with_header(fenced, t::RESOURCE_CREATE_2D, body);
-        let req = b.decode(&bytes).unwrap();
-        let mut out = Vec::new();
-        let hdr = req.hdr;
-        b.dev.process(req).encode(&hdr, &mut out);
-        assert_eq!(out.len(), 24);
-        let hdr = decode_hdr(&out);
-        assert_eq!(hdr.type_, expected);
-        assert_eq!(hdr.flags, flags::FENCE | flags::INFO_RING_IDX);
-        assert_eq!(
-            (hdr.fence_id, hdr.ctx_id, hdr.ring_idx),
-            (0x0123_4567_89ab_cdef, 5, 2)
-        );
-    }
-    // Without FENCE nothing is echoed.
-    let bytes = with_header(
-        CtrlHeader {
-            fence_id: 9,
-            ..Default::default()
-        },
-        t::RESOURCE_UNREF,
-        &unref(1)[24..],
-    );
-    let req = b.decode(&bytes).unwrap();
-    let mut out = Vec::new();
-    let hdr = req.hdr;
-    b.dev.process(req).encode(&hdr, &mut out);
-    let hdr = decode_hdr(&out);
-    assert_eq!(
-        (hdr.type_, hdr.flags, hdr.fence_id),
-        (t::RESP_OK_NODATA, 0, 0)
-    );
-}
-
 // ---- Cursor -------------------------------------------------------------
 
 #[test]
 fn update_cursor_sends_the_64x64_image_to_the_display() {
     let mut b = Bench::simple();
-    let image = pattern(70, 64 * 64 * 4);
+    let image = pattern(64 * 64 * 4, 70);
     uploaded_2d(&mut b, 1, (64, 64), &pages(&[1, 2, 3, 4]), &image);
     b.display.take();
     let resp = b.send_cursor(&cursor(t::UPDATE_CURSOR, 0, 100, 200, 1, (3, 4)));
@@ -1183,8 +1164,8 @@ fn update_cursor_sends_the_64x64_image_to_the_display() {
 #[test]
 fn a_cursor_must_be_64x64() {
     let mut b = Bench::simple();
-    uploaded_2d(&mut b, 1, (32, 32), &pages(&[1]), &pattern(71, 4096));
-    uploaded_2d(&mut b, 2, (64, 32), &pages(&[2, 3]), &pattern(72, 8192));
+    uploaded_2d(&mut b, 1, (32, 32), &pages(&[1]), &pattern(4096, 71));
+    uploaded_2d(&mut b, 2, (64, 32), &pages(&[2, 3]), &pattern(8192, 72));
     b.display.take();
     for id in [1, 2] {
         assert_eq!(
@@ -1338,7 +1319,7 @@ fn context_3d_and_map_blob_commands_are_unspec() {
 #[test]
 fn reset_frees_every_resource() {
     let mut b = Bench::simple();
-    uploaded_2d(&mut b, 1, (32, 32), &pages(&[1]), &pattern(80, 4096));
+    uploaded_2d(&mut b, 1, (32, 32), &pages(&[1]), &pattern(4096, 80));
     b.ok(&create_2d(2, XRGB, 32, 32));
     b.ok(&create_blob(3, blob_mem::GUEST, 8192, &pages(&[4, 5])));
     b.ok(&set_scanout(0, 1, rect(0, 0, 32, 32)));

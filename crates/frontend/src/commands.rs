@@ -531,6 +531,14 @@ mod tests {
             check_response(bad.as_slice(), t::RESP_OK_NODATA, Some(f)),
             Err(Error::FenceMismatch { .. })
         ));
+        // A backend that echoes the fence but not the ring.
+        let mut no_ring = ok;
+        no_ring.flags = flags::FENCE;
+        no_ring.ring_idx = 0;
+        assert!(matches!(
+            check_response(no_ring.as_slice(), t::RESP_OK_NODATA, Some(f)),
+            Err(Error::FenceMismatch { .. })
+        ));
         let mut err = ok;
         err.type_ = t::RESP_ERR_INVALID_RESOURCE_ID;
         assert_eq!(

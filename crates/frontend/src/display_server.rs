@@ -15,10 +15,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gpuswap_protocol::ctrl_type;
 use gpuswap_protocol::wire::{
     CtrlHeader, DisplayOne, Rect, RespDisplayInfo, RespEdid, MAX_SCANOUTS,
 };
+use gpuswap_protocol::{ctrl_type, edid};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use vhost::vhost_user::gpu_message::{
     VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuDMABUFScanout,
@@ -128,7 +128,7 @@ impl DisplayConfig {
     /// The EDID blob this display reports for `scanout`, if it exists.
     pub fn edid(&self, scanout: u32) -> Option<[u8; 128]> {
         let s = self.scanouts.get(scanout as usize)?;
-        Some(make_edid(s.width, s.height, scanout))
+        Some(edid::generate(s.width, s.height))
     }
 }
 
@@ -739,64 +739,6 @@ fn apply_to_framebuffers(st: &mut DisplayState, event: &DisplayEvent) {
     }
 }
 
-/// A 128-byte EDID 1.3 block for a `width`x`height` display at 60 Hz.
-pub fn make_edid(width: u32, height: u32, serial: u32) -> [u8; 128] {
-    let mut e = [0u8; 128];
-    e[..8].copy_from_slice(&[0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]);
-    // Manufacturer "GSW": three 5-bit letters, big endian.
-    let id =
-        ((u16::from(b'G' - b'@')) << 10) | ((u16::from(b'S' - b'@')) << 5) | u16::from(b'W' - b'@');
-    e[8..10].copy_from_slice(&id.to_be_bytes());
-    e[10..12].copy_from_slice(&1u16.to_le_bytes()); // product code
-    e[12..16].copy_from_slice(&serial.to_le_bytes());
-    e[16] = 1; // week
-    e[17] = 35; // year 2025
-    e[18] = 1; // EDID 1.3
-    e[19] = 3;
-    e[20] = 0x80; // digital input
-    e[21] = (width / 40).clamp(1, 255) as u8; // size in cm, ~100 dpi
-    e[22] = (height / 40).clamp(1, 255) as u8;
-    e[23] = 120; // gamma 2.2
-    e[24] = 0x0a; // RGB, preferred timing in the first descriptor
-                  // Chromaticity (sRGB-ish).
-    e[25..35].copy_from_slice(&[0xee, 0x91, 0xa3, 0x54, 0x4c, 0x99, 0x26, 0x0f, 0x50, 0x54]);
-    // No established timings; standard timings unused.
-    for i in 0..8 {
-        e[38 + 2 * i] = 1;
-        e[39 + 2 * i] = 1;
-    }
-    // Detailed timing descriptor.
-    let (w, h) = (width.min(4095), height.min(4095));
-    let (hblank, vblank) = (160u32, 30u32);
-    let clock_10khz =
-        (u64::from(w + hblank) * u64::from(h + vblank) * 60 / 10_000).min(65535) as u16;
-    let width_mm = u32::from(e[21]) * 10;
-    let d = &mut e[54..72];
-    d[0..2].copy_from_slice(&clock_10khz.max(1).to_le_bytes());
-    d[2] = (w & 0xff) as u8;
-    d[3] = (hblank & 0xff) as u8;
-    d[4] = (((w >> 8) & 0xf) << 4 | ((hblank >> 8) & 0xf)) as u8;
-    d[5] = (h & 0xff) as u8;
-    d[6] = (vblank & 0xff) as u8;
-    d[7] = (((h >> 8) & 0xf) << 4 | ((vblank >> 8) & 0xf)) as u8;
-    d[8] = 48; // hsync offset
-    d[9] = 32; // hsync width
-    d[10] = (3 << 4) | 6; // vsync offset 3, width 6
-    d[11] = 0;
-    d[12] = (width_mm & 0xff) as u8;
-    d[17] = 0x1e; // digital separate sync, positive polarities
-                  // Monitor name descriptor.
-    let name = &mut e[72..90];
-    name[3] = 0xfc;
-    name[5..18].copy_from_slice(b"gpuswap\n     ");
-    // Two dummy descriptors.
-    e[93] = 0x10;
-    e[111] = 0x10;
-    let sum = e[..127].iter().fold(0u8, |a, &b| a.wrapping_add(b));
-    e[127] = 0u8.wrapping_sub(sum);
-    e
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,15 +761,6 @@ mod tests {
         let mut p = vec![0u8; u32_at(&hdr, 8) as usize];
         sock.read_exact(&mut p).unwrap();
         p
-    }
-
-    #[test]
-    fn edid_checksum_and_header() {
-        let e = make_edid(1280, 800, 0);
-        assert_eq!(e.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
-        assert_eq!(&e[..8], &[0, 255, 255, 255, 255, 255, 255, 0]);
-        assert_eq!(u32::from(e[56]) | (u32::from(e[58] >> 4) << 8), 1280);
-        assert_eq!(u32::from(e[59]) | (u32::from(e[61] >> 4) << 8), 800);
     }
 
     #[test]

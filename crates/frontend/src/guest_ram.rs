@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use gpuswap_protocol::wire::MemEntry;
+use gpuswap_testkit::Rng;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use vhost::VhostUserMemoryRegionInfo;
 use vm_memory::{
@@ -286,7 +287,8 @@ struct Region {
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     regions: Vec<Region>,
-    rng: u64,
+    /// The random choices of [`Placement::Scattered`].
+    rng: Rng,
 }
 
 impl std::fmt::Debug for GuestRam {
@@ -343,13 +345,13 @@ impl GuestRam {
         Ok(GuestRam {
             mem,
             regions,
-            rng: 0x9e37_79b9_7f4a_7c15,
+            rng: Rng::new(0),
         })
     }
 
     /// Seeds the random choices of [`Placement::Scattered`].
     pub fn seed(&mut self, seed: u64) {
-        self.rng = seed | 1;
+        self.rng = Rng::new(seed);
     }
 
     /// The guest memory, for direct vm-memory access.
@@ -446,16 +448,6 @@ impl GuestRam {
         self.alloc(n as usize, Placement::At(gpa)).map(|_| ())
     }
 
-    fn next_rand(&mut self) -> u64 {
-        // xorshift64*
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     /// Allocates `n` pages from any region.
     pub fn alloc(&mut self, n: usize, placement: Placement) -> Result<Pages> {
         self.alloc_filtered(n, placement, None)
@@ -547,8 +539,8 @@ impl GuestRam {
                         .filter(|r| only.is_none_or(|g| r.spec.gpa == g))
                         .map(|r| r.pool.free_pages())
                         .sum();
-                    let mut pick = self.next_rand() % free_now.max(1);
-                    let start = self.next_rand();
+                    let mut pick = self.rng.below(free_now);
+                    let start = self.rng.next_u64();
                     let mut got = None;
                     for r in self
                         .regions

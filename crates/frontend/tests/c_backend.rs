@@ -14,24 +14,12 @@ use gpuswap_frontend::{
 };
 use gpuswap_protocol::wire::{CtrlHeader, CursorPos, MemEntry, Rect, ResourceAttachBacking};
 use gpuswap_protocol::{ctrl_type, features, format, ErrorCode};
+use gpuswap_testkit::pattern;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vm_memory::ByteValued;
 
 const HIGH: u64 = 1 << 32;
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Deterministic, non-periodic bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
     Rect {
@@ -271,6 +259,10 @@ fn end_to_end_2d_transfer_reaches_the_display() {
     assert_eq!(gpu.get_display_info().unwrap()[0].r.height, 800);
 }
 
+/// The fence the frontend encodes is the one an independent backend
+/// echoes, and the frontend's check catches a backend that does not echo
+/// ring_idx. (How a backend builds the echo is tested in the protocol
+/// crate, what the daemon adds in its `commands` tests.)
 #[test]
 fn fences_are_echoed_and_checked() {
     let Some(backend) = common::spawn_c_backend("fences") else {
@@ -280,35 +272,10 @@ fn fences_are_echoed_and_checked() {
     gpu.fenced(Fence::new(1))
         .resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16)
         .unwrap();
-    let p = gpu.ram_mut().alloc(1, Placement::Contiguous).unwrap();
-    gpu.fenced(Fence::new(2))
-        .attach_backing(1, &p.entries())
-        .unwrap();
-    gpu.fenced(Fence::new(3))
-        .transfer_to_host_2d(1, rect(0, 0, 16, 16), 0)
-        .unwrap();
-    // Error responses echo the fence too.
-    assert_eq!(
-        gpu.fenced(Fence::new(4))
-            .detach_backing(7)
-            .unwrap_err()
-            .device_error(),
-        Some(ErrorCode::InvalidResourceId)
-    );
-    let (hdr, _) = gpu
-        .fenced(Fence::new(5))
-        .raw(
-            ctrl_type::RESOURCE_DETACH_BACKING,
-            &[1, 0, 0, 0, 0, 0, 0, 0],
-            &[],
-            24,
-        )
-        .unwrap();
-    assert_eq!((hdr.type_, hdr.fence_id), (ctrl_type::RESP_OK_NODATA, 5));
     // The C backend has no CONTEXT_INIT and does not echo ring_idx: the
     // check catches that.
     assert!(matches!(
-        gpu.fenced(Fence::on_ring(6, 0, 1))
+        gpu.fenced(Fence::on_ring(2, 0, 1))
             .resource_flush(1, rect(0, 0, 1, 1)),
         Err(Error::FenceMismatch { .. })
     ));

@@ -1,9 +1,10 @@
 //! The virtio-gpu wire format as gpuswap speaks it: typed `#[repr(C)]`
 //! structs ([`wire`]), constants, and validated decoding of requests into
-//! [`Command`] plus encoding of [`Response`]s. No I/O: callers hand in the
-//! bytes of a request and get bytes back, so every rule here is testable
-//! without a queue.
+//! [`Command`] plus encoding of [`Response`]s, and the EDID blob GET_EDID
+//! carries ([`edid`]). No I/O: callers hand in the bytes of a request and
+//! get bytes back, so every rule here is testable without a queue.
 
+pub mod edid;
 pub mod wire;
 
 mod command;

@@ -187,18 +187,35 @@ mod tests {
         assert_eq!(hdr.type_, t::RESP_OK_NODATA);
         assert_eq!(hdr.flags, flags::FENCE | flags::INFO_RING_IDX);
         assert_eq!((hdr.fence_id, hdr.ctx_id, hdr.ring_idx), (42, 3, 2));
+        // An error response carries the fence too.
+        let hdr = Response::Err(ErrorCode::InvalidResourceId).header_for(&req);
+        assert_eq!(hdr.type_, t::RESP_ERR_INVALID_RESOURCE_ID);
+        assert_eq!(hdr.flags, flags::FENCE | flags::INFO_RING_IDX);
+        assert_eq!((hdr.fence_id, hdr.ctx_id, hdr.ring_idx), (42, 3, 2));
     }
 
     #[test]
     fn unfenced_request_gets_a_clean_header() {
+        // Without FENCE nothing is echoed, whatever else the header holds.
         let req = CtrlHeader {
             type_: t::RESOURCE_FLUSH,
+            flags: flags::INFO_RING_IDX,
             fence_id: 42,
+            ctx_id: 3,
+            ring_idx: 2,
             ..Default::default()
         };
-        let hdr = Response::Err(ErrorCode::InvalidResourceId).header_for(&req);
-        assert_eq!(hdr.type_, t::RESP_ERR_INVALID_RESOURCE_ID);
-        assert_eq!((hdr.flags, hdr.fence_id), (0, 0));
+        for resp in [
+            Response::OkNoData,
+            Response::Err(ErrorCode::InvalidResourceId),
+        ] {
+            let hdr = resp.header_for(&req);
+            assert_eq!(hdr.type_, resp.type_code());
+            assert_eq!(
+                (hdr.flags, hdr.fence_id, hdr.ctx_id, hdr.ring_idx),
+                (0, 0, 0, 0)
+            );
+        }
     }
 
     #[test]

@@ -1,22 +1,27 @@
 //! Shared helpers for the daemon's integration tests: spawning the real
 //! `gpuswap-daemon` binary on temp sockets, a control-socket client, and
-//! pixel pattern / hash helpers matching the daemon's `host_hash` and
-//! `backing_hash` strings.
+//! upload, pixel and hash helpers matching the daemon's `host_hash` and
+//! `backing_hash` strings. Test data comes from `gpuswap_testkit::pattern`.
 
+// Each test file uses a different subset of these helpers; helpers only
+// one file uses live in that file, and what none uses is removed (checked
+// by building with this allow turned into a warning).
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
-use gpuswap_frontend::{DisplayEvent, DisplayHandle, FrontendConfig, GpuFrontend};
+use gpuswap_frontend::{
+    DisplayEvent, DisplayHandle, Error, FrontendConfig, GpuFrontend, Pages, Placement,
+};
 use gpuswap_protocol::wire::Rect;
+use gpuswap_protocol::{format, ErrorCode};
+use gpuswap_testkit::{poll_until, wait_for_path, Process, ScratchDir};
 use serde_json::{json, Value};
 
 /// How long anything in these tests may take before it counts as hung.
@@ -25,13 +30,14 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// The daemon binary Cargo built for these tests.
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_gpuswap-daemon");
 
-/// A running `gpuswap-daemon` on temp sockets, killed on drop.
+/// A running `gpuswap-daemon` on temp sockets, killed on drop; its
+/// directory (sockets, log) is removed then, or kept and the log printed
+/// if the test is failing.
 pub struct Daemon {
-    child: Option<Child>,
-    pub dir: PathBuf,
+    process: Process,
+    dir: ScratchDir,
     pub socket: PathBuf,
     pub control: PathBuf,
-    log: PathBuf,
 }
 
 impl Daemon {
@@ -59,20 +65,9 @@ impl Daemon {
     }
 
     fn start(name: &str, fd: Option<OwnedFd>, extra: &[&str]) -> Daemon {
-        static N: AtomicU32 = AtomicU32::new(0);
-        // Unix socket paths are limited to 108 bytes: keep the name short.
-        let short: String = name.chars().take(24).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "gsd-{}-{}-{short}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = ScratchDir::new("gsd", name).expect("temp dir");
         let socket = dir.join("gpu.sock");
         let control = dir.join("control.sock");
-        let log = dir.join("daemon.log");
-        let out = File::create(&log).expect("log file");
         let mut cmd = match &fd {
             None => {
                 let mut cmd = Command::new(DAEMON);
@@ -81,37 +76,39 @@ impl Daemon {
             }
             Some(fd) => command_with_fd(Path::new(DAEMON), fd),
         };
-        let child = cmd
-            .arg("--control-socket")
+        cmd.arg("--control-socket")
             .arg(&control)
             .args(extra)
             .env("RUST_LOG", "info")
             // The relay's private socket goes in TMPDIR: tests look there.
             .env_remove("XDG_RUNTIME_DIR")
-            .env("TMPDIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn gpuswap-daemon");
+            .env("TMPDIR", dir.path());
+        let process =
+            Process::spawn(&mut cmd, &dir.join("daemon.log")).expect("spawn gpuswap-daemon");
         // The daemon has its copy; ours must not keep a connection open.
         drop(fd);
         Daemon {
-            child: Some(child),
+            process,
             dir,
             socket,
             control,
-            log,
         }
     }
 
     fn wait_for_sockets(&mut self, vhost_user: bool) {
-        let deadline = Instant::now() + WAIT;
-        while !((self.socket.exists() || !vhost_user) && self.control.exists()) {
-            assert!(self.is_alive(), "daemon exited at start:\n{}", self.log());
-            assert!(Instant::now() < deadline, "daemon sockets never appeared");
-            std::thread::sleep(Duration::from_millis(5));
+        let sockets = [vhost_user.then_some(&self.socket), Some(&self.control)];
+        for path in sockets.into_iter().flatten() {
+            let process = &mut self.process;
+            wait_for_path(path, WAIT, || {
+                (!process.is_running()).then(|| format!("the daemon exited:\n{}", process.log()))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    /// The daemon's directory (its TMPDIR too).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Connects a frontend, panicking with the daemon log on failure.
@@ -127,19 +124,16 @@ impl Daemon {
 
     /// The daemon's stdout and stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
+        self.process.pid()
     }
 
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Panics (with the log) unless the process is still running.
@@ -148,52 +142,34 @@ impl Daemon {
     }
 
     /// Sends `signal` to the daemon.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, signal).expect("kill");
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        self.process.signal(signal).expect("kill");
     }
 
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.process.wait_exit(timeout)
     }
 
     /// Polls the control socket until `pred(status)` holds.
     pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let mut ctl = self.ctl();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let st = ctl.status();
-            if pred(&st) {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "{what}: last status {st}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut last = Value::Null;
+        poll_until(WAIT, || {
+            last = ctl.status();
+            pred(&last).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("{what}: last status {last}"))
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("daemon log ({}):\n{}", self.log.display(), self.log());
+        let _ = self.process.kill();
+        if std::thread::panicking() {
+            self.dir.keep();
+            let log = self.process.log_path().display();
+            eprintln!("daemon log ({log}):\n{}", self.log());
         }
     }
 }
@@ -227,17 +203,15 @@ pub struct Control {
 
 impl Control {
     pub fn connect(path: &Path) -> Control {
-        let deadline = Instant::now() + WAIT;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("control socket {}: {e}", path.display()),
+        let mut last = None;
+        let stream = poll_until(WAIT, || match UnixStream::connect(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                last = Some(e);
+                None
             }
-        };
+        })
+        .unwrap_or_else(|| panic!("control socket {}: {last:?}", path.display()));
         stream.set_read_timeout(Some(WAIT)).expect("timeout");
         let writer = stream.try_clone().expect("dup");
         Control {
@@ -260,14 +234,6 @@ impl Control {
             return None;
         }
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}")))
-    }
-
-    /// Changes the read timeout (for streams).
-    pub fn set_read_timeout(&mut self, t: Duration) {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(t))
-            .expect("timeout");
     }
 
     /// Sends a request and returns the response, whatever it says.
@@ -337,17 +303,31 @@ pub fn acked_features(status: &Value) -> u64 {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
 }
 
-/// Deterministic, non-periodic bytes.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// The error code of a device error response; panics on anything else.
+pub fn code(r: Result<impl std::fmt::Debug, Error>) -> ErrorCode {
+    match r {
+        Err(e) => e
+            .device_error()
+            .unwrap_or_else(|| panic!("not an error response: {e}")),
+        Ok(v) => panic!("expected an error response, got {v:?}"),
+    }
+}
+
+/// Creates a `w`x`h` XRGB 2D resource `id` on scattered pages holding
+/// `pixels`, attached and transferred in full. Returns the pages.
+pub fn upload_2d(gpu: &mut GpuFrontend, id: u32, (w, h): (u32, u32), pixels: &[u8]) -> Pages {
+    gpu.resource_create_2d(id, format::B8G8R8X8_UNORM, w, h)
+        .unwrap();
+    let pages = gpu
+        .ram_mut()
+        .alloc(pixels.len().div_ceil(4096), Placement::Scattered)
+        .unwrap();
+    gpu.ram()
+        .write_entries(&pages.entries(), 0, pixels)
+        .unwrap();
+    gpu.attach_backing(id, &pages.entries()).unwrap();
+    gpu.transfer_to_host_2d(id, rect(0, 0, w, h), 0).unwrap();
+    pages
 }
 
 /// xxh3-64 as the daemon prints it (`host_hash`, `backing_hash`).
@@ -362,17 +342,6 @@ pub fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
         width,
         height,
     }
-}
-
-/// The pixels of `r` inside an image `width` pixels wide with rows
-/// `stride` bytes apart starting at `offset`, packed row after row.
-pub fn sub_image(image: &[u8], stride: usize, offset: usize, r: Rect) -> Vec<u8> {
-    let mut out = Vec::with_capacity((r.width * r.height * 4) as usize);
-    for y in r.y..r.y + r.height {
-        let start = offset + y as usize * stride + r.x as usize * 4;
-        out.extend_from_slice(&image[start..start + r.width as usize * 4]);
-    }
-    out
 }
 
 /// Waits for a display event after index `mark` matching `pred`.

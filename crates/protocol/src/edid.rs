@@ -1,5 +1,6 @@
-//! A minimal EDID 1.4 block for a headless scanout, so the guest sees the
-//! configured resolution as its preferred mode.
+//! A minimal EDID 1.4 block, so the guest sees a scanout's resolution as
+//! its preferred mode: what the device answers GET_EDID with for a headless
+//! scanout, and what the test frontend's display peer hands out.
 
 /// Length of a base EDID block.
 pub const EDID_LEN: usize = 128;
@@ -73,6 +74,7 @@ mod tests {
     fn checksum_and_preferred_mode() {
         let e = generate(1280, 800);
         assert_eq!(e.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
+        assert_eq!(&e[..8], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
         let w = u32::from(e[56]) | (u32::from(e[58] >> 4) << 8);
         let h = u32::from(e[59]) | (u32::from(e[61] >> 4) << 8);
         assert_eq!((w, h), (1280, 800));
