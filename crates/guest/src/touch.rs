@@ -1,11 +1,17 @@
 //! `gpuswap-guest touch`: first-touch latency of anonymous memory.
 //!
 //! Maps `mib` MiB of anonymous memory and writes each 4 KiB page once,
-//! timing every first touch: a page fault that allocates, and under memory
-//! pressure enters direct reclaim, which calls the shrinkers. Several of
-//! these running side by side over-commit RAM the way igt's shrinker tests
-//! do, and the slowest touch says how long an allocation waited in reclaim
-//! (for example behind a shrinker waiting for the host).
+//! timing every page: its first touch is a page fault that allocates, and
+//! under memory pressure enters direct reclaim, which calls the shrinkers.
+//! Several of these running side by side over-commit RAM the way igt's
+//! shrinker tests do, and the slowest page says how long an allocation
+//! waited in reclaim (for example behind a shrinker waiting for the host).
+//!
+//! A page's time runs from the end of the previous page's to the end of its
+//! own: the first touch, filling it, and whatever else the process did on
+//! the way (its own bookkeeping can fault too, on the heap or the stack,
+//! and such a fault reclaims like any other). So no wait of the process
+//! falls between two measurements.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +37,7 @@ pub fn run(mib: u64) -> Result<Value> {
     let map = AnonMap::new(len).map_err(|e| e.context("touch"))?;
     let base = map.as_ptr();
     let started = Instant::now();
+    let mut page_start = started;
     let (mut slowest, mut total) = (Duration::ZERO, Duration::ZERO);
     let (mut slow, mut over_1s) = (0u64, 0u64);
     let mut kept = Vec::new();
@@ -41,11 +48,9 @@ pub fn run(mib: u64) -> Result<Value> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let t = Instant::now();
         // SAFETY: `page * PAGE` is inside the mapping of `len` bytes; the
         // first write faults the page in.
         unsafe { base.add(page * PAGE).write_volatile(x as u8) };
-        let took = t.elapsed();
         for i in (8..PAGE / 2).step_by(8) {
             x ^= x << 13;
             x ^= x >> 7;
@@ -53,6 +58,9 @@ pub fn run(mib: u64) -> Result<Value> {
             // SAFETY: within the same page of the mapping.
             unsafe { base.add(page * PAGE + i).cast::<u64>().write_unaligned(x) };
         }
+        let page_end = Instant::now();
+        let took = page_end - page_start;
+        page_start = page_end;
         total += took;
         slowest = slowest.max(took);
         if took >= SLOW {
