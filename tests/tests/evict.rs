@@ -670,9 +670,22 @@ fn unbind_with_bos_and_scans_running() {
 /// 0012 stalled every process 240 s (one scan waiting 5 s for each of 48
 /// DETACHes under the registry mutex); 0012 waiting 20 ms in every scan
 /// while one batch was out, 2.0-2.1 s; 0012 waiting once per batch, 0.9 s.
+///
+/// A KASAN kernel does everything reclaim does several times slower (the
+/// same four processes take 65 s there instead of 5 s, their slowest page
+/// 3.2-4.2 s): there the host's delay and the bound grow by the same
+/// factor, so that the bound stays as far below the delay as here (0.4 of
+/// it), which is what shows that no allocation waited for a DETACH.
 #[test]
 fn no_allocation_waits_behind_a_slow_detach() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
+    let slowdown = if Images::get().kernel_variant().as_deref() == Some("kasan") {
+        3
+    } else {
+        1
+    };
+    let (delay_ms, bound_ms) = (5000 * slowdown, 2000 * slowdown);
+    let delay = format!("resource_detach_backing={delay_ms}");
     let mut g = Guest(GuestSession::boot_with_daemon(
         "evict-slow-host",
         &VmConfig {
@@ -680,7 +693,7 @@ fn no_allocation_waits_behind_a_slow_detach() {
             append: "gpuswap.cmd=agent gpuswap.zram=768M".into(),
             ..VmConfig::default()
         },
-        &["--fault-delay", "resource_detach_backing=5000"],
+        &["--fault-delay", &delay],
     ));
     // 48 MiB of idle, attached buffers for the shrinker to take.
     let mut bos: Vec<Bo> = (0..48).map(|_| g.create_2d(512, 512)).collect();
@@ -703,7 +716,10 @@ fn no_allocation_waits_behind_a_slow_detach() {
     for r in &runs {
         assert_eq!(r["pages"], 72 * 256, "{r}");
         let max = r["max_touch_ms"].as_f64().unwrap();
-        assert!(max < 2000.0, "a first touch waited {max:.0} ms: {r}");
+        assert!(
+            max < f64::from(bound_ms),
+            "a page waited {max:.0} ms (bound {bound_ms} ms, DETACH {delay_ms} ms): {r}"
+        );
     }
     // The pressure reached the shrinker, whose DETACHes the host delayed.
     assert!(
