@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gpuswap_harness::{root, Images, Result, RunDir};
+use gpuswap_harness::{root, Images, Result, ScratchDir};
 
 /// The libvirt connection the tests use.
 pub const URI: &str = "qemu:///system";
@@ -68,11 +68,11 @@ pub struct Installed {
 }
 
 impl Installed {
-    pub fn new(images: &Images, dir: &RunDir) -> Result<Installed> {
-        let prefix = dir.path("prefix");
+    pub fn new(images: &Images, dir: &ScratchDir) -> Result<Installed> {
+        let prefix = dir.join("prefix");
         let binary = prefix.join("libexec/gpuswap-daemon");
         let conf = prefix.join("etc/gpuswap/daemon.conf");
-        let control_dir = dir.path("control");
+        let control_dir = dir.join("control");
         for d in [binary.parent(), conf.parent(), Some(control_dir.as_path())] {
             let d = d.expect("a parent");
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;

@@ -11,11 +11,12 @@
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gpuswap_harness::{root, VmConfig};
+use gpuswap_api::agent::{self, ScanMode, ShrinkerCounters};
+use gpuswap_api::control::{Backing, EventKind, Resource, ResourceKind};
+use gpuswap_harness::{poll_every, root, VmConfig};
 use gpuswap_tests::GuestSession;
-use serde_json::{json, Value};
 
 const SEED: u64 = 0xb10b;
 const EOPNOTSUPP: i64 = 95;
@@ -69,15 +70,24 @@ impl Guest {
         ))
     }
 
-    fn host(&mut self, res_id: u64) -> Value {
+    fn host(&mut self, res_id: u32) -> Resource {
         self.control
+            .typed()
             .resource(res_id)
             .expect("control query")
             .unwrap_or_else(|| panic!("resource {res_id} not live on the host"))
     }
 
-    fn stats(&mut self) -> Value {
-        self.req(json!({"op": "shrinker_stats"}))
+    fn stats(&mut self) -> ShrinkerCounters {
+        self.req(agent::ShrinkerStats {})
+    }
+
+    /// A forced scan that evicts whatever it can.
+    fn evict_all(&mut self) -> agent::Scanned {
+        self.req(agent::ShrinkerScan {
+            pages: 1 << 20,
+            mode: Some(ScanMode::Evict),
+        })
     }
 
     fn finish(self) {
@@ -86,54 +96,52 @@ impl Guest {
 }
 
 struct Blob {
-    handle: u64,
-    res_id: u64,
+    handle: u32,
+    res_id: u32,
     size: u64,
     index: u64,
     version: u64,
     hash: String,
 }
 
-/// Polls the host until `check` holds for the resource (the guest's
-/// commands are asynchronous to the agent's reply; a resource not live yet
-/// is `null`), or panics with the last state seen.
-fn wait_host(g: &mut Guest, res_id: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = g
-            .control
-            .resource(res_id)
-            .expect("control query")
-            .unwrap_or(Value::Null);
-        if check(&res) {
-            return res;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "resource {res_id}: {what} never happened; last state {res}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Polls the host until the resource is live and `check` holds for it (the
+/// guest's commands are asynchronous to the agent's reply), or panics with
+/// the last state seen.
+fn wait_host(
+    g: &mut Guest,
+    res_id: u32,
+    what: &str,
+    check: impl Fn(&Resource) -> bool,
+) -> Resource {
+    let mut last = None;
+    let found = poll_every(Duration::from_millis(50), Duration::from_secs(20), || {
+        last = g.control.typed().resource(res_id).expect("control query");
+        last.clone().filter(&check)
+    });
+    found.unwrap_or_else(|| panic!("resource {res_id}: {what} never happened; last state {last:?}"))
 }
 
 /// Creates mappable guest-memory blobs of a few sizes (one page, five
 /// pages, 1 MiB + 3 pages) and checks them on the host.
 fn create_blobs(g: &mut Guest) -> Vec<Blob> {
-    let hello = g.req(json!({"op": "hello"}));
-    eprintln!("guest: {hello}");
+    let hello = g.req(agent::Hello {});
+    eprintln!("guest: {hello:?}");
     assert_eq!(
-        hello["device"]["resource_blob"],
-        json!(true),
-        "the guest did not negotiate RESOURCE_BLOB with the patched QEMU: {hello}"
+        hello.device.and_then(|d| d.resource_blob),
+        Some(true),
+        "the guest did not negotiate RESOURCE_BLOB with the patched QEMU: {hello:?}"
     );
     let sizes = [4096u64, 5 * 4096, (1 << 20) + 3 * 4096];
     let mut blobs = Vec::new();
     for (index, &size) in sizes.iter().enumerate() {
-        let v = g.req(json!({"op": "create_blob", "size": size}));
-        assert_eq!(v["content_size"], json!(size), "{v}");
+        let v = g.req(agent::CreateBlob {
+            size,
+            blob_flags: None,
+        });
+        assert_eq!(v.content_size, size, "{v:?}");
         let blob = Blob {
-            handle: v["handle"].as_u64().expect("handle"),
-            res_id: v["res_id"].as_u64().expect("res_id"),
+            handle: v.handle,
+            res_id: v.res_id,
             size,
             index: index as u64,
             version: 0,
@@ -141,31 +149,43 @@ fn create_blobs(g: &mut Guest) -> Vec<Blob> {
         };
         // RESOURCE_CREATE_BLOB is not fenced: the agent's reply can come
         // before the daemon has the resource.
-        let res = wait_host(g, blob.res_id, "creation", |r| !r.is_null());
-        eprintln!("created blob {}: {res}", blob.res_id);
-        assert_eq!(res["kind"], "blob", "{res}");
-        assert_eq!(res["size"], json!(size), "{res}");
+        let res = wait_host(g, blob.res_id, "creation", |_| true);
+        eprintln!("created blob {}: {res:?}", blob.res_id);
+        assert_eq!(res.kind, ResourceKind::Blob, "{res:?}");
+        assert_eq!(res.size, size, "{res:?}");
         blobs.push(blob);
     }
     blobs
 }
 
+fn write(handle: u32, bo: u64, version: u64) -> agent::Write {
+    agent::Write {
+        handle,
+        seed: SEED,
+        bo,
+        version,
+        pattern: None,
+    }
+}
+
+fn verify(handle: u32, bo: u64, version: u64) -> agent::Verify {
+    agent::Verify {
+        handle,
+        seed: SEED,
+        bo,
+        version,
+        pattern: None,
+    }
+}
+
 fn write_blob(g: &mut Guest, b: &mut Blob, version: u64) {
-    let v = g.req(json!({"op": "write", "handle": b.handle, "seed": SEED,
-        "bo": b.index, "version": version}));
     b.version = version;
-    b.hash = v["hash"].as_str().expect("hash").to_string();
+    b.hash = g.req(write(b.handle, b.index, version)).hash;
 }
 
 fn verify_blob(g: &mut Guest, b: &Blob) {
-    let v = g.req(json!({"op": "verify", "handle": b.handle, "seed": SEED,
-        "bo": b.index, "version": b.version}));
-    assert_eq!(
-        v["ok_content"],
-        json!(true),
-        "blob {} lost content: {v}",
-        b.res_id
-    );
+    let v = g.req(verify(b.handle, b.index, b.version));
+    assert!(v.ok_content, "blob {} lost content: {v:?}", b.res_id);
 }
 
 /// Mappable BLOB_MEM_GUEST blobs with the patched QEMU: the host sees them
@@ -179,19 +199,18 @@ fn mappable_blobs_are_created_and_survive_eviction() {
     let mut g = Guest::boot("blob", patched_qemu());
     let mut blobs = create_blobs(&mut g);
     for b in blobs.iter_mut() {
-        assert_eq!(g.host(b.res_id)["backing"], "detached");
+        assert_eq!(g.host(b.res_id).backing, Backing::Detached);
         write_blob(&mut g, b, 1);
     }
     for round in 0..2u64 {
         let before = g.stats();
-        let scan = g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
+        let scan = g.evict_all();
         let after = g.stats();
-        eprintln!("round {round}: scan {scan}, stats {after}");
-        let evicted =
-            after["evictions"].as_u64().unwrap_or(0) - before["evictions"].as_u64().unwrap_or(0);
+        eprintln!("round {round}: scan {scan:?}, stats {after:?}");
+        let evicted = after.evictions - before.evictions;
         assert!(
             evicted >= blobs.len() as u64,
-            "not every blob evicted: {scan} {after}"
+            "not every blob evicted: {scan:?} {after:?}"
         );
         for b in blobs.iter_mut() {
             verify_blob(&mut g, b);
@@ -199,11 +218,11 @@ fn mappable_blobs_are_created_and_survive_eviction() {
                 write_blob(&mut g, b, round + 2);
             }
             let res = g.host(b.res_id);
-            assert_eq!(res["size"], json!(b.size), "{res}");
+            assert_eq!(res.size, b.size, "{res:?}");
         }
     }
     for b in &blobs {
-        g.req(json!({"op": "close", "handle": b.handle}));
+        g.req(agent::Close { handle: b.handle });
     }
     g.finish();
 }
@@ -220,27 +239,23 @@ fn mappable_blob_content_reaches_the_host() {
     let mut generation = Vec::new();
     for b in blobs.iter_mut() {
         write_blob(&mut g, b, 1);
-        let hash = b.hash.clone();
+        let hash = Some(b.hash.clone());
         let res = wait_host(&mut g, b.res_id, "attach with the guest's content", |r| {
-            r["backing"] == "attached" && r["backing_hash"] == json!(hash)
+            r.is_attached() && r.backing_hash == hash
         });
-        generation.push(res["generation"].as_u64().expect("generation"));
+        generation.push(res.generation);
     }
-    g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
+    g.evict_all();
     for (b, prev) in blobs.iter().zip(generation) {
-        wait_host(&mut g, b.res_id, "detach on eviction", |r| {
-            r["backing"] == "detached"
-        });
+        wait_host(&mut g, b.res_id, "detach on eviction", |r| !r.is_attached());
         verify_blob(&mut g, b);
-        let hash = b.hash.clone();
+        let hash = Some(b.hash.clone());
         wait_host(&mut g, b.res_id, "re-attach after restore", |r| {
-            r["backing"] == "attached"
-                && r["generation"].as_u64().unwrap_or(0) > prev
-                && r["backing_hash"] == json!(hash)
+            r.is_attached() && r.generation > prev && r.backing_hash == hash
         });
     }
     for b in &blobs {
-        g.req(json!({"op": "close", "handle": b.handle}));
+        g.req(agent::Close { handle: b.handle });
     }
     g.finish();
 }
@@ -255,59 +270,57 @@ fn mappable_blob_content_reaches_the_host() {
 fn created_blob_is_shown_with_set_scanout_blob_and_pinned_there() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let mut g = Guest::boot("blob-scanout", patched_qemu());
-    let (width, height) = (1024u64, 768u64);
-    let size = width * height * 4;
-    let v = g.req(json!({"op": "create_blob", "size": size}));
+    let (width, height) = (1024u32, 768u32);
+    let size = u64::from(width * height * 4);
+    let v = g.req(agent::CreateBlob {
+        size,
+        blob_flags: None,
+    });
     let mut b = Blob {
-        handle: v["handle"].as_u64().expect("handle"),
-        res_id: v["res_id"].as_u64().expect("res_id"),
+        handle: v.handle,
+        res_id: v.res_id,
         size,
         index: 7,
         version: 0,
         hash: String::new(),
     };
     write_blob(&mut g, &mut b, 1);
-    let shown = g.req(json!({"op": "scanout", "handle": b.handle,
-        "width": width, "height": height}));
-    eprintln!("scanout: {shown}");
-    let hash = b.hash.clone();
-    let res = wait_host(&mut g, b.res_id, "shown with the guest's content", |r| {
-        r["backing"] == "attached"
-            && r["scanouts"] == json!([0])
-            && r["backing_hash"] == json!(hash)
+    let shown = g.req(agent::Scanout {
+        handle: b.handle,
+        width: Some(width),
+        height: Some(height),
+        stride: None,
     });
-    let generation = res["generation"].as_u64().expect("generation");
-    let trace = g.control.trace(0, Some(b.res_id)).expect("trace");
+    eprintln!("scanout: {shown:?}");
+    let hash = Some(b.hash.clone());
+    let res = wait_host(&mut g, b.res_id, "shown with the guest's content", |r| {
+        r.is_attached() && r.scanouts == [0] && r.backing_hash == hash
+    });
+    let generation = res.generation;
+    let trace = g.control.typed().trace(0, Some(b.res_id)).expect("trace");
     assert!(
         trace
             .iter()
-            .any(|e| e["event"] == "scanout" && e["enabled"] == json!(true)),
+            .any(|e| matches!(e.kind, EventKind::Scanout { enabled: true, .. })),
         "no scanout event for resource {}: {trace:?}",
         b.res_id
     );
 
     // Pinned while shown.
-    g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
+    g.evict_all();
     let res = g.host(b.res_id);
-    assert_eq!(
-        res["backing"], "attached",
-        "a scanout blob was evicted: {res}"
-    );
-    assert_eq!(res["generation"], json!(generation), "{res}");
+    assert!(res.is_attached(), "a scanout blob was evicted: {res:?}");
+    assert_eq!(res.generation, generation, "{res:?}");
 
     // Off the scanout it is an ordinary evictable blob.
-    g.req(json!({"op": "scanout_off"}));
-    g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
-    wait_host(&mut g, b.res_id, "detach on eviction", |r| {
-        r["backing"] == "detached"
-    });
+    g.req(agent::ScanoutOff {});
+    g.evict_all();
+    wait_host(&mut g, b.res_id, "detach on eviction", |r| !r.is_attached());
     verify_blob(&mut g, &b);
     wait_host(&mut g, b.res_id, "re-attach after restore", |r| {
-        r["backing"] == "attached"
-            && r["generation"].as_u64().unwrap_or(0) > generation
-            && r["backing_hash"] == json!(hash)
+        r.is_attached() && r.generation > generation && r.backing_hash == hash
     });
-    g.req(json!({"op": "close", "handle": b.handle}));
+    g.req(agent::Close { handle: b.handle });
     g.finish();
 }
 
@@ -315,11 +328,18 @@ fn created_blob_is_shown_with_set_scanout_blob_and_pinned_there() {
 fn stock_qemu_hides_blob_and_create_blob_fails() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let mut g = Guest::boot("blob-stock", PathBuf::from("/usr/bin/qemu-system-x86_64"));
-    let hello = g.req(json!({"op": "hello"}));
-    eprintln!("guest: {hello}");
-    assert_eq!(hello["device"]["resource_blob"], json!(false), "{hello}");
+    let hello = g.req(agent::Hello {});
+    eprintln!("guest: {hello:?}");
     assert_eq!(
-        g.req_errno(json!({"op": "create_blob", "size": 4096})),
+        hello.device.and_then(|d| d.resource_blob),
+        Some(false),
+        "{hello:?}"
+    );
+    assert_eq!(
+        g.req_errno(agent::CreateBlob {
+            size: 4096,
+            blob_flags: None
+        }),
         Some(EOPNOTSUPP)
     );
     g.finish();
@@ -333,65 +353,55 @@ fn stock_qemu_hides_blob_and_create_blob_fails() {
 fn dumb_blobs_attach_on_scanout_and_survive_eviction() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let mut g = Guest::boot("blob-dumb", patched_qemu());
-    let (width, height) = (640u64, 480u64);
-    let v = g.req(json!({"op": "create_dumb", "width": width, "height": height}));
-    let handle = v["handle"].as_u64().expect("handle");
-    let res_id = v["res_id"].as_u64().expect("res_id");
-    let size = v["content_size"].as_u64().expect("content_size");
-    assert_eq!(size, width * height * 4, "{v}");
+    let (width, height) = (640u32, 480u32);
+    let v = g.req(agent::CreateDumb { width, height });
+    let (handle, res_id, size) = (v.handle, v.res_id, v.content_size);
+    assert_eq!(size, u64::from(width * height * 4), "{v:?}");
     let res = g.host(res_id);
-    eprintln!("dumb BO created: {v} host {res}");
-    assert_eq!(res["kind"], "blob", "{res}");
-    assert_eq!(res["size"], json!(size), "{res}");
+    eprintln!("dumb BO created: {v:?} host {res:?}");
+    assert_eq!(res.kind, ResourceKind::Blob, "{res:?}");
+    assert_eq!(res.size, size, "{res:?}");
     assert_eq!(
-        res["backing"], "detached",
-        "attached before first use: {res}"
+        res.backing,
+        Backing::Detached,
+        "attached before first use: {res:?}"
     );
 
     let mut version = 1;
-    let w =
-        g.req(json!({"op": "write", "handle": handle, "seed": SEED, "bo": 9, "version": version}));
-    let mut hash = w["hash"].as_str().expect("hash").to_string();
+    let mut hash = g.req(write(handle, 9, version)).hash;
     let mut generation = 0;
     for round in 0..3u64 {
-        g.req(json!({"op": "scanout", "handle": handle}));
-        let want = hash.clone();
+        g.req(agent::Scanout {
+            handle,
+            ..Default::default()
+        });
+        let want = Some(hash.clone());
         let res = wait_host(&mut g, res_id, "attach on scanout", |r| {
-            r["backing"] == "attached" && r["backing_hash"] == json!(want)
+            r.is_attached() && r.backing_hash == want
         });
-        eprintln!("round {round}: on scanout {res}");
-        assert_eq!(res["scanouts"], json!([0]), "{res}");
-        let gen = res["generation"].as_u64().expect("generation");
-        assert!(gen > generation, "generation did not rise: {res}");
-        generation = gen;
-
-        g.req(json!({"op": "scanout_off"}));
-        let before = g.stats();
-        let scan = g.req(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}));
-        let after = g.stats();
-        eprintln!("round {round}: scan {scan} stats {after}");
+        eprintln!("round {round}: on scanout {res:?}");
+        assert_eq!(res.scanouts, [0], "{res:?}");
         assert!(
-            after["evictions"].as_u64() > before["evictions"].as_u64(),
-            "{after}"
+            res.generation > generation,
+            "generation did not rise: {res:?}"
         );
-        let res = wait_host(&mut g, res_id, "detach on eviction", |r| {
-            r["backing"] == "detached"
-        });
-        assert_eq!(res["size"], json!(size));
-        let v = g.req(
-            json!({"op": "verify", "handle": handle, "seed": SEED, "bo": 9,
-            "version": version}),
-        );
-        assert_eq!(v["ok_content"], json!(true), "lost content: {v}");
+        generation = res.generation;
+
+        g.req(agent::ScanoutOff {});
+        let before = g.stats();
+        let scan = g.evict_all();
+        let after = g.stats();
+        eprintln!("round {round}: scan {scan:?} stats {after:?}");
+        assert!(after.evictions > before.evictions, "{after:?}");
+        let res = wait_host(&mut g, res_id, "detach on eviction", |r| !r.is_attached());
+        assert_eq!(res.size, size);
+        let v = g.req(verify(handle, 9, version));
+        assert!(v.ok_content, "lost content: {v:?}");
         if round % 2 == 0 {
             version += 1;
-            let w = g.req(
-                json!({"op": "write", "handle": handle, "seed": SEED, "bo": 9,
-                "version": version}),
-            );
-            hash = w["hash"].as_str().expect("hash").to_string();
+            hash = g.req(write(handle, 9, version)).hash;
         }
     }
-    g.req(json!({"op": "close", "handle": handle}));
+    g.req(agent::Close { handle });
     g.finish();
 }

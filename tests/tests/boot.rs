@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use gpuswap_api::agent;
+use gpuswap_api::control::{Backing, ResourceKind};
 use gpuswap_harness::{
-    boot_guest, kernel_problems, tail, Booted, Images, RunDir, Vm, VmConfig, BOOT_TIMEOUT,
+    boot_guest, kernel_problems, poll_every, run_dir, tail, wait_for_path, Booted, Images, Process,
+    Vm, VmConfig, BOOT_TIMEOUT,
 };
-use serde_json::{json, Value};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -17,20 +19,30 @@ fn write_and_transfer(
     agent: &mut gpuswap_harness::Agent,
     width: u32,
     height: u32,
-) -> (u64, u64, String) {
+) -> (u32, u32, String) {
     let bo = agent
-        .request(json!({"op": "create_2d", "width": width, "height": height}))
+        .request(agent::Create2d {
+            width,
+            height,
+            format: None,
+        })
         .expect("create a 2D BO");
-    let handle = bo["handle"].as_u64().expect("handle");
-    let res_id = bo["res_id"].as_u64().expect("res_id");
     let written = agent
-        .request(json!({"op": "write", "handle": handle, "seed": 7, "bo": 0, "version": 1}))
+        .request(agent::Write {
+            handle: bo.handle,
+            seed: 7,
+            bo: 0,
+            version: 1,
+            pattern: None,
+        })
         .expect("write the pattern");
     agent
-        .request(json!({"op": "transfer_to_host", "handle": handle}))
+        .request(agent::TransferToHost {
+            handle: bo.handle,
+            ..Default::default()
+        })
         .expect("transfer to host");
-    let hash = written["hash"].as_str().expect("hash").to_string();
-    (res_id, handle, hash)
+    (bo.res_id, bo.handle, written.hash)
 }
 
 fn assert_clean_guest_log(vm_log: &std::path::Path) {
@@ -60,45 +72,42 @@ fn guest_transfer_reaches_the_gpuswap_host_copy() {
     } = boot_guest(&images, "boot", &VmConfig::default(), &[]).expect("guest agent");
     agent.set_timeout(Duration::from_secs(60));
 
-    let hello = agent.request(json!({"op": "hello"})).expect("hello");
-    eprintln!("guest: {hello}");
+    let hello = agent.request(agent::Hello {}).expect("hello");
+    eprintln!("guest: {hello:?}");
 
     // 256 x 128 x 4 bytes is a whole number of pages, so the guest's hash of
     // its mapping covers exactly the host copy.
     let (res_id, handle, hash) = write_and_transfer(&mut agent, 256, 128);
     let mut control = daemon.control().expect("control socket");
-    let res: Value = control
+    let res = control
         .resource(res_id)
         .expect("query")
         .unwrap_or_else(|| panic!("resource {res_id} is not live on the host"));
-    assert_eq!(res["kind"], "2d");
-    assert_eq!(res["backing"], "attached");
+    assert_eq!(res.kind, ResourceKind::TwoD);
+    assert_eq!(res.backing, Backing::Attached);
     assert_eq!(
-        res["host_hash"],
-        json!(hash),
+        res.host_hash.as_ref(),
+        Some(&hash),
         "host copy differs from what the guest wrote"
     );
     assert_eq!(
-        res["backing_hash"],
-        json!(hash),
+        res.backing_hash.as_ref(),
+        Some(&hash),
         "attached backing differs from the guest's view"
     );
 
-    agent
-        .request(json!({"op": "close", "handle": handle}))
-        .expect("close");
+    agent.request(agent::Close { handle }).expect("close");
     // The guest frees the resource asynchronously: wait for the UNREF.
-    let mut gone = false;
-    for _ in 0..100 {
-        if control.resource(res_id).expect("query").is_none() {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(gone, "resource {res_id} outlived its GEM handle");
+    let gone = poll_every(Duration::from_millis(50), Duration::from_secs(5), || {
+        control
+            .resource(res_id)
+            .expect("query")
+            .is_none()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "resource {res_id} outlived its GEM handle");
 
-    let _ = agent.request(json!({"op": "exit", "status": 0}));
+    let _ = agent.request(agent::Exit { status: Some(0) });
     let serial = vm.serial_log.clone();
     let status = vm
         .wait(EXIT_TIMEOUT)
@@ -117,21 +126,21 @@ fn guest_transfer_reaches_the_gpuswap_host_copy() {
     let mut control = daemon.control().expect("control socket after disconnect");
     // Disconnect frees everything; give the daemon a moment to notice.
     let mut counters = control.counters().expect("counters");
-    for _ in 0..50 {
-        if counters["resources"] == json!(0) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        counters = control.counters().expect("counters");
-    }
-    assert_eq!(
-        counters["resources"],
-        json!(0),
-        "resources left after disconnect: {counters}"
+    poll_every(
+        Duration::from_millis(50),
+        Duration::from_millis(2500),
+        || {
+            counters = control.counters().expect("counters");
+            (counters.resources == 0).then_some(())
+        },
     );
-    assert_eq!(counters["host_memory_used"], json!(0));
-    assert_eq!(counters["counters"]["violations"], json!(0), "{counters}");
-    assert!(counters["counters"]["attaches"].as_u64().unwrap_or(0) >= 1);
+    assert_eq!(
+        counters.resources, 0,
+        "resources left after disconnect: {counters:?}"
+    );
+    assert_eq!(counters.host_memory_used, 0);
+    assert_eq!(counters.counters.violations, 0, "{counters:?}");
+    assert!(counters.counters.attaches >= 1);
     let status = daemon.terminate().expect("daemon exits on SIGTERM");
     assert!(status.success(), "daemon exited with {status}");
 }
@@ -147,28 +156,28 @@ fn guest_boots_on_the_reference_c_backend() {
     );
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let images = Images::get();
-    let dir = RunDir::new("boot-c");
-    let socket = dir.path("c-gpu.sock");
-    let mut backend = std::process::Command::new(C_BACKEND)
-        .arg(format!("--socket-path={}", socket.display()))
-        .stdout(std::fs::File::create(dir.path("c-backend.log")).expect("log"))
-        .stderr(std::fs::File::create(dir.path("c-backend.err")).expect("log"))
-        .spawn()
-        .expect("start the C backend");
-    gpuswap_harness::wait_for_path(&socket, Duration::from_secs(10)).expect("C backend socket");
+    let dir = run_dir("boot-c");
+    let socket = dir.join("c-gpu.sock");
+    let mut backend = Process::spawn(
+        std::process::Command::new(C_BACKEND).arg(format!("--socket-path={}", socket.display())),
+        &dir.join("c-backend.log"),
+    )
+    .expect("start the C backend");
+    wait_for_path(&socket, Duration::from_secs(10), || {
+        backend
+            .try_reap()
+            .map(|status| format!("the C backend exited ({status})"))
+    })
+    .expect("C backend socket");
 
     let mut vm = Vm::start(&images, &socket, &dir, &VmConfig::default()).expect("start QEMU");
     let mut agent = vm.agent(BOOT_TIMEOUT).expect("guest agent");
     agent.set_timeout(Duration::from_secs(60));
     let (_, handle, hash) = write_and_transfer(&mut agent, 256, 128);
-    let reread = agent
-        .request(json!({"op": "hash", "handle": handle}))
-        .expect("hash");
-    assert_eq!(reread["hash"], json!(hash));
-    agent
-        .request(json!({"op": "close", "handle": handle}))
-        .expect("close");
-    let _ = agent.request(json!({"op": "exit", "status": 0}));
+    let reread = agent.request(agent::Hash { handle }).expect("hash");
+    assert_eq!(reread.hash, hash);
+    agent.request(agent::Close { handle }).expect("close");
+    let _ = agent.request(agent::Exit { status: Some(0) });
     let serial = vm.serial_log.clone();
     let status = vm.wait(EXIT_TIMEOUT).expect("QEMU exits");
     assert!(
@@ -178,7 +187,6 @@ fn guest_boots_on_the_reference_c_backend() {
     );
     assert_clean_guest_log(&serial);
     let _ = backend.kill();
-    let _ = backend.wait();
 }
 
 /// A guest whose agent finds no port tells the host why: the boot fails

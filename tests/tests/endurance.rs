@@ -1,32 +1,69 @@
 //! What long-lived daemons meet: a VMM killed in the middle of the work.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use gpuswap_api::agent::{self, Pattern, ScanMode};
 use gpuswap_harness::qmp::Qmp;
-use gpuswap_harness::{boot_guest, boot_guest_on, tail, Agent, Control, Images, VmConfig};
+use gpuswap_harness::{
+    boot_guest, boot_guest_on, poll_every, tail, Agent, ControlClient, Images, VmConfig,
+};
 use gpuswap_tests::{assert_guest_ended_cleanly, assert_host_clean, GuestSession};
-use serde_json::{json, Value};
 
 const SEED: u64 = 0x6b11;
 
 /// Creates, writes and transfers `n` 512x512 buffers; their handles.
-fn populate(agent: &mut Agent, n: u64) -> Vec<u64> {
+fn populate(agent: &mut Agent, n: u64) -> Vec<u32> {
     (0..n)
         .map(|i| {
-            let v = agent
-                .request(json!({"op": "create_2d", "width": 512, "height": 512}))
-                .unwrap();
-            let h = v["handle"].as_u64().unwrap();
+            let handle = agent
+                .request(agent::Create2d {
+                    width: 512,
+                    height: 512,
+                    format: None,
+                })
+                .unwrap()
+                .handle;
             agent
-                .request(json!({"op": "write", "handle": h, "seed": SEED, "bo": i,
-                                "version": 1, "pattern": "random"}))
+                .request(agent::Write {
+                    handle,
+                    seed: SEED,
+                    bo: i,
+                    version: 1,
+                    pattern: Some(Pattern::Random),
+                })
                 .unwrap();
-            agent
-                .request(json!({"op": "transfer_to_host", "handle": h}))
-                .unwrap();
-            h
+            agent.request(transfer(handle)).unwrap();
+            handle
         })
         .collect()
+}
+
+fn transfer(handle: u32) -> agent::TransferToHost {
+    agent::TransferToHost {
+        handle,
+        ..Default::default()
+    }
+}
+
+/// A forced scan of `pages` pages that evicts.
+fn evict(pages: u64) -> agent::ShrinkerScan {
+    agent::ShrinkerScan {
+        pages,
+        mode: Some(ScanMode::Evict),
+    }
+}
+
+/// Checks that buffer `i` (handle `handle`) holds version 1.
+fn verify(agent: &mut Agent, i: usize, handle: u32) -> agent::Verified {
+    agent
+        .request(agent::Verify {
+            handle,
+            seed: SEED,
+            bo: i as u64,
+            version: 1,
+            pattern: Some(Pattern::Random),
+        })
+        .unwrap()
 }
 
 /// The mappings of `pid` with more than 1 MiB resident, for a failure.
@@ -56,15 +93,9 @@ fn resident_mappings(pid: u32) -> String {
     out.join("\n")
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match done() {
-            Some(v) => return v,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            None => panic!("{what} within {timeout:?}"),
-        }
-    }
+fn wait_for<T>(what: &str, timeout: Duration, done: impl FnMut() -> Option<T>) -> T {
+    poll_every(Duration::from_millis(50), timeout, done)
+        .unwrap_or_else(|| panic!("{what} within {timeout:?}"))
 }
 
 /// QEMU gets SIGKILL while the guest evicts, restores and transfers: the
@@ -80,7 +111,7 @@ fn a_vmm_killed_under_load_leaves_nothing_behind() {
     };
     let booted = boot_guest(&images, "vmm-kill", &config, &[]).expect("first boot");
     let (daemon, vm, mut agent) = (booted.daemon, booted.vm, booted.agent);
-    let mut control: Control = daemon.control().unwrap();
+    let mut control: ControlClient = daemon.control().unwrap();
     // Before the load: the frontend is there, nothing allocated yet.
     let base_kib = daemon.rss_kib().unwrap();
 
@@ -91,15 +122,11 @@ fn a_vmm_killed_under_load_leaves_nothing_behind() {
     let worker = std::thread::spawn(move || {
         let mut rounds = 0u64;
         loop {
-            let step = agent
-                .request(json!({"op": "shrinker_scan", "mode": "evict", "pages": 4096}))
-                .and_then(|_| {
-                    handles.iter().try_for_each(|&h| {
-                        agent
-                            .request(json!({"op": "transfer_to_host", "handle": h}))
-                            .map(drop)
-                    })
-                });
+            let step = agent.request(evict(4096)).and_then(|_| {
+                handles
+                    .iter()
+                    .try_for_each(|&h| agent.request(transfer(h)).map(drop))
+            });
             if step.is_err() {
                 return rounds;
             }
@@ -108,7 +135,7 @@ fn a_vmm_killed_under_load_leaves_nothing_behind() {
     });
     std::thread::sleep(Duration::from_secs(4));
     let busy = control.counters().unwrap();
-    assert!(busy["resources"].as_u64().unwrap() >= 32, "{busy}");
+    assert!(busy.resources >= 32, "{busy:?}");
     let status = vm.kill().expect("SIGKILL QEMU");
     assert!(!status.success());
     let rounds = worker.join().unwrap();
@@ -119,9 +146,9 @@ fn a_vmm_killed_under_load_leaves_nothing_behind() {
         "the daemon frees everything",
         Duration::from_secs(10),
         || {
-            let st = control.request(json!({"cmd": "status"})).ok()?;
-            (st["acked_features"] == "0x0" && st["resources"] == 0 && st["host_memory_used"] == 0)
-                .then(|| st.to_string())
+            let st = control.status().ok()?;
+            (st.acked_features == "0x0" && st.resources == 0 && st.host_memory_used == 0)
+                .then_some(st)
         },
     );
     let after_kib = daemon.rss_kib().unwrap();
@@ -131,10 +158,10 @@ fn a_vmm_killed_under_load_leaves_nothing_behind() {
         "RSS {after_kib} KiB after the kill, {base_kib} KiB before the load; mappings:\n{}",
         resident_mappings(daemon.pid())
     );
-    let counters = control.counters().unwrap();
+    let counters = control.counters().unwrap().counters;
     assert_eq!(
-        counters["counters"]["resources_created"], counters["counters"]["resources_unreferenced"],
-        "{counters}"
+        counters.resources_created, counters.resources_unreferenced,
+        "{counters:?}"
     );
 
     // A new QEMU on the same daemon boots and runs a short workload with
@@ -144,19 +171,14 @@ fn a_vmm_killed_under_load_leaves_nothing_behind() {
     agent.set_timeout(Duration::from_secs(300));
     let serial = vm.serial_log.clone();
     let handles = populate(&mut agent, 4);
-    let scan = agent
-        .request(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}))
-        .unwrap();
-    assert!(scan["freed"].as_u64().unwrap() >= 4 * 256, "{scan}");
+    let scan = agent.request(evict(1 << 20)).unwrap();
+    assert!(scan.freed >= 4 * 256, "{scan:?}");
     for (i, &h) in handles.iter().enumerate() {
-        let v: Value = agent
-            .request(json!({"op": "verify", "handle": h, "seed": SEED, "bo": i,
-                            "version": 1, "pattern": "random"}))
-            .unwrap();
-        assert_eq!(v["ok_content"], true, "{v}\n{}", tail(&serial, 20));
-        agent.request(json!({"op": "close", "handle": h})).unwrap();
+        let v = verify(&mut agent, i, h);
+        assert!(v.ok_content, "{v:?}\n{}", tail(&serial, 20));
+        agent.request(agent::Close { handle: h }).unwrap();
     }
-    let _ = agent.request(json!({"op": "exit", "status": 0}));
+    let _ = agent.request(agent::Exit { status: Some(0) });
     let status = vm.wait(GuestSession::EXIT_TIMEOUT).expect("QEMU exits");
     assert!(status.success(), "QEMU exited with {status}");
     assert_guest_ended_cleanly(&serial);
@@ -174,7 +196,7 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
     const BOOTS: u64 = 10;
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let images = Images::get();
-    let dir = gpuswap_harness::RunDir::new("reboots");
+    let dir = gpuswap_harness::run_dir("reboots");
     let daemon = gpuswap_harness::Daemon::start(&images.daemon, &dir, &[]).expect("daemon");
     let mut control = daemon.control().unwrap();
     let config = VmConfig {
@@ -191,32 +213,19 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
             .agent_after(from, gpuswap_harness::BOOT_TIMEOUT)
             .unwrap_or_else(|e| panic!("boot {boot}: {e}"));
         agent.set_timeout(Duration::from_secs(300));
-        let st = control.request(json!({"cmd": "status"})).unwrap();
-        assert_eq!(st["resources"], 0, "boot {boot} started with {st}");
+        let st = control.status().unwrap();
+        assert_eq!(st.resources, 0, "boot {boot} started with {st:?}");
 
         let handles = populate(&mut agent, 4);
-        let scan = agent
-            .request(json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}))
-            .unwrap();
-        assert!(
-            scan["freed"].as_u64().unwrap() >= 4 * 256,
-            "boot {boot}: {scan}"
-        );
+        let scan = agent.request(evict(1 << 20)).unwrap();
+        assert!(scan.freed >= 4 * 256, "boot {boot}: {scan:?}");
         for (i, &h) in handles.iter().enumerate() {
-            let v: Value = agent
-                .request(json!({"op": "verify", "handle": h, "seed": SEED, "bo": i,
-                                "version": 1, "pattern": "random"}))
-                .unwrap();
-            assert_eq!(
-                v["ok_content"],
-                true,
-                "boot {boot}: {v}\n{}",
-                tail(&serial, 20)
-            );
+            let v = verify(&mut agent, i, h);
+            assert!(v.ok_content, "boot {boot}: {v:?}\n{}", tail(&serial, 20));
         }
         // Two closed, two left for the reset.
         for &h in &handles[..2] {
-            agent.request(json!({"op": "close", "handle": h})).unwrap();
+            agent.request(agent::Close { handle: h }).unwrap();
         }
         if boot % 2 == 1 {
             let log = std::fs::read(&serial).unwrap();
@@ -229,14 +238,13 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
         }
         // The agent answers, then /init says so and reboots the guest: the
         // next boot's log starts after that line.
-        let _ = agent.request(json!({"op": "exit", "status": 0}));
+        let _ = agent.request(agent::Exit { status: Some(0) });
         const EXIT: &str = "GPUSWAP-INIT-EXIT status=0";
         let end = wait_for("the guest's exit line", Duration::from_secs(60), || {
             let log = std::fs::read(&serial).ok()?;
             let at = String::from_utf8_lossy(&log[from..]).find(EXIT)?;
-            Some((from + at + EXIT.len()).to_string())
+            Some(from + at + EXIT.len())
         });
-        let end: usize = end.parse().unwrap();
         let log = std::fs::read(&serial).unwrap();
         let problems = gpuswap_harness::kernel_problems(&String::from_utf8_lossy(&log[from..end]));
         assert!(problems.is_empty(), "boot {boot}: {problems:?}");
@@ -244,11 +252,8 @@ fn a_guest_rebooting_on_one_daemon_starts_clean_every_time() {
     }
     let status = vm.kill().expect("SIGKILL QEMU");
     assert!(!status.success());
-    let counters = control.counters().unwrap();
-    assert!(
-        counters["counters"]["resources_created"].as_u64() >= Some(BOOTS * 4),
-        "{counters}"
-    );
+    let counters = control.counters().unwrap().counters;
+    assert!(counters.resources_created >= BOOTS * 4, "{counters:?}");
     let log = std::fs::read_to_string(&serial).unwrap();
     assert_eq!(
         log.matches("GPUSWAP-INIT-EXIT status=0").count() as u64,

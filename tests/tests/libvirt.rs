@@ -7,14 +7,18 @@
 //! daemon behind.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gpuswap_harness::{tail, wait_for_agent, Agent, Control, Images, RunDir, BOOT_TIMEOUT};
+use gpuswap_api::agent::{self, AgentRequest, Pattern, ScanMode};
+use gpuswap_api::control::Backing;
+use gpuswap_harness::{
+    poll_every, run_dir, tail, wait_for_agent, Agent, ControlClient, Images, ScratchDir,
+    BOOT_TIMEOUT,
+};
 use gpuswap_tests::assert_guest_ended_cleanly;
 use gpuswap_tests::libvirt::{
     self, backend_pid, cmdline, process_alive, Domain, DomainSpec, Installed,
 };
-use serde_json::{json, Value};
 
 const DOMAIN: &str = "gpuswap-libvirt-test";
 const SEED: u64 = 0x11b7;
@@ -31,11 +35,11 @@ fn emulator() -> PathBuf {
 struct Started {
     pid: u32,
     control_socket: PathBuf,
-    control: Control,
+    control: ControlClient,
     agent: Agent,
 }
 
-fn start(domain: &Domain, installed: &Installed, dir: &RunDir) -> Started {
+fn start(domain: &Domain, installed: &Installed, dir: &ScratchDir) -> Started {
     domain.start().expect("virsh start");
     let (pid, control_socket) = installed
         .wait_daemon(Duration::from_secs(60))
@@ -59,8 +63,8 @@ fn start(domain: &Domain, installed: &Installed, dir: &RunDir) -> Started {
         "daemon log:\n{log}"
     );
     let mut agent = wait_for_agent(
-        &dir.path("agent.sock"),
-        &dir.path("serial.log"),
+        &dir.join("agent.sock"),
+        &dir.join("serial.log"),
         BOOT_TIMEOUT,
         || match domain.state() {
             Ok(s) if s == "running" => None,
@@ -69,11 +73,11 @@ fn start(domain: &Domain, installed: &Installed, dir: &RunDir) -> Started {
     )
     .unwrap_or_else(|e| panic!("{e}\nQEMU log:\n{}", domain.qemu_log()));
     agent.set_timeout(Duration::from_secs(300));
-    let mut control = Control::connect(&control_socket).expect("control socket");
+    let mut control = ControlClient::connect(&control_socket).expect("control socket");
     // The guest's virtio-gpu driver negotiated with this daemon.
-    let status = control.request(json!({"cmd": "status"})).expect("status");
-    assert_eq!(status["pid"], json!(pid), "{status}");
-    assert_ne!(status["acked_features"], json!("0x0"), "{status}");
+    let status = control.status().expect("status");
+    assert_eq!(status.pid, pid, "{status:?}");
+    assert_ne!(status.acked_features, "0x0", "{status:?}");
     Started {
         pid,
         control_socket,
@@ -83,26 +87,29 @@ fn start(domain: &Domain, installed: &Installed, dir: &RunDir) -> Started {
 }
 
 fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while process_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: daemon {pid} still running"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gone = poll_every(Duration::from_millis(100), Duration::from_secs(20), || {
+        (!process_alive(pid)).then_some(())
+    });
+    assert!(gone.is_some(), "{what}: daemon {pid} still running");
 }
 
 struct Bo {
-    handle: u64,
-    res_id: u64,
+    handle: u32,
+    res_id: u32,
     hash: String,
 }
 
-fn req(s: &mut Started, serial: &std::path::Path, r: Value) -> Value {
+fn req<R: AgentRequest>(s: &mut Started, serial: &std::path::Path, r: R) -> R::Reply {
     s.agent
         .request(r)
         .unwrap_or_else(|e| panic!("{e}\nserial log:\n{}", tail(serial, 40)))
+}
+
+fn transfer(handle: u32) -> agent::TransferToHost {
+    agent::TransferToHost {
+        handle,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -110,9 +117,9 @@ fn libvirt_spawns_the_daemon_and_the_guest_runs_on_it() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     libvirt::up().expect("libvirt");
     let images = Images::get();
-    let dir = RunDir::new("libvirt");
+    let dir = run_dir("libvirt");
     let installed = Installed::new(&images, &dir).expect("install the daemon for libvirt");
-    let serial = dir.path("serial.log");
+    let serial = dir.join("serial.log");
     let spec = DomainSpec {
         name: DOMAIN,
         memory_mib: 512,
@@ -121,10 +128,10 @@ fn libvirt_spawns_the_daemon_and_the_guest_runs_on_it() {
         initrd: &images.initrd,
         cmdline: "console=ttyS0 panic=-1 gpuswap.cmd=agent",
         serial_log: &serial,
-        agent_socket: &dir.path("agent.sock"),
+        agent_socket: &dir.join("agent.sock"),
     };
     let xml = spec.xml().expect("domain XML");
-    let domain = Domain::define(DOMAIN, &xml, &dir.path("domain.xml")).expect("virsh define");
+    let domain = Domain::define(DOMAIN, &xml, &dir.join("domain.xml")).expect("virsh define");
 
     // 1. A workload with evictions; the guest ends by itself.
     let mut s = start(&domain, &installed, &dir);
@@ -133,74 +140,83 @@ fn libvirt_spawns_the_daemon_and_the_guest_runs_on_it() {
         let v = req(
             &mut s,
             &serial,
-            json!({"op": "create_2d", "width": 256, "height": 256}),
+            agent::Create2d {
+                width: 256,
+                height: 256,
+                format: None,
+            },
         );
-        let (handle, res_id) = (v["handle"].as_u64().unwrap(), v["res_id"].as_u64().unwrap());
+        let (handle, res_id) = (v.handle, v.res_id);
         let w = req(
             &mut s,
             &serial,
-            json!({"op": "write", "handle": handle, "seed": SEED, "bo": i,
-                   "version": 1, "pattern": "random"}),
+            agent::Write {
+                handle,
+                seed: SEED,
+                bo: i,
+                version: 1,
+                pattern: Some(Pattern::Random),
+            },
         );
-        req(
-            &mut s,
-            &serial,
-            json!({"op": "transfer_to_host", "handle": handle}),
-        );
-        let hash = w["hash"].as_str().unwrap().to_string();
+        req(&mut s, &serial, transfer(handle));
         let host = s
             .control
             .resource(res_id)
             .unwrap()
             .expect("resource live on our daemon");
-        assert_eq!(host["host_hash"], json!(hash), "res {res_id}: {host}");
+        assert_eq!(
+            host.host_hash.as_ref(),
+            Some(&w.hash),
+            "res {res_id}: {host:?}"
+        );
         bos.push(Bo {
             handle,
             res_id,
-            hash,
+            hash: w.hash,
         });
     }
     let scan = req(
         &mut s,
         &serial,
-        json!({"op": "shrinker_scan", "mode": "evict", "pages": 1 << 20}),
+        agent::ShrinkerScan {
+            pages: 1 << 20,
+            mode: Some(ScanMode::Evict),
+        },
     );
-    let stats = req(&mut s, &serial, json!({"op": "shrinker_stats"}));
-    assert!(
-        stats["evictions"].as_u64().unwrap_or(0) >= 4,
-        "scan {scan}, stats {stats}"
-    );
+    let stats = req(&mut s, &serial, agent::ShrinkerStats {});
+    assert!(stats.evictions >= 4, "scan {scan:?}, stats {stats:?}");
     for (i, bo) in bos.iter().enumerate() {
         assert_eq!(
-            s.control.resource(bo.res_id).unwrap().unwrap()["backing"],
-            "detached"
+            s.control.resource(bo.res_id).unwrap().unwrap().backing,
+            Backing::Detached
         );
         let v = req(
             &mut s,
             &serial,
-            json!({"op": "verify", "handle": bo.handle, "seed": SEED, "bo": i,
-                   "version": 1, "pattern": "random"}),
+            agent::Verify {
+                handle: bo.handle,
+                seed: SEED,
+                bo: i as u64,
+                version: 1,
+                pattern: Some(Pattern::Random),
+            },
         );
-        assert_eq!(v["ok_content"], json!(true), "BO {i} lost its content: {v}");
-        req(
-            &mut s,
-            &serial,
-            json!({"op": "transfer_to_host", "handle": bo.handle}),
-        );
+        assert!(v.ok_content, "BO {i} lost its content: {v:?}");
+        req(&mut s, &serial, transfer(bo.handle));
         let host = s.control.resource(bo.res_id).unwrap().unwrap();
-        assert_eq!(host["backing"], "attached", "{host}");
+        assert!(host.is_attached(), "{host:?}");
         assert_eq!(
-            host["generation"], 2,
-            "re-attached after the eviction: {host}"
+            host.generation, 2,
+            "re-attached after the eviction: {host:?}"
         );
-        assert_eq!(host["host_hash"], json!(bo.hash), "{host}");
+        assert_eq!(host.host_hash.as_ref(), Some(&bo.hash), "{host:?}");
     }
     for bo in &bos {
-        req(&mut s, &serial, json!({"op": "close", "handle": bo.handle}));
+        req(&mut s, &serial, agent::Close { handle: bo.handle });
     }
     let violations = s.control.violations().expect("trace");
     assert!(violations.is_empty(), "protocol violations: {violations:?}");
-    let _ = s.agent.request(json!({"op": "exit", "status": 0}));
+    let _ = s.agent.request(agent::Exit { status: Some(0) });
     domain
         .wait_shutoff(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}\nserial log:\n{}", tail(&serial, 40)));
@@ -214,18 +230,14 @@ fn libvirt_spawns_the_daemon_and_the_guest_runs_on_it() {
     let v = req(
         &mut s,
         &serial,
-        json!({"op": "create_2d", "width": 64, "height": 64}),
+        agent::Create2d {
+            width: 64,
+            height: 64,
+            format: None,
+        },
     );
-    req(
-        &mut s,
-        &serial,
-        json!({"op": "transfer_to_host", "handle": v["handle"]}),
-    );
-    assert!(s
-        .control
-        .resource(v["res_id"].as_u64().unwrap())
-        .unwrap()
-        .is_some());
+    req(&mut s, &serial, transfer(v.handle));
+    assert!(s.control.resource(v.res_id).unwrap().is_some());
     domain.destroy().expect("virsh destroy");
     wait_gone(s.pid, "after virsh destroy");
     assert!(!s.control_socket.exists(), "control socket left behind");

@@ -2,6 +2,7 @@
 //! updates, and moving requests between the virtqueues and the device
 //! model.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +36,12 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 /// The device model as the daemon runs it.
 pub type Device = GpuDevice<RutabagaRenderer, GuestMemory>;
 
+/// The daemon's own fault knob: completion delays in ms by request type.
+/// The device answers at once; the queue handler holds the completion
+/// back (and every later one: the queue is FIFO), which widens the guest's
+/// race windows without reordering fences.
+pub type CompletionDelays = BTreeMap<u32, u64>;
+
 pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
@@ -57,6 +64,9 @@ pub struct VhostUserGpuBackend {
     /// Shared with the control socket, which must reach the device while
     /// a request is delayed by fault injection.
     device: Arc<Mutex<Device>>,
+    /// Shared with the control socket, which arms them. Locked after the
+    /// device, never before.
+    delays: Arc<Mutex<CompletionDelays>>,
     num_scanouts: u32,
     mem: Mutex<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: AtomicBool,
@@ -99,6 +109,7 @@ impl VhostUserGpuBackend {
         Ok(VhostUserGpuBackend {
             num_scanouts: device.num_scanouts(),
             device: Arc::new(Mutex::new(device)),
+            delays: Arc::default(),
             mem: Mutex::default(),
             event_idx: AtomicBool::new(false),
             acked_features: Arc::default(),
@@ -153,11 +164,24 @@ impl VhostUserGpuBackend {
         lock(&self.device)
     }
 
-    /// What the control socket needs: the device and the negotiated
-    /// features.
+    /// The completion delays armed.
+    pub fn delays(&self) -> MutexGuard<'_, CompletionDelays> {
+        self.delays.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How late the completion of a request of type `type_` goes out.
+    fn delay_of(&self, type_: u32) -> Option<Duration> {
+        self.delays()
+            .get(&type_)
+            .map(|&ms| Duration::from_millis(ms))
+    }
+
+    /// What the control socket needs: the device, the completion delays
+    /// and the negotiated features.
     pub fn control_handle(&self) -> ControlHandle {
         ControlHandle {
             device: self.device.clone(),
+            delays: self.delays.clone(),
             acked_features: self.acked_features.clone(),
             ring_errors: self.ring_errors.clone(),
             fault_injection: false,
@@ -243,8 +267,8 @@ impl VhostUserGpuBackend {
                 }
             };
             let head = chain.head_index();
-            let (used_len, delay) = handle_chain(&mut device, &mut scratch, &mem, chain, queue);
-            if let Some(delay) = delay {
+            let (used_len, processed) = handle_chain(&mut device, &mut scratch, &mem, chain, queue);
+            if let Some(delay) = processed.and_then(|type_| self.delay_of(type_)) {
                 // Injected delay: this completion (and every later one, the
                 // queue being FIFO) reaches the guest that much later. The
                 // device stays reachable from the control socket meanwhile.
@@ -299,10 +323,12 @@ fn next_chain(
     }
 }
 
-/// The device and negotiated features, for the control socket.
+/// The device, the completion delays and the negotiated features, for the
+/// control socket.
 #[derive(Clone)]
 pub struct ControlHandle {
     device: Arc<Mutex<Device>>,
+    delays: Arc<Mutex<CompletionDelays>>,
     acked_features: Arc<AtomicU64>,
     ring_errors: Arc<AtomicU64>,
     fault_injection: bool,
@@ -311,6 +337,11 @@ pub struct ControlHandle {
 impl ControlHandle {
     pub fn device(&self) -> MutexGuard<'_, Device> {
         lock(&self.device)
+    }
+
+    /// The completion delays (take the device first when both are needed).
+    pub fn delays(&self) -> MutexGuard<'_, CompletionDelays> {
+        self.delays.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Virtio features the current frontend acked (0 when none is connected).
@@ -368,16 +399,17 @@ fn max_request_len(device: &Device) -> usize {
         + device.config().max_entries as usize * size_of::<MemEntry>()
 }
 
-/// Handles one descriptor chain; returns the bytes written into it and any
-/// injected delay. A chain that is malformed or has no room for a response
-/// is completed with 0 bytes: there is no way to answer it.
+/// Handles one descriptor chain; returns the bytes written into it and the
+/// type of the request the device processed, if it did (for its completion
+/// delay). A chain that is malformed or has no room for a response is
+/// completed with 0 bytes: there is no way to answer it.
 fn handle_chain(
     device: &mut Device,
     scratch: &mut Scratch,
     mem: &GuestMemoryLoadGuard<GuestMemory>,
     chain: DescriptorChain<GuestMemoryLoadGuard<GuestMemory>>,
     queue: u16,
-) -> (u32, Option<Duration>) {
+) -> (u32, Option<u32>) {
     let reader = Reader::new(&**mem, chain.clone());
     let writer = Writer::new(&**mem, chain);
     let (mut reader, mut writer) = match (reader, writer) {
@@ -433,16 +465,11 @@ fn handle_chain(
         Request::decode_ctrl(request, max_entries)
     };
 
-    let (hdr, response, delay) = match decoded {
+    let (hdr, response, processed) = match decoded {
         Ok(req) => {
             let hdr = req.hdr;
             let response = device.process(req);
-            let delay = device
-                .faults()
-                .delay_ms
-                .get(&hdr.type_)
-                .map(|&ms| Duration::from_millis(ms));
-            (hdr, response, delay)
+            (hdr, response, Some(hdr.type_))
         }
         Err((hdr, err)) => {
             device.record_malformed(hdr.map(|h| h.type_), &err);
@@ -473,7 +500,7 @@ fn handle_chain(
                     ctrl_type::name(hdr.type_)
                 );
             }
-            return (0, delay);
+            return (0, processed);
         }
         limited_warn!(
             scratch.log_limit,
@@ -485,14 +512,14 @@ fn handle_chain(
         Response::Err(ErrorCode::Unspec).encode(&hdr, &mut scratch.response);
     }
     match writer.write_all(&scratch.response) {
-        Ok(()) => (writer.bytes_written() as u32, delay),
+        Ok(()) => (writer.bytes_written() as u32, processed),
         Err(e) => {
             limited_warn!(
                 scratch.log_limit,
                 "unwritable response",
                 "queue {queue}: cannot write response: {e}"
             );
-            (0, delay)
+            (0, processed)
         }
     }
 }

@@ -19,7 +19,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use gpuswap_daemon::backend::VhostUserGpuBackend;
+use gpuswap_daemon::backend::{CompletionDelays, VhostUserGpuBackend};
 use gpuswap_daemon::{config, control, relay, seccomp};
 
 /// The longest `--poll-us`: beyond a millisecond a poll costs more CPU
@@ -141,20 +141,25 @@ struct Args {
 }
 
 impl Args {
-    /// The faults armed from the command line.
+    /// The device faults armed from the command line.
     fn faults(&self) -> Faults {
-        let mut faults = Faults {
+        Faults {
             fail_attaches: self.fault_fail_attaches,
             corrupt_transfers: self.fault_corrupt_transfers,
-            ..Faults::default()
-        };
+        }
+    }
+
+    /// The completion delays armed from the command line (the last one
+    /// given for a request type wins; 0 means none).
+    fn delays(&self) -> CompletionDelays {
+        let mut delays = CompletionDelays::new();
         for &(code, ms) in &self.fault_delays {
             match ms {
-                0 => faults.delay_ms.remove(&code),
-                ms => faults.delay_ms.insert(code, ms),
+                0 => delays.remove(&code),
+                ms => delays.insert(code, ms),
             };
         }
-        faults
+        delays
     }
 }
 
@@ -313,12 +318,10 @@ fn run(args: Args) -> Result<(), String> {
         VhostUserGpuBackend::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
     );
     backend.set_poll_max(Duration::from_micros(args.poll_us));
-    let faults = args.faults();
-    let armed =
-        faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !faults.delay_ms.is_empty();
+    let (faults, delays) = (args.faults(), args.delays());
+    let armed = faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !delays.is_empty();
     if armed {
-        let delays: Vec<String> = faults
-            .delay_ms
+        let shown: Vec<String> = delays
             .iter()
             .map(|(code, ms)| format!("{}={ms}", ctrl_type::name(*code)))
             .collect();
@@ -326,10 +329,11 @@ fn run(args: Args) -> Result<(), String> {
             "faults armed: fail_attaches {}, corrupt_transfers {}, delays [{}]",
             faults.fail_attaches,
             faults.corrupt_transfers,
-            delays.join(", ")
+            shown.join(", ")
         );
     }
     *backend.device().faults_mut() = faults;
+    *backend.delays() = delays;
 
     let control_socket = args.control_socket.as_deref().map(config::expand_pid);
     // Taken before anything else can open descriptors over the inherited
@@ -580,7 +584,7 @@ mod tests {
         let f = args.faults();
         assert_eq!((f.fail_attaches, f.corrupt_transfers), (2, 3));
         assert_eq!(
-            f.delay_ms.into_iter().collect::<Vec<_>>(),
+            args.delays().into_iter().collect::<Vec<_>>(),
             vec![
                 (ctrl_type::TRANSFER_TO_HOST_2D, 7),
                 (ctrl_type::RESOURCE_DETACH_BACKING, 50)
@@ -589,7 +593,7 @@ mod tests {
         let none = Args::try_parse_from(["gpuswap-daemon", "--socket-path", "/tmp/x"]).unwrap();
         let f = none.faults();
         assert_eq!((f.fail_attaches, f.corrupt_transfers), (0, 0));
-        assert!(f.delay_ms.is_empty());
+        assert!(none.delays().is_empty());
         for bad in [
             &["--fault-fail-attaches", "-1"][..],
             &["--fault-corrupt-transfers", "many"],

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use gpuswap_api::control::Backing;
 use gpuswap_device::{ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
 use gpuswap_frontend::ring::DESC_F_INDIRECT;
 use gpuswap_frontend::{commands, FrontendConfig, GpuFrontend, Placement, QueueId, RawDesc};
@@ -12,7 +13,6 @@ use gpuswap_protocol::wire::{
     CtrlHeader, MemEntry, ResourceAttachBacking, ResourceCreateBlob, ResourceId, SetScanoutBlob,
 };
 use gpuswap_protocol::{blob_mem, ctrl_type, format, ErrorCode};
-use serde_json::json;
 use vm_memory::ByteValued;
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
@@ -97,7 +97,7 @@ fn malformed_requests_get_error_responses() {
     let mut d = Daemon::spawn("malformed", &[]);
     let mut gpu = d.connect(small_ram());
     let mut ctl = d.ctl();
-    let m0 = ctl.counters()["counters"]["malformed"].as_u64().unwrap();
+    let m0 = ctl.counters().unwrap().counters.malformed;
     let buf = Buffers::new(&mut gpu);
 
     // Shorter than a header: ERR_UNSPEC with a zeroed header.
@@ -162,7 +162,7 @@ fn malformed_requests_get_error_responses() {
 
     // 6 short + 1 empty + 6 short bodies + 5 unknown + 1 unknown cursor +
     // 2 on the wrong queue or short: every one counted as malformed.
-    let m1 = ctl.counters()["counters"]["malformed"].as_u64().unwrap();
+    let m1 = ctl.counters().unwrap().counters.malformed;
     assert_eq!(m1 - m0, 1 + 1 + 6 + 5 + 1 + 2);
 }
 
@@ -171,7 +171,7 @@ fn entry_counts_are_bounded() {
     let mut d = Daemon::spawn("entries", &["--max-entries", "64"]);
     let mut gpu = d.connect(small_ram());
     let mut ctl = d.ctl();
-    assert_eq!(ctl.status()["max_entries"], 64);
+    assert_eq!(ctl.status().unwrap().max_entries, 64);
     gpu.resource_create_2d(1, FMT, 64, 64).unwrap();
     let page = gpu.ram_mut().alloc(64, Placement::Scattered).unwrap();
     let entries = page.page_entries();
@@ -215,13 +215,13 @@ fn entry_counts_are_bounded() {
         .raw(ctrl_type::RESOURCE_ATTACH_BACKING, &b, &t, 24)
         .unwrap();
     assert_eq!(hdr.type_, ctrl_type::RESP_ERR_INVALID_PARAMETER);
-    assert_eq!(ctl.live(1)["generation"], 0);
-    assert!(ctl.resource(2).is_none());
+    assert_eq!(ctl.live(1).generation, 0);
+    assert!(ctl.resource(2).unwrap().is_none());
     still_serving(&mut d, &mut gpu, "max_entries + 1");
 
     // Exactly max_entries is fine.
     gpu.attach_backing(1, &entries).unwrap();
-    assert_eq!(ctl.live(1)["entries"], 64);
+    assert_eq!(ctl.live(1).entries, 64);
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn sizes_and_ids_are_checked() {
         code(gpu.attach_backing(0, &[])),
         ErrorCode::InvalidResourceId
     );
-    assert_eq!(ctl.status()["resources"], 0);
+    assert_eq!(ctl.status().unwrap().resources, 0);
     gpu.resource_create_2d(u32::MAX, FMT, 4, 4).unwrap();
     gpu.resource_unref(u32::MAX).unwrap();
     // Scanout ids past the configured one.
@@ -298,7 +298,7 @@ fn sizes_and_ids_are_checked() {
     still_serving(&mut d, &mut gpu, "sizes and ids");
     // Resource 1 and its one entry; the refused ones cost nothing.
     assert_eq!(
-        ctl.status()["host_memory_used"],
+        ctl.status().unwrap().host_memory_used,
         16 * 16 * 4 + RESOURCE_OVERHEAD + ENTRY_OVERHEAD
     );
 }
@@ -346,14 +346,11 @@ fn entries_outside_guest_ram_are_invalid_parameter() {
         }
     }
     let r = ctl.live(1);
+    assert_eq!((r.backing, r.generation), (Backing::Detached, 0));
+    let ids: Vec<_> = ctl.resources().unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [1], "a refused create_blob left a resource");
     assert_eq!(
-        (r["backing"].clone(), r["generation"].clone()),
-        (json!("detached"), json!(0))
-    );
-    let ids: Vec<_> = ctl.resources().iter().map(|r| r["id"].clone()).collect();
-    assert_eq!(ids, vec![json!(1)], "a refused create_blob left a resource");
-    assert_eq!(
-        ctl.status()["host_memory_used"],
+        ctl.status().unwrap().host_memory_used,
         32 * 32 * 4 + RESOURCE_OVERHEAD
     );
     still_serving(&mut d, &mut gpu, "entries outside RAM");
@@ -434,7 +431,7 @@ fn response_buffers_read_only_too_small_or_missing() {
     );
     // The request ran even though it could not be answered: the unknown
     // id was seen four times (read-only, readable-only, too small, split).
-    let unknown = ctl.counters()["counters"]["errors"]["resource_unref"].clone();
+    let unknown = ctl.counters().unwrap().counters.errors["resource_unref"];
     assert_eq!(unknown, 4);
     still_serving(&mut d, &mut gpu, "small response buffers");
 }
@@ -454,7 +451,7 @@ fn descriptors_outside_guest_ram_are_dropped() {
         .as_slice(),
     );
     buf.load(&gpu, &unref_99);
-    let m0 = ctl.counters()["counters"]["malformed"].as_u64().unwrap();
+    let m0 = ctl.counters().unwrap().counters.malformed;
 
     let chains: Vec<(&str, Vec<RawDesc>)> = vec![
         (
@@ -514,12 +511,9 @@ fn descriptors_outside_guest_ram_are_dropped() {
     // Each is counted as malformed, except the 4 GiB writable one:
     // virtio-queue ends a chain before it passes 2^32 bytes (virtio 1.2,
     // 2.7.5.2), so that request runs, with no room for its response.
-    let c = ctl.counters()["counters"].clone();
-    assert_eq!(
-        c["malformed"].as_u64().unwrap() - m0,
-        chains.len() as u64 - 1
-    );
-    assert_eq!(c["errors"]["resource_unref"], 1);
+    let c = ctl.counters().unwrap().counters;
+    assert_eq!(c.malformed - m0, chains.len() as u64 - 1);
+    assert_eq!(c.errors["resource_unref"], 1);
     // The cursor queue too.
     let used = gpu
         .submit_raw(QueueId::Cursor, &[RawDesc::readable(1 << 40, 56)])
@@ -533,20 +527,20 @@ fn host_memory_exhaustion_then_unref_frees() {
     let mut d = Daemon::spawn("oom", &["--max-host-memory", "1M"]);
     let mut gpu = d.connect(small_ram());
     let mut ctl = d.ctl();
-    assert_eq!(ctl.status()["max_host_memory"], 1 << 20);
+    assert_eq!(ctl.status().unwrap().max_host_memory, 1 << 20);
     // 256x256x4 = 256 KiB each (plus bookkeeping): three fit, four do not.
     for id in 1..=3 {
         gpu.resource_create_2d(id, FMT, 256, 256).unwrap();
     }
-    let used = ctl.status()["host_memory_used"].as_u64().unwrap();
+    let used = ctl.status().unwrap().host_memory_used;
     assert_eq!(used, 3 * (256 * 256 * 4 + RESOURCE_OVERHEAD));
     assert_eq!(
         code(gpu.resource_create_2d(4, FMT, 256, 256)),
         ErrorCode::OutOfMemory
     );
-    assert!(ctl.resource(4).is_none());
+    assert!(ctl.resource(4).unwrap().is_none());
     assert_eq!(
-        ctl.status()["host_memory_used"],
+        ctl.status().unwrap().host_memory_used,
         used,
         "a refused create is not charged"
     );
@@ -557,8 +551,8 @@ fn host_memory_exhaustion_then_unref_frees() {
     still_serving(&mut d, &mut gpu, "out of host memory");
     gpu.resource_unref(2).unwrap();
     gpu.resource_create_2d(4, FMT, 256, 256).unwrap();
-    assert_eq!(ctl.status()["host_memory_used"], used);
-    let errors = ctl.counters()["counters"]["errors"].clone();
+    assert_eq!(ctl.status().unwrap().host_memory_used, used);
+    let errors = ctl.counters().unwrap().counters.errors;
     assert_eq!(errors["resource_create_2d"], 2);
 }
 
@@ -615,7 +609,7 @@ fn a_broken_ring_drops_the_connection_and_the_next_frontend_is_served() {
         }
         let reported = (0..250).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            ctl.counters()["ring_errors"] == 1
+            ctl.counters().unwrap().ring_errors == 1
         });
         assert!(reported, "{what}: not reported\n{}", d.log());
         let dropped = (0..100).any(|_| {
@@ -624,12 +618,12 @@ fn a_broken_ring_drops_the_connection_and_the_next_frontend_is_served() {
         });
         assert!(dropped, "{what}: the connection is still up\n{}", d.log());
         // The frontend's resources went with it.
-        d.wait_status(&what, |s| s["resources"] == 0);
+        d.wait_status(&what, |s| s.resources == 0);
 
         let mut next = d.connect(small_ram());
         still_serving(&mut d, &mut next, &what);
         next.resource_create_2d(1, FMT, 64, 64).unwrap();
-        assert_eq!(ctl.counters()["ring_errors"], 1, "{what}");
+        assert_eq!(ctl.counters().unwrap().ring_errors, 1, "{what}");
         let log = d.log();
         assert_eq!(
             log.matches("dropping the frontend connection").count(),
@@ -659,9 +653,12 @@ fn a_flood_of_bad_requests_is_counted_exactly_and_logged_sparingly() {
         assert_eq!(buf.submit(&mut gpu, 8), 24);
     }
     still_serving(&mut d, &mut gpu, "the flood");
-    let counters = ctl.counters()["counters"].clone();
-    assert_eq!(counters["errors"]["resource_flush"], FLOOD, "{counters}");
-    assert_eq!(counters["malformed"], FLOOD, "{counters}");
+    let counters = ctl.counters().unwrap().counters;
+    assert_eq!(
+        counters.errors["resource_flush"], FLOOD as u64,
+        "{counters:?}"
+    );
+    assert_eq!(counters.malformed, FLOOD as u64, "{counters:?}");
     let log = d.log();
     let flush_lines = log
         .lines()

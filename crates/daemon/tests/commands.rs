@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use gpuswap_api::control::{Backing, Event, EventKind, ResourceKind};
 use gpuswap_device::RESOURCE_OVERHEAD;
 use gpuswap_frontend::display_server::protocol_features;
 use gpuswap_frontend::{
@@ -13,7 +14,6 @@ use gpuswap_frontend::{
 use gpuswap_protocol::wire::{CursorPos, Rect, ResourceMapBlob, SetScanoutBlob, UpdateCursor};
 use gpuswap_protocol::{blob_mem, ctrl_type, features, flags, format, ErrorCode};
 use gpuswap_testkit::pattern;
-use serde_json::json;
 use vm_memory::ByteValued;
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
@@ -168,21 +168,18 @@ fn resource_create_2d_and_unref() {
     gpu.resource_create_2d(7, format::R8G8B8A8_UNORM, 33, 17)
         .unwrap();
     let r = ctl.live(7);
-    assert_eq!(r["kind"], "2d");
-    assert_eq!(r["format"], format::R8G8B8A8_UNORM);
-    assert_eq!(
-        (r["width"].clone(), r["height"].clone()),
-        (json!(33), json!(17))
-    );
-    assert_eq!(r["size"], 33 * 17 * 4);
-    assert_eq!(r["backing"], "detached");
-    assert_eq!(r["generation"], 0);
+    assert_eq!(r.kind, ResourceKind::TwoD);
+    assert_eq!(r.format, Some(format::R8G8B8A8_UNORM));
+    assert_eq!((r.width, r.height), (Some(33), Some(17)));
+    assert_eq!(r.size, 33 * 17 * 4);
+    assert_eq!(r.backing, Backing::Detached);
+    assert_eq!(r.generation, 0);
     // A fresh host copy is zeroed.
-    assert_eq!(r["host_hash"], hash_hex(&vec![0; 33 * 17 * 4]));
-    assert!(r["backing_hash"].is_null());
-    let st = ctl.status();
-    assert_eq!(st["resources"], 1);
-    assert_eq!(st["host_memory_used"], 33 * 17 * 4 + RESOURCE_OVERHEAD);
+    assert_eq!(r.host_hash, some_hash(&vec![0; 33 * 17 * 4]));
+    assert!(r.backing_hash.is_none());
+    let st = ctl.status().unwrap();
+    assert_eq!(st.resources, 1);
+    assert_eq!(st.host_memory_used, 33 * 17 * 4 + RESOURCE_OVERHEAD);
 
     assert_eq!(
         code(gpu.resource_create_2d(7, FMT, 4, 4)),
@@ -190,15 +187,12 @@ fn resource_create_2d_and_unref() {
         "duplicate id"
     );
     gpu.resource_unref(7).unwrap();
-    assert!(ctl.resource(7).is_none());
-    assert_eq!(ctl.status()["host_memory_used"], 0);
+    assert!(ctl.resource(7).unwrap().is_none());
+    assert_eq!(ctl.status().unwrap().host_memory_used, 0);
     assert_eq!(code(gpu.resource_unref(7)), ErrorCode::InvalidResourceId);
 
-    let kinds: Vec<_> = ctl
-        .trace(seq, Some(7))
-        .iter()
-        .map(|e| e["event"].as_str().unwrap().to_string())
-        .collect();
+    let trace = ctl.trace(seq, Some(7)).unwrap();
+    let kinds: Vec<_> = trace.iter().map(Event::name).collect();
     assert_eq!(kinds, ["create", "violation", "unref", "violation"]);
 }
 
@@ -218,29 +212,23 @@ fn attach_detach_backing_show_on_the_control_socket() {
     gpu.ram().write_entries(&pages.entries(), 0, &pix).unwrap();
     gpu.attach_backing(1, &pages.entries()).unwrap();
     let r = ctl.live(1);
-    assert_eq!(r["backing"], "attached");
-    assert_eq!(r["generation"], 1);
-    assert_eq!(r["entries"], pages.entries().len());
-    assert_eq!(r["backing_bytes"], pages.bytes());
+    assert_eq!(r.backing, Backing::Attached);
+    assert_eq!(r.generation, 1);
+    assert_eq!(r.entries, pages.entries().len() as u64);
+    assert_eq!(r.backing_bytes, pages.bytes());
     // Hash of the first `size` bytes, not of the whole backing.
-    assert_eq!(r["backing_hash"], hash_hex(&pix[..size]));
+    assert_eq!(r.backing_hash, some_hash(&pix[..size]));
     // Not transferred yet: the host copy is still zero.
-    assert_eq!(r["host_hash"], hash_hex(&vec![0; size]));
+    assert_eq!(r.host_hash, some_hash(&vec![0; size]));
 
     gpu.detach_backing(1).unwrap();
     let r = ctl.live(1);
-    assert_eq!(r["backing"], "detached");
-    assert_eq!(
-        (r["entries"].clone(), r["backing_bytes"].clone()),
-        (json!(0), json!(0))
-    );
-    assert!(r["backing_hash"].is_null());
-    assert_eq!(r["generation"], 1);
-    let c = ctl.counters()["counters"].clone();
-    assert_eq!(
-        (c["attaches"].clone(), c["detaches"].clone()),
-        (json!(1), json!(1))
-    );
+    assert_eq!(r.backing, Backing::Detached);
+    assert_eq!((r.entries, r.backing_bytes), (0, 0));
+    assert!(r.backing_hash.is_none());
+    assert_eq!(r.generation, 1);
+    let c = ctl.counters().unwrap().counters;
+    assert_eq!((c.attaches, c.detaches), (1, 1));
 }
 
 #[test]
@@ -273,7 +261,7 @@ fn set_scanout_flush_and_partial_transfer_reach_the_display() {
         data == pix,
         "full UPDATE differs from the transferred pixels"
     );
-    assert_eq!(ctl.live(1)["scanouts"], json!([0]));
+    assert_eq!(ctl.live(1).scanouts, [0]);
 
     // Partial transfer with the QEMU/Linux offset convention (offset of
     // the rect's first pixel), then a partial flush.
@@ -288,7 +276,7 @@ fn set_scanout_flush_and_partial_transfer_reach_the_display() {
         let b = a + part.width as usize * 4;
         expect[a..b].copy_from_slice(&pix2[a..b]);
     }
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&expect));
+    assert_eq!(ctl.live(1).host_hash, some_hash(&expect));
     let mark = display.event_count();
     gpu.resource_flush(1, part).unwrap();
     let (r, data) = next_update(&display, mark);
@@ -323,7 +311,7 @@ fn set_scanout_flush_and_partial_transfer_reach_the_display() {
     wait_display(&display, mark, "SCANOUT off", |e| {
         matches!(e, DisplayEvent::Scanout { width: 0, .. })
     });
-    assert_eq!(ctl.live(1)["scanouts"], json!([]));
+    assert_eq!(ctl.live(1).scanouts, Vec::<u32>::new());
     assert!(display.errors().is_empty(), "{:?}", display.errors());
 }
 
@@ -335,18 +323,24 @@ fn transfer_to_host_2d_checks_rect_and_offset() {
     let (w, h) = (16u32, 16u32);
     let pix = pattern((w * h * 4) as usize, 3);
     upload_2d(&mut gpu, 1, (w, h), &pix);
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&pix));
-    let trace = ctl.trace(0, Some(1));
+    assert_eq!(ctl.live(1).host_hash, some_hash(&pix));
+    let trace = ctl.trace(0, Some(1)).unwrap();
     let t = events_of(&trace, "transfer");
     assert_eq!(t.len(), 1);
+    let full = gpuswap_api::control::Rect {
+        x: 0,
+        y: 0,
+        width: 16,
+        height: 16,
+    };
     assert_eq!(
-        t[0]["rect"],
-        json!({"x": 0, "y": 0, "width": 16, "height": 16})
+        t[0].kind,
+        EventKind::Transfer {
+            rect: full,
+            offset: 0
+        }
     );
-    assert_eq!(
-        (t[0]["offset"].clone(), t[0]["generation"].clone()),
-        (json!(0), json!(1))
-    );
+    assert_eq!(t[0].generation, 1);
     // Outside the resource, past the one-page backing.
     for (r, offset) in [
         (rect(8, 8, 9, 1), 0),
@@ -360,7 +354,7 @@ fn transfer_to_host_2d_checks_rect_and_offset() {
             "{r:?} at {offset}"
         );
     }
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&pix));
+    assert_eq!(ctl.live(1).host_hash, some_hash(&pix));
     // An empty rect is a no-op.
     gpu.transfer_to_host_2d(1, rect(3, 3, 0, 5), 0).unwrap();
     // Data may start before the rect's own position, as QEMU allows: row
@@ -372,7 +366,7 @@ fn transfer_to_host_2d_checks_rect_and_offset() {
         let dst = (1 + h) * stride + 4;
         expected[dst..dst + 8].copy_from_slice(&pix[h * stride..h * stride + 8]);
     }
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&expected));
+    assert_eq!(ctl.live(1).host_hash, some_hash(&expected));
 }
 
 #[test]
@@ -391,7 +385,7 @@ fn guest_blob_with_entries() {
     let d = Daemon::spawn("blob", &[]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let mut ctl = d.ctl();
-    let size = 3 * 4096 + 100;
+    let size: usize = 3 * 4096 + 100;
     let pages = gpu.ram_mut().alloc(4, Placement::Scattered).unwrap();
     let content = pattern(pages.bytes() as usize, 21);
     gpu.ram()
@@ -400,29 +394,29 @@ fn guest_blob_with_entries() {
     gpu.resource_create_blob(5, blob_mem::GUEST, 0, size as u64, &pages.entries())
         .unwrap();
     let r = ctl.live(5);
-    assert_eq!(r["kind"], "blob");
-    assert_eq!(r["size"], size);
-    assert_eq!(r["backing"], "attached");
-    assert_eq!(r["generation"], 1);
-    assert_eq!(r["backing_bytes"], 4 * 4096);
-    assert_eq!(r["backing_hash"], hash_hex(&content[..size]));
-    assert!(r["host_hash"].is_null());
+    assert_eq!(r.kind, ResourceKind::Blob);
+    assert_eq!(r.size, size as u64);
+    assert_eq!(r.backing, Backing::Attached);
+    assert_eq!(r.generation, 1);
+    assert_eq!(r.backing_bytes, 4 * 4096);
+    assert_eq!(r.backing_hash, some_hash(&content[..size]));
+    assert!(r.host_hash.is_none());
     // The blob's content is its backing: a guest write shows at once.
     gpu.ram()
         .write_entries(&pages.entries(), 0, &[0xee; 8])
         .unwrap();
     let mut now = content.clone();
     now[..8].fill(0xee);
-    assert_eq!(ctl.live(5)["backing_hash"], hash_hex(&now[..size]));
+    assert_eq!(ctl.live(5).backing_hash, some_hash(&now[..size]));
     // Too short a backing for the blob is refused and creates nothing.
     let small = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
     assert_eq!(
         code(gpu.resource_create_blob(6, blob_mem::GUEST, 0, 8192, &small.entries())),
         ErrorCode::InvalidParameter
     );
-    assert!(ctl.resource(6).is_none());
+    assert!(ctl.resource(6).unwrap().is_none());
     gpu.resource_unref(5).unwrap();
-    assert_eq!(ctl.status()["host_memory_used"], 0);
+    assert_eq!(ctl.status().unwrap().host_memory_used, 0);
 }
 
 #[test]
@@ -435,14 +429,10 @@ fn guest_blob_without_entries_attaches_later() {
         .unwrap();
     let r = ctl.live(9);
     assert_eq!(
-        (
-            r["backing"].clone(),
-            r["generation"].clone(),
-            r["size"].clone()
-        ),
-        (json!("detached"), json!(0), json!(size))
+        (r.backing, r.generation, r.size),
+        (Backing::Detached, 0, size)
     );
-    assert!(r["backing_hash"].is_null());
+    assert!(r.backing_hash.is_none());
     let pages = gpu.ram_mut().alloc(2, Placement::Scattered).unwrap();
     let content = pattern(size as usize, 22);
     gpu.ram()
@@ -455,15 +445,12 @@ fn guest_blob_without_entries_attaches_later() {
     );
     gpu.attach_backing(9, &pages.entries()).unwrap();
     let r = ctl.live(9);
-    assert_eq!(
-        (r["backing"].clone(), r["generation"].clone()),
-        (json!("attached"), json!(1))
-    );
-    assert_eq!(r["backing_hash"], hash_hex(&content));
+    assert_eq!((r.backing, r.generation), (Backing::Attached, 1));
+    assert_eq!(r.backing_hash, some_hash(&content));
     // Evict and restore like a 2D resource.
     gpu.detach_backing(9).unwrap();
     gpu.attach_backing(9, &pages.entries()).unwrap();
-    assert_eq!(ctl.live(9)["generation"], 2);
+    assert_eq!(ctl.live(9).generation, 2);
 }
 
 #[test]
@@ -547,7 +534,7 @@ fn resource_assign_uuid() {
     assert_eq!(uuid[8] >> 6, 0b10, "RFC 4122 variant");
     assert_eq!(gpu.resource_assign_uuid(4).unwrap(), uuid, "stable");
     let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(ctl.live(4)["uuid"], hex);
+    assert_eq!(ctl.live(4).uuid, Some(hex));
     gpu.resource_create_2d(5, FMT, 8, 8).unwrap();
     assert_ne!(gpu.resource_assign_uuid(5).unwrap(), uuid);
     assert_eq!(
@@ -736,7 +723,7 @@ fn three_d_commands_get_clean_errors() {
     let mut d = Daemon::spawn("3d", &[]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let mut ctl = d.ctl();
-    let acked = acked_features(&ctl.status());
+    let acked = ctl.status().unwrap().acked();
     assert_eq!(acked & (1 << features::VIRTIO_GPU_F_VIRGL), 0);
     assert_eq!(acked & (1 << features::VIRTIO_GPU_F_CONTEXT_INIT), 0);
 
@@ -823,9 +810,9 @@ fn three_d_commands_get_clean_errors() {
     }
     d.assert_alive();
     gpu.get_display_info().unwrap();
-    let ids: Vec<_> = ctl.resources().iter().map(|r| r["id"].clone()).collect();
-    assert_eq!(ids, vec![json!(2)]);
-    let errors = ctl.counters()["counters"]["errors"].clone();
+    let ids: Vec<_> = ctl.resources().unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [2]);
+    let errors = ctl.counters().unwrap().counters.errors;
     assert_eq!(errors["submit_3d"], 1);
     assert_eq!(errors["resource_map_blob"], 1);
 }
@@ -856,7 +843,7 @@ fn one_resource_split_over_two_scanouts() {
     let right = rect(64, 0, 64, 48);
     gpu.set_scanout(0, 1, left).unwrap();
     gpu.set_scanout(1, 1, right).unwrap();
-    assert_eq!(ctl.live(1)["scanouts"], json!([0, 1]));
+    assert_eq!(ctl.live(1).scanouts, [0, 1]);
 
     let mark = display.event_count();
     gpu.resource_flush(1, rect(0, 0, w, h)).unwrap();

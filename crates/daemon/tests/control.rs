@@ -5,12 +5,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use common::*;
+use gpuswap_api::control::{
+    ArmedFaults, Backing, Event, EventKind, Fault, InjectedFault, Request, Resources,
+};
 use gpuswap_frontend::{commands, Fence, FrontendConfig, GpuFrontend, Pages, Placement, QueueId};
 use gpuswap_protocol::wire::ResourceId;
 use gpuswap_protocol::{ctrl_type, features, format, ErrorCode};
-use gpuswap_testkit::{pattern, poll_until};
-use serde_json::{json, Value};
+use gpuswap_testkit::{pattern, poll_until, ControlClient, ControlError};
+use serde_json::Value;
 use vm_memory::ByteValued;
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
@@ -25,18 +30,12 @@ fn status_shows_identity_limits_and_acked_features() {
         &["--max-host-memory", "64M", "--max-entries", "1000"],
     );
     let mut ctl = d.ctl();
-    let st = ctl.status();
-    assert_eq!(st["pid"], d.pid());
-    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(st["acked_features"], "0x0", "no frontend yet");
-    assert_eq!(
-        (st["resources"].clone(), st["host_memory_used"].clone()),
-        (json!(0), json!(0))
-    );
-    assert_eq!(
-        (st["max_host_memory"].clone(), st["max_entries"].clone()),
-        (json!(64 << 20), json!(1000))
-    );
+    let st = ctl.status().unwrap();
+    assert_eq!(st.pid, d.pid());
+    assert_eq!(st.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(st.acked_features, "0x0", "no frontend yet");
+    assert_eq!((st.resources, st.host_memory_used), (0, 0));
+    assert_eq!((st.max_host_memory, st.max_entries), (64 << 20, 1000));
 
     let _gpu = d.connect(FrontendConfig::default());
     assert_eq!(
@@ -44,7 +43,7 @@ fn status_shows_identity_limits_and_acked_features() {
         0,
         "a modern device does not offer the legacy NOTIFY_ON_EMPTY"
     );
-    let acked = acked_features(&ctl.status());
+    let acked = ctl.status().unwrap().acked();
     for bit in [
         features::VIRTIO_GPU_F_EDID,
         features::VIRTIO_GPU_F_RESOURCE_UUID,
@@ -57,12 +56,12 @@ fn status_shows_identity_limits_and_acked_features() {
 
     // Without the blob feature asked for, it is not acked.
     drop(_gpu);
-    d.wait_status("disconnect", |s| s["acked_features"] == "0x0");
+    d.wait_status("disconnect", |s| s.acked_features == "0x0");
     let _gpu = d.connect(FrontendConfig {
         gpu_features: 1 << features::VIRTIO_GPU_F_EDID,
         ..Default::default()
     });
-    let acked = acked_features(&ctl.status());
+    let acked = ctl.status().unwrap().acked();
     assert_eq!(acked & (1 << features::VIRTIO_GPU_F_RESOURCE_BLOB), 0);
     assert_ne!(acked & (1 << features::VIRTIO_GPU_F_EDID), 0);
 }
@@ -72,12 +71,9 @@ fn subscribe_streams_events_live() {
     let d = Daemon::spawn("subscribe", &[]);
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let mut sub = d.ctl();
-    let first = sub.request(json!({"cmd": "subscribe"}));
-    assert_eq!(
-        (first["ok"].clone(), first["subscribed"].clone()),
-        (json!(true), json!(true))
-    );
-    let mut last = first["last_seq"].as_u64().expect("last_seq");
+    let first = sub.subscribe().unwrap();
+    assert!(first.subscribed);
+    let mut last = first.last_seq;
     let mut ctl = d.ctl();
     assert_eq!(ctl.last_seq(), last);
 
@@ -106,31 +102,26 @@ fn subscribe_streams_events_live() {
     // Each event arrives before the next command is sent.
     for (step, kind) in steps.iter_mut() {
         step(&mut gpu);
-        let e = sub.read_line().expect("stream ended");
-        assert_eq!(e["event"], *kind, "{e}");
-        assert_eq!(e["resource_id"], 1);
-        let seq = e["seq"].as_u64().unwrap();
-        assert_eq!(seq, last + 1, "seq must increase by one with no gaps");
-        last = seq;
+        let e = sub.next_event().unwrap().expect("stream ended");
+        assert_eq!(e.name(), *kind, "{e:?}");
+        assert_eq!(e.resource_id, 1);
+        assert_eq!(e.seq, last + 1, "seq must increase by one with no gaps");
+        last = e.seq;
         // The other connection is served meanwhile.
         assert_eq!(ctl.last_seq(), last);
     }
     // A second subscriber joins late and sees only what follows.
     let mut sub2 = d.ctl();
-    let s2 = sub2.request(json!({"cmd": "subscribe"}));
-    assert_eq!(s2["last_seq"], last);
+    assert_eq!(sub2.subscribe().unwrap().last_seq, last);
     gpu.resource_create_2d(2, FMT, 8, 8).unwrap();
     for s in [&mut sub, &mut sub2] {
-        let e = s.read_line().expect("stream ended");
-        assert_eq!(
-            (e["event"].clone(), e["seq"].clone()),
-            (json!("create"), json!(last + 1))
-        );
+        let e = s.next_event().unwrap().expect("stream ended");
+        assert_eq!((e.name(), e.seq), ("create", last + 1));
     }
     // A subscriber that hangs up does not disturb the daemon.
     drop(sub2);
     gpu.resource_unref(2).unwrap();
-    assert_eq!(sub.read_line().unwrap()["event"], "unref");
+    assert_eq!(sub.next_event().unwrap().unwrap().name(), "unref");
 }
 
 #[test]
@@ -140,8 +131,8 @@ fn fault_fail_attaches_fails_exactly_two() {
     let mut ctl = d.ctl();
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
-    let r = ctl.fault(json!({"fail_attaches": 2}));
-    assert_eq!(r["fail_attaches"], 2);
+    let r = ctl.fault(fail_attaches(2)).unwrap();
+    assert_eq!(r.fail_attaches, 2);
     let seq0 = ctl.last_seq();
     for i in 0..2 {
         assert_eq!(
@@ -152,30 +143,30 @@ fn fault_fail_attaches_fails_exactly_two() {
             "attach {i}"
         );
         let r = ctl.live(1);
-        assert_eq!(
-            (r["backing"].clone(), r["generation"].clone()),
-            (json!("detached"), json!(0))
-        );
+        assert_eq!((r.backing, r.generation), (Backing::Detached, 0));
     }
     gpu.attach_backing(1, &p.entries()).unwrap();
-    assert_eq!(ctl.live(1)["generation"], 1);
-    let events = ctl.trace(seq0, Some(1));
-    let kinds: Vec<_> = events.iter().map(|e| e["event"].clone()).collect();
-    assert_eq!(kinds, vec![json!("fault"), json!("fault"), json!("attach")]);
-    assert!(events_of(&events, "fault")
-        .iter()
-        .all(|e| e["fault"] == "fail_attach"));
-    let c = ctl.counters()["counters"].clone();
-    assert_eq!(c["faults_injected"], 2);
-    assert_eq!(c["errors"]["resource_attach_backing"], 2);
+    assert_eq!(ctl.live(1).generation, 1);
+    let events = ctl.trace(seq0, Some(1)).unwrap();
+    let kinds: Vec<_> = events.iter().map(Event::name).collect();
+    assert_eq!(kinds, ["fault", "fault", "attach"]);
+    assert!(events_of(&events, "fault").iter().all(|e| matches!(
+        e.kind,
+        EventKind::Fault {
+            fault: InjectedFault::FailAttach
+        }
+    )));
+    let c = ctl.counters().unwrap().counters;
+    assert_eq!(c.faults_injected, 2);
+    assert_eq!(c.errors["resource_attach_backing"], 2);
     assert_eq!(
-        c["violations"], 0,
+        c.violations, 0,
         "an injected failure is not a guest violation"
     );
     // Spent: later attaches succeed.
     gpu.detach_backing(1).unwrap();
     gpu.attach_backing(1, &p.entries()).unwrap();
-    assert_eq!(ctl.fault(json!({}))["fail_attaches"], 0);
+    assert_eq!(armed(&mut ctl).fail_attaches, 0);
 }
 
 #[test]
@@ -186,8 +177,8 @@ fn fault_delay_command_delays_completion_not_the_control_socket() {
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
     gpu.attach_backing(1, &p.entries()).unwrap();
-    let r = ctl.fault(json!({"delay_command": "resource_detach_backing", "delay_ms": 200}));
-    assert_eq!(r["delay_ms"], json!({"resource_detach_backing": 200}));
+    let r = ctl.fault(delay("resource_detach_backing", 200)).unwrap();
+    assert_eq!(r.delay_ms, delays(&[("resource_detach_backing", 200)]));
 
     let fence = Fence::new(9);
     let req = commands::encode_request(
@@ -204,8 +195,7 @@ fn fault_delay_command_delays_completion_not_the_control_socket() {
     // The device handles the detach at once; only the completion waits.
     // The control socket answers during the delay.
     let seen = loop {
-        let r = ctl.live(1);
-        if r["backing"] == "detached" {
+        if !ctl.live(1).is_attached() {
             break t0.elapsed();
         }
         assert!(
@@ -214,7 +204,7 @@ fn fault_delay_command_delays_completion_not_the_control_socket() {
         );
     };
     let status_at = {
-        ctl.status();
+        ctl.status().unwrap();
         t0.elapsed()
     };
     let done = gpu.wait_for(QueueId::Control, token).unwrap();
@@ -258,28 +248,59 @@ fn fault_delay_command_delays_completion_not_the_control_socket() {
     let t = Instant::now();
     gpu.attach_backing(1, &p.entries()).unwrap();
     assert!(t.elapsed() < Duration::from_millis(200));
-    let r = ctl.fault(json!({"delay_command": "resource_detach_backing", "delay_ms": 0}));
-    assert_eq!(r["delay_ms"], json!({}));
+    let r = ctl.fault(delay("resource_detach_backing", 0)).unwrap();
+    assert_eq!(r.delay_ms, delays(&[]));
     let t = Instant::now();
     gpu.fenced(Fence::new(10)).detach_backing(1).unwrap();
     assert!(t.elapsed() < Duration::from_millis(200));
 
     // clear removes every fault.
-    ctl.fault(json!({
-        "delay_command": "resource_flush",
-        "delay_ms": 5,
-        "fail_attaches": 3,
-        "corrupt_transfers": 4
-    }));
-    let r = ctl.fault(json!({"clear": true}));
-    assert_eq!(
-        (
-            r["fail_attaches"].clone(),
-            r["corrupt_transfers"].clone(),
-            r["delay_ms"].clone()
-        ),
-        (json!(0), json!(0), json!({}))
-    );
+    ctl.fault(Fault {
+        fail_attaches: Some(3),
+        corrupt_transfers: Some(4),
+        ..delay("resource_flush", 5)
+    })
+    .unwrap();
+    let r = ctl.fault(clear()).unwrap();
+    assert_eq!(r, ArmedFaults::default());
+}
+
+fn fail_attaches(n: u32) -> Fault {
+    Fault {
+        fail_attaches: Some(n),
+        ..Fault::default()
+    }
+}
+
+fn corrupt_transfers(n: u32) -> Fault {
+    Fault {
+        corrupt_transfers: Some(n),
+        ..Fault::default()
+    }
+}
+
+fn delay(command: &str, ms: u64) -> Fault {
+    Fault {
+        delay_command: Some(command.into()),
+        delay_ms: Some(ms),
+        ..Fault::default()
+    }
+}
+
+fn clear() -> Fault {
+    Fault {
+        clear: true,
+        ..Fault::default()
+    }
+}
+
+/// What is armed (a `fault` request that changes nothing).
+fn armed(ctl: &mut ControlClient) -> ArmedFaults {
+    ctl.fault(Fault::default()).unwrap()
+}
+
+fn delays(d: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    d.iter().map(|&(name, ms)| (name.to_string(), ms)).collect()
 }
 
 /// A `kB` field of /proc/PID/status (e.g. `VmRSS:`), in KiB.
@@ -294,21 +315,26 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 /// What a stress harness does: the live resources whose host copy does
 /// not hash to what the guest wrote (`guest`: id -> content).
-fn mismatched(ctl: &mut Control, guest: &[(u32, &[u8])]) -> Vec<u32> {
+fn mismatched(ctl: &mut ControlClient, guest: &[(u32, &[u8])]) -> Vec<u32> {
     guest
         .iter()
-        .filter(|(id, content)| ctl.live(*id)["host_hash"] != hash_hex(content))
+        .filter(|(id, content)| ctl.live(*id).host_hash != some_hash(content))
         .map(|(id, _)| *id)
         .collect()
 }
 
-/// The `corrupt_transfer` fault events of resource `id` after `seq`.
-fn corruptions(ctl: &mut Control, seq: u64, id: u32) -> Vec<Value> {
-    let events = ctl.trace(seq, Some(id));
-    events_of(&events, "fault")
-        .into_iter()
-        .filter(|e| e["fault"] == "corrupt_transfer")
-        .cloned()
+/// The `corrupt_transfer` fault events of resource `id` after `seq`: each
+/// one's generation and host offset.
+fn corruptions(ctl: &mut ControlClient, seq: u64, id: u32) -> Vec<(u64, u64)> {
+    ctl.trace(seq, Some(id))
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Fault {
+                fault: InjectedFault::CorruptTransfer { host_offset },
+            } => Some((e.generation, host_offset)),
+            _ => None,
+        })
         .collect()
 }
 
@@ -327,14 +353,13 @@ fn fault_corrupt_transfers_spoils_one_host_copy_and_the_trace_names_it() {
     gpu.attach_backing(2, &p2.entries()).unwrap();
     assert_eq!(mismatched(&mut ctl, &[(1, &one)]), Vec::<u32>::new());
 
-    let r = ctl.fault(json!({"corrupt_transfers": 1}));
+    let r = ctl.fault(corrupt_transfers(1)).unwrap();
     assert_eq!(
-        (
-            r["fail_attaches"].clone(),
-            r["corrupt_transfers"].clone(),
-            r["delay_ms"].clone()
-        ),
-        (json!(0), json!(1), json!({}))
+        r,
+        ArmedFaults {
+            corrupt_transfers: 1,
+            ..ArmedFaults::default()
+        }
     );
     let seq0 = ctl.last_seq();
     // A failing transfer does not use the fault up.
@@ -344,48 +369,35 @@ fn fault_corrupt_transfers_spoils_one_host_copy_and_the_trace_names_it() {
             .device_error(),
         Some(ErrorCode::InvalidParameter)
     );
-    assert_eq!(ctl.fault(json!({}))["corrupt_transfers"], 1);
+    assert_eq!(armed(&mut ctl).corrupt_transfers, 1);
     // The guest sees a successful transfer; the host copy is off by one
     // byte, the backing is what the guest wrote.
     gpu.transfer_to_host_2d(2, rect(0, 0, w, h), 0).unwrap();
     let info = ctl.live(2);
-    assert_ne!(info["host_hash"], hash_hex(&two));
+    assert_ne!(info.host_hash, some_hash(&two));
     let mut spoilt = two.clone();
     spoilt[0] ^= 0xff;
-    assert_eq!(info["host_hash"], hash_hex(&spoilt));
-    assert_eq!(info["backing_hash"], hash_hex(&two));
+    assert_eq!(info.host_hash, some_hash(&spoilt));
+    assert_eq!(info.backing_hash, some_hash(&two));
     assert_eq!(
         mismatched(&mut ctl, &[(1, &one), (2, &two)]),
         vec![2],
         "the harness names resource 2"
     );
-    let faults = corruptions(&mut ctl, seq0, 2);
-    assert_eq!(faults.len(), 1, "{faults:?}");
-    let f = &faults[0];
-    assert_eq!(
-        (
-            f["resource_id"].clone(),
-            f["generation"].clone(),
-            f["host_offset"].clone()
-        ),
-        (json!(2), json!(1), json!(0))
-    );
+    assert_eq!(corruptions(&mut ctl, seq0, 2), [(1, 0)]);
     assert!(corruptions(&mut ctl, seq0, 1).is_empty());
-    let c = ctl.counters()["counters"].clone();
-    assert_eq!(
-        (c["faults_injected"].clone(), c["violations"].clone()),
-        (json!(1), json!(0))
-    );
+    let c = ctl.counters().unwrap().counters;
+    assert_eq!((c.faults_injected, c.violations), (1, 0));
 
     // Spent: the next transfers are clean, and one repairs resource 2.
-    assert_eq!(ctl.fault(json!({}))["corrupt_transfers"], 0);
+    assert_eq!(armed(&mut ctl).corrupt_transfers, 0);
     gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0).unwrap();
     gpu.transfer_to_host_2d(2, rect(0, 0, w, h), 0).unwrap();
     assert_eq!(
         mismatched(&mut ctl, &[(1, &one), (2, &two)]),
         Vec::<u32>::new()
     );
-    assert_eq!(ctl.counters()["counters"]["faults_injected"], 1);
+    assert_eq!(ctl.counters().unwrap().counters.faults_injected, 1);
 }
 
 #[test]
@@ -404,18 +416,13 @@ fn faults_armed_on_the_command_line_fire_from_the_first_frontend() {
         ],
     );
     let mut ctl = d.ctl();
-    let r = ctl.fault(json!({}));
     assert_eq!(
-        (
-            r["fail_attaches"].clone(),
-            r["corrupt_transfers"].clone(),
-            r["delay_ms"].clone()
-        ),
-        (
-            json!(1),
-            json!(1),
-            json!({"resource_flush": 5, "get_edid": 7})
-        )
+        armed(&mut ctl),
+        ArmedFaults {
+            fail_attaches: 1,
+            corrupt_transfers: 1,
+            delay_ms: delays(&[("resource_flush", 5), ("get_edid", 7)]),
+        }
     );
     let mut gpu = d.connect(FrontendConfig::default().headless());
     let (w, h) = (16u32, 16u32);
@@ -435,26 +442,15 @@ fn faults_armed_on_the_command_line_fire_from_the_first_frontend() {
     gpu.transfer_to_host_2d(1, rect(3, 2, 4, 4), u64::from(first))
         .unwrap();
     let info = ctl.live(1);
-    assert_ne!(info["host_hash"], info["backing_hash"]);
-    assert_eq!(info["backing_hash"], hash_hex(&pix));
-    let faults = corruptions(&mut ctl, 0, 1);
-    assert_eq!(faults.len(), 1, "{faults:?}");
-    assert_eq!(
-        (
-            faults[0]["generation"].clone(),
-            faults[0]["host_offset"].clone()
-        ),
-        (json!(1), json!(first))
-    );
+    assert_ne!(info.host_hash, info.backing_hash);
+    assert_eq!(info.backing_hash, some_hash(&pix));
+    assert_eq!(corruptions(&mut ctl, 0, 1), [(1, u64::from(first))]);
     // Both armed faults fired once; the full transfer then is clean.
     gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0).unwrap();
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&pix));
-    assert_eq!(ctl.counters()["counters"]["faults_injected"], 2);
-    let r = ctl.fault(json!({}));
-    assert_eq!(
-        (r["fail_attaches"].clone(), r["corrupt_transfers"].clone()),
-        (json!(0), json!(0))
-    );
+    assert_eq!(ctl.live(1).host_hash, some_hash(&pix));
+    assert_eq!(ctl.counters().unwrap().counters.faults_injected, 2);
+    let r = armed(&mut ctl);
+    assert_eq!((r.fail_attaches, r.corrupt_transfers), (0, 0));
 }
 
 #[test]
@@ -485,29 +481,24 @@ fn bad_control_requests_get_ok_false() {
         r#"{"cmd": "fault", "fail_attaches": 2, "delay_command": "resource_detach_backing", "delay_ms": 99999999999}"#,
         r#"{"cmd": "fault", "delay_command": "resource_detach_backing", "delay_ms": 60001}"#,
     ] {
-        let r: Value = ctl.raw(line);
+        let r = ctl.send_line(line).unwrap().expect("a reply");
         assert_eq!(r["ok"], false, "{line} -> {r}");
         assert!(
             r["error"].as_str().is_some_and(|e| !e.is_empty()),
             "{line}: no error message"
         );
         // The same connection keeps working.
-        assert_eq!(ctl.status()["ok"], true);
+        ctl.status().unwrap();
     }
     // A blank line is ignored, not answered.
-    let r = ctl.raw("\n{\"cmd\": \"counters\"}");
+    let r = ctl
+        .send_line("\n{\"cmd\": \"counters\"}")
+        .unwrap()
+        .expect("a reply");
     assert_eq!(r["ok"], true);
     assert!(r["counters"].is_object());
     // A refused fault changed nothing.
-    let r = ctl.fault(json!({}));
-    assert_eq!(
-        (
-            r["fail_attaches"].clone(),
-            r["corrupt_transfers"].clone(),
-            r["delay_ms"].clone()
-        ),
-        (json!(0), json!(0), json!({}))
-    );
+    assert_eq!(armed(&mut ctl), ArmedFaults::default());
 }
 
 #[test]
@@ -518,7 +509,7 @@ fn disconnect_during_a_delayed_completion() {
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
     gpu.attach_backing(1, &p.entries()).unwrap();
-    ctl.fault(json!({"delay_command": "resource_detach_backing", "delay_ms": 300}));
+    ctl.fault(delay("resource_detach_backing", 300)).unwrap();
     let req = commands::encode_request(
         &commands::request_header(ctrl_type::RESOURCE_DETACH_BACKING, None),
         ResourceId {
@@ -531,15 +522,15 @@ fn disconnect_during_a_delayed_completion() {
     gpu.submit_async(QueueId::Control, &req, 24).unwrap();
     // Gone while the daemon sits on the completion.
     let seen = Instant::now();
-    while ctl.live(1)["backing"] != "detached" {
+    while ctl.live(1).is_attached() {
         assert!(seen.elapsed() < WAIT);
     }
     drop(gpu);
     d.wait_status("disconnect", |s| {
-        s["resources"] == 0 && s["acked_features"] == "0x0"
+        s.resources == 0 && s.acked_features == "0x0"
     });
     d.assert_alive();
-    ctl.fault(json!({"clear": true}));
+    ctl.fault(clear()).unwrap();
     let mut gpu = d.connect(FrontendConfig::default());
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
     gpu.get_display_info().unwrap();
@@ -589,7 +580,7 @@ fn hostile_control_clients_are_bounded() {
     );
 
     // 32 clients at once are served; the 33rd is told why it is not.
-    let mut held: Vec<Control> = (0..32).map(|_| d.ctl()).collect();
+    let mut held: Vec<ControlClient> = (0..32).map(|_| d.ctl()).collect();
     let mut extra = UnixStream::connect(&d.control).unwrap();
     extra.set_read_timeout(Some(WAIT)).unwrap();
     let mut line = String::new();
@@ -599,7 +590,7 @@ fn hostile_control_clients_are_bounded() {
     assert!(r["error"].as_str().unwrap().contains("too many"), "{r}");
     let _ = writeln!(extra, "{{\"cmd\":\"status\"}}");
     for ctl in &mut held {
-        assert_eq!(ctl.status()["ok"], true);
+        ctl.status().unwrap();
     }
     // A client that leaves frees its place.
     drop(held.pop());
@@ -633,16 +624,13 @@ fn resources_hashes_without_holding_up_the_queues_or_copying_host_copies() {
     let mut ctl = d.ctl();
     for (i, content) in contents.iter().enumerate() {
         let r = ctl.live(i as u32 + 1);
-        assert_eq!(r["host_hash"], hash_hex(content), "{r}");
-        assert_eq!(r["backing_hash"], hash_hex(content), "{r}");
+        assert_eq!(r.host_hash, some_hash(content), "{r:?}");
+        assert_eq!(r.backing_hash, some_hash(content), "{r:?}");
     }
-    let bare = ctl.ok(json!({"cmd": "resources", "hashes": false}));
-    for r in bare["resources"].as_array().unwrap() {
-        assert!(
-            r["host_hash"].is_null() && r["backing_hash"].is_null(),
-            "{r}"
-        );
-        assert_eq!(r["backing"], "attached");
+    let bare = ctl.resources_matching(None, false).unwrap();
+    for r in &bare {
+        assert!(r.host_hash.is_none() && r.backing_hash.is_none(), "{r:?}");
+        assert!(r.is_attached());
     }
 
     let hwm_kib = |pid: u32| status_kib(pid, "VmHWM:");
@@ -668,9 +656,14 @@ fn resources_hashes_without_holding_up_the_queues_or_copying_host_copies() {
             let mut replies = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || replies.len() < 3 {
                 let start = Instant::now();
-                let r = ctl.ok(json!({"cmd": "resources"}));
+                let r: Resources = ctl
+                    .request(&Request::Resources {
+                        id: None,
+                        hashes: true,
+                    })
+                    .unwrap();
                 replies.push(start.elapsed());
-                assert_eq!(r["resources"].as_array().unwrap().len(), 2);
+                assert_eq!(r.resources.len(), 2);
             }
             replies
         })
@@ -702,30 +695,23 @@ fn fault_injection_needs_the_opt_in_and_the_socket_is_owner_only() {
     let mode = std::fs::metadata(&d.control).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
     let mut ctl = d.ctl();
-    for req in [
-        json!({"cmd": "fault", "fail_attaches": 1}),
-        json!({"cmd": "fault", "delay_command": "resource_flush", "delay_ms": 100}),
-        json!({"cmd": "fault", "clear": true}),
-    ] {
-        let r = ctl.request(req.clone());
-        assert_eq!(r["ok"], false, "{req} -> {r}");
-        assert!(
-            r["error"]
-                .as_str()
-                .unwrap()
-                .contains("--allow-fault-injection"),
-            "{r}"
-        );
+    for fault in [fail_attaches(1), delay("resource_flush", 100), clear()] {
+        match ctl.fault(fault.clone()) {
+            Err(ControlError::Refused { error, .. }) => {
+                assert!(error.contains("--allow-fault-injection"), "{error}")
+            }
+            other => panic!("{fault:?} -> {other:?}"),
+        }
     }
     // Refused means nothing armed: the first attach succeeds.
     let mut gpu = d.connect(FrontendConfig::default().headless());
     gpu.resource_create_2d(1, FMT, 16, 16).unwrap();
     let pages = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
     gpu.attach_backing(1, &pages.entries()).unwrap();
-    assert_eq!(ctl.counters()["counters"]["faults_injected"], 0);
+    assert_eq!(ctl.counters().unwrap().counters.faults_injected, 0);
 
     // A fault armed on the command line is an opt-in of its own.
     let armed = Daemon::spawn("faults-armed", &["--fault-fail-attaches", "1"]);
-    let r = armed.ctl().fault(json!({"fail_attaches": 0}));
-    assert_eq!(r["fail_attaches"], 0, "{r}");
+    let r = armed.ctl().fault(fail_attaches(0)).unwrap();
+    assert_eq!(r.fail_attaches, 0, "{r:?}");
 }

@@ -9,11 +9,11 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
+use gpuswap_api::control::{Backing, DetachReason, EventKind};
 use gpuswap_frontend::{Fence, FrontendConfig, GpuFrontend, Pages, Placement, RegionSpec};
 use gpuswap_protocol::wire::{MemEntry, SetScanoutBlob};
 use gpuswap_protocol::{blob_mem, format};
 use gpuswap_testkit::pattern;
-use serde_json::{json, Value};
 
 /// Two adjacent regions, so one entry can cross from one to the other.
 const BOUNDARY: u64 = 64 << 20;
@@ -96,10 +96,10 @@ fn resource_2d_survives_evict_restore_cycles_in_different_pages() {
             fence += 1;
             gpu.fenced(Fence::new(fence)).detach_backing(1).unwrap();
             let r = ctl.live(1);
-            assert_eq!(r["backing"], "detached");
+            assert_eq!(r.backing, Backing::Detached);
             assert_eq!(
-                r["host_hash"],
-                hash_hex(&host),
+                r.host_hash,
+                some_hash(&host),
                 "cycle {cycle}: detach changed the host copy"
             );
             // The guest reuses the old pages for something else (kept
@@ -108,8 +108,8 @@ fn resource_2d_survives_evict_restore_cycles_in_different_pages() {
                 .write_entries(&prev.entries(), 0, &vec![0xa5; prev.bytes() as usize])
                 .unwrap();
             assert_eq!(
-                ctl.live(1)["host_hash"],
-                hash_hex(&host),
+                ctl.live(1).host_hash,
+                some_hash(&host),
                 "cycle {cycle}: old pages reused"
             );
         }
@@ -128,8 +128,8 @@ fn resource_2d_survives_evict_restore_cycles_in_different_pages() {
         gpu.ram().write_entries(&entries, 0, &pix).unwrap();
         // Still detached: new guest content does not reach the host.
         assert_eq!(
-            ctl.live(1)["host_hash"],
-            hash_hex(&host),
+            ctl.live(1).host_hash,
+            some_hash(&host),
             "cycle {cycle}: before attach"
         );
 
@@ -138,24 +138,20 @@ fn resource_2d_survives_evict_restore_cycles_in_different_pages() {
             .attach_backing(1, &entries)
             .unwrap();
         let r = ctl.live(1);
+        assert_eq!(r.generation, cycle as u64 + 1, "one generation per attach");
+        assert_eq!(r.entries, entries.len() as u64);
+        assert_eq!(r.backing_hash, some_hash(&pix), "cycle {cycle}: backing");
         assert_eq!(
-            r["generation"],
-            cycle as u64 + 1,
-            "one generation per attach"
-        );
-        assert_eq!(r["entries"], entries.len());
-        assert_eq!(r["backing_hash"], hash_hex(&pix), "cycle {cycle}: backing");
-        assert_eq!(
-            r["host_hash"],
-            hash_hex(&host),
+            r.host_hash,
+            some_hash(&host),
             "cycle {cycle}: attach alone copies nothing"
         );
 
         gpu.transfer_to_host_2d(1, rect(0, 0, w, h), 0).unwrap();
         host.copy_from_slice(&pix);
         assert_eq!(
-            ctl.live(1)["host_hash"],
-            hash_hex(&host),
+            ctl.live(1).host_hash,
+            some_hash(&host),
             "cycle {cycle}: after transfer"
         );
         if cycle == 0 {
@@ -176,16 +172,11 @@ fn resource_2d_survives_evict_restore_cycles_in_different_pages() {
     assert!(saw.2, "a backing had one entry per page");
 
     // The trace, in order, with matching generations.
-    let trace = ctl.trace(seq0, Some(1));
+    let trace = ctl.trace(seq0, Some(1)).unwrap();
     let story: Vec<(String, u64)> = trace
         .iter()
-        .filter(|e| e["event"] != "scanout")
-        .map(|e| {
-            (
-                e["event"].as_str().unwrap().to_string(),
-                e["generation"].as_u64().unwrap(),
-            )
-        })
+        .filter(|e| e.name() != "scanout")
+        .map(|e| (e.name().to_string(), e.generation))
         .collect();
     let mut expect = vec![("create".to_string(), 0)];
     for g in 1..=CYCLES as u64 {
@@ -197,16 +188,18 @@ fn resource_2d_survives_evict_restore_cycles_in_different_pages() {
         }
     }
     assert_eq!(story, expect);
-    assert!(events_of(&trace, "detach")
-        .iter()
-        .all(|e| e["reason"] == "command"));
-    let seqs: Vec<u64> = trace.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|p| p[0] < p[1]));
-    let c = ctl.counters()["counters"].clone();
-    assert_eq!(c["violations"], 0);
-    assert_eq!(c["attaches"], CYCLES as u64);
-    assert_eq!(c["detaches"], CYCLES as u64 - 1);
-    assert_eq!(c["transfers"], CYCLES as u64);
+    assert!(events_of(&trace, "detach").iter().all(|e| matches!(
+        e.kind,
+        EventKind::Detach {
+            reason: DetachReason::Command
+        }
+    )));
+    assert!(trace.windows(2).all(|p| p[0].seq < p[1].seq));
+    let c = ctl.counters().unwrap().counters;
+    assert_eq!(c.violations, 0);
+    assert_eq!(c.attaches, CYCLES as u64);
+    assert_eq!(c.detaches, CYCLES as u64 - 1);
+    assert_eq!(c.transfers, CYCLES as u64);
     d.assert_alive();
 }
 
@@ -235,7 +228,7 @@ fn guest_blob_scanout_survives_evict_restore_cycles() {
     for cycle in 0..5u64 {
         if let Some(prev) = old.take() {
             gpu.fenced(Fence::new(cycle)).detach_backing(2).unwrap();
-            assert!(ctl.live(2)["backing_hash"].is_null());
+            assert!(ctl.live(2).backing_hash.is_none());
             gpu.ram_mut().free(&prev);
         }
         let region = if cycle % 2 == 0 { 0 } else { BOUNDARY };
@@ -246,11 +239,8 @@ fn guest_blob_scanout_survives_evict_restore_cycles() {
         let pix = pattern(size, 200 + cycle);
         gpu.ram().write_entries(&pages.entries(), 0, &pix).unwrap();
         gpu.attach_backing(2, &pages.entries()).unwrap();
-        let r: Value = ctl.live(2);
-        assert_eq!(
-            (r["generation"].clone(), r["backing_hash"].clone()),
-            (json!(cycle + 1), json!(hash_hex(&pix)))
-        );
+        let r = ctl.live(2);
+        assert_eq!((r.generation, r.backing_hash), (cycle + 1, some_hash(&pix)));
         if cycle == 0 {
             gpu.set_scanout_blob(&args).unwrap();
         }
@@ -261,5 +251,5 @@ fn guest_blob_scanout_survives_evict_restore_cycles() {
         old = Some(pages);
     }
     // Still on the scanout through every cycle.
-    assert_eq!(ctl.live(2)["scanouts"], json!([0]));
+    assert_eq!(ctl.live(2).scanouts, [0]);
 }

@@ -13,12 +13,12 @@ use std::process::Command;
 use common::*;
 use gpuswap_frontend::{FrontendConfig, GpuFrontend, Placement};
 use gpuswap_protocol::format;
-use gpuswap_testkit::{pattern, wait_for_path, Process, ScratchDir};
+use gpuswap_testkit::{pattern, wait_for_path, ControlClient, Process, ScratchDir};
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
 
 /// A transfer whose host copy the control socket confirms, and a scanout.
-fn use_the_device(gpu: &mut GpuFrontend, ctl: &mut Control, id: u32) {
+fn use_the_device(gpu: &mut GpuFrontend, ctl: &mut ControlClient, id: u32) {
     let pix = pattern(32 * 32 * 4, u64::from(id));
     gpu.resource_create_2d(id, FMT, 32, 32).unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
@@ -32,8 +32,8 @@ fn use_the_device(gpu: &mut GpuFrontend, ctl: &mut Control, id: u32) {
         gpu.resource_flush(id, rect(0, 0, 32, 32)).unwrap();
     }
     let r = ctl.live(id);
-    assert_eq!(r["host_hash"], hash_hex(&pix));
-    assert_eq!(r["generation"], 2);
+    assert_eq!(r.host_hash, some_hash(&pix));
+    assert_eq!(r.generation, 2);
 }
 
 /// Relay directories the daemon left in its TMPDIR.
@@ -56,7 +56,7 @@ fn connected_fd_is_served_until_it_closes() {
         let mut gpu = GpuFrontend::from_stream(ours, FrontendConfig::default())
             .unwrap_or_else(|e| panic!("{extra:?}: {e}\n{}", d.log()));
         let mut ctl = d.ctl();
-        assert_ne!(acked_features(&ctl.status()), 0);
+        assert_ne!(ctl.status().unwrap().acked(), 0);
         use_the_device(&mut gpu, &mut ctl, 1);
         // A second region and a fresh memory table pass through too.
         use_the_device(&mut gpu, &mut ctl, 2);
@@ -108,7 +108,7 @@ fn listening_fd_accepts_frontends() {
             use_the_device(&mut gpu, &mut ctl, 1);
             drop(gpu);
             if !once {
-                d.wait_status("disconnect", |s| s["resources"] == 0);
+                d.wait_status("disconnect", |s| s.resources == 0);
             }
         }
         if once {
@@ -196,9 +196,8 @@ fn config_file_supplies_options() {
         let gpu = GpuFrontend::from_stream(ours, FrontendConfig::default()).unwrap();
         let config = gpu.gpu_config().expect("config space");
         assert_eq!(config.num_scanouts, 1);
-        let mut ctl = Control::connect(&control);
-        let st = ctl.status();
-        assert_eq!(st["max_host_memory"], 3 << 20, "{binary:?}: {st}");
+        let st = control_at(&control).status().unwrap();
+        assert_eq!(st.max_host_memory, 3 << 20, "{binary:?}: {st:?}");
         drop(gpu);
         let status = child.wait_exit(WAIT).expect("the daemon exits");
         assert_eq!(status.code(), Some(0));

@@ -6,9 +6,10 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use gpuswap_api::control::{DetachReason, EventKind};
 use gpuswap_frontend::{DisplayEvent, Fence, FrontendConfig, GpuFrontend, Placement};
 use gpuswap_protocol::{blob_mem, format};
-use gpuswap_testkit::pattern;
+use gpuswap_testkit::{pattern, ControlClient};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -26,7 +27,7 @@ fn populate(gpu: &mut GpuFrontend) {
 }
 
 /// The same ids work again from scratch.
-fn use_again(gpu: &mut GpuFrontend, ctl: &mut Control) {
+fn use_again(gpu: &mut GpuFrontend, ctl: &mut ControlClient) {
     let pix = pattern(32 * 32 * 4, 9);
     gpu.resource_create_2d(1, FMT, 32, 32).unwrap();
     let p = gpu.ram_mut().alloc(1, Placement::Scattered).unwrap();
@@ -36,8 +37,8 @@ fn use_again(gpu: &mut GpuFrontend, ctl: &mut Control) {
         .unwrap();
     gpu.transfer_to_host_2d(1, rect(0, 0, 32, 32), 0).unwrap();
     let r = ctl.live(1);
-    assert_eq!(r["generation"], 1, "a new resource starts over");
-    assert_eq!(r["host_hash"], hash_hex(&pix));
+    assert_eq!(r.generation, 1, "a new resource starts over");
+    assert_eq!(r.host_hash, some_hash(&pix));
 }
 
 #[test]
@@ -47,17 +48,14 @@ fn reset_device_frees_every_resource() {
     let display = gpu.display().unwrap().clone();
     let mut ctl = d.ctl();
     populate(&mut gpu);
-    assert_eq!(ctl.status()["resources"], 3);
+    assert_eq!(ctl.status().unwrap().resources, 3);
     let seq0 = ctl.last_seq();
     let mark = display.event_count();
 
     gpu.reset().unwrap();
-    let st = ctl.status();
-    assert_eq!(
-        (st["resources"].clone(), st["host_memory_used"].clone()),
-        (json!(0), json!(0))
-    );
-    assert!(ctl.resources().is_empty());
+    let st = ctl.status().unwrap();
+    assert_eq!((st.resources, st.host_memory_used), (0, 0));
+    assert!(ctl.resources().unwrap().is_empty());
     // The scanout went dark, and the trace says why each backing went.
     wait_display(&display, mark, "SCANOUT off", |e| {
         matches!(
@@ -69,14 +67,17 @@ fn reset_device_frees_every_resource() {
             }
         )
     });
-    let events = ctl.trace(seq0, None);
-    let detached: Vec<_> = events_of(&events, "detach")
+    let events = ctl.trace(seq0, None).unwrap();
+    let detached: Vec<_> = events
         .iter()
-        .map(|e| (e["resource_id"].clone(), e["reason"].clone()))
+        .filter_map(|e| match e.kind {
+            EventKind::Detach { reason } => Some((e.resource_id, reason)),
+            _ => None,
+        })
         .collect();
     assert_eq!(
         detached,
-        vec![(json!(1), json!("reset")), (json!(3), json!("reset"))]
+        [(1, DetachReason::Reset), (3, DetachReason::Reset)]
     );
     assert_eq!(events_of(&events, "unref").len(), 3);
     assert_eq!(events_of(&events, "violation").len(), 0);
@@ -102,10 +103,10 @@ fn disconnect_frees_everything_and_the_next_frontend_works() {
     for (round, config) in configs.into_iter().enumerate() {
         let mut gpu = d.connect(config);
         let mut ctl = d.ctl();
-        let st = ctl.status();
-        assert_ne!(acked_features(&st), 0, "round {round}");
+        let st = ctl.status().unwrap();
+        assert_ne!(st.acked(), 0, "round {round}");
         assert_eq!(
-            st["resources"], 0,
+            st.resources, 0,
             "round {round}: a fresh frontend sees nothing"
         );
         if round > 0 {
@@ -113,12 +114,12 @@ fn disconnect_frees_everything_and_the_next_frontend_works() {
             gpu.resource_unref(1).unwrap();
         }
         populate(&mut gpu);
-        assert_eq!(ctl.status()["resources"], 3);
+        assert_eq!(ctl.status().unwrap().resources, 3);
         drop(gpu);
         let st = d.wait_status("disconnect", |s| {
-            s["resources"] == 0 && s["acked_features"] == "0x0"
+            s.resources == 0 && s.acked_features == "0x0"
         });
-        assert_eq!(st["host_memory_used"], 0);
+        assert_eq!(st.host_memory_used, 0);
         // The frontend's guest RAM is unmapped: a dead VM's memory must not
         // stay allocated on the host because the daemon still maps it.
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", d.pid())).unwrap();
@@ -129,9 +130,9 @@ fn disconnect_frees_everything_and_the_next_frontend_works() {
         d.assert_alive();
     }
     // Every resource created went away, none by violation.
-    let c = d.ctl().counters()["counters"].clone();
-    assert_eq!(c["resources_created"], c["resources_unreferenced"]);
-    assert_eq!(c["violations"], 0);
+    let c = d.ctl().counters().unwrap().counters;
+    assert_eq!(c.resources_created, c.resources_unreferenced);
+    assert_eq!(c.violations, 0);
 }
 
 #[test]

@@ -6,11 +6,11 @@
 mod common;
 
 use common::*;
+use gpuswap_api::control::{Backing, DetachReason, EventKind, Violation};
 use gpuswap_device::RESOURCE_OVERHEAD;
 use gpuswap_frontend::{FrontendConfig, Placement, RegionSpec};
 use gpuswap_protocol::{blob_mem, format, ErrorCode};
 use gpuswap_testkit::pattern;
-use serde_json::json;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 
 const A: u64 = 4 << 30;
@@ -59,28 +59,22 @@ fn run(use_mem_slots: bool) {
     let blob_pages = gpu.ram_mut().alloc_in(B, 2, Placement::Scattered).unwrap();
     gpu.resource_create_blob(2, blob_mem::GUEST, 0, 8192, &blob_pages.entries())
         .unwrap();
-    let v0 = ctl.counters()["counters"]["violations"].as_u64().unwrap();
+    let v0 = ctl.counters().unwrap().counters.violations;
     let seq0 = ctl.last_seq();
 
     // Remove B: only the blob loses its backing.
     gpu.remove_region(B).unwrap();
     let blob = ctl.live(2);
-    assert_eq!(
-        (blob["backing"].clone(), blob["generation"].clone()),
-        (json!("detached"), json!(1))
-    );
+    assert_eq!((blob.backing, blob.generation), (Backing::Detached, 1));
     let r = ctl.live(1);
-    assert_eq!(
-        (r["backing"].clone(), r["generation"].clone()),
-        (json!("attached"), json!(1))
-    );
-    assert_eq!(r["backing_hash"], hash_hex(&p1));
+    assert_eq!((r.backing, r.generation), (Backing::Attached, 1));
+    assert_eq!(r.backing_hash, some_hash(&p1));
     // The backing reads the pages through the new table.
     let p2 = pattern(size, 2);
     gpu.ram().write_entries(&entries, 0, &p2).unwrap();
-    assert_eq!(ctl.live(1)["backing_hash"], hash_hex(&p2));
+    assert_eq!(ctl.live(1).backing_hash, some_hash(&p2));
     gpu.transfer_to_host_2d(1, full, 0).unwrap();
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&p2));
+    assert_eq!(ctl.live(1).host_hash, some_hash(&p2));
     let mark = display.event_count();
     gpu.resource_flush(1, full).unwrap();
     assert!(
@@ -91,12 +85,9 @@ fn run(use_mem_slots: bool) {
     // Remove A: resource 1's backing left guest RAM.
     gpu.remove_region(A).unwrap();
     let r = ctl.live(1);
-    assert_eq!(
-        (r["backing"].clone(), r["generation"].clone()),
-        (json!("detached"), json!(1))
-    );
-    assert_eq!(r["host_hash"], hash_hex(&p2), "the host copy survives");
-    assert!(r["backing_hash"].is_null());
+    assert_eq!((r.backing, r.generation), (Backing::Detached, 1));
+    assert_eq!(r.host_hash, some_hash(&p2), "the host copy survives");
+    assert!(r.backing_hash.is_none());
     assert_eq!(
         gpu.transfer_to_host_2d(1, full, 0)
             .unwrap_err()
@@ -109,39 +100,38 @@ fn run(use_mem_slots: bool) {
         Some(ErrorCode::InvalidParameter)
     );
 
-    let events = ctl.trace(seq0, None);
+    let events = ctl.trace(seq0, None).unwrap();
     let story: Vec<_> = events
         .iter()
-        .filter(|e| e["event"] == "detach" || e["event"] == "violation")
-        .map(|e| {
-            (
-                e["resource_id"].as_u64().unwrap(),
-                e["event"].as_str().unwrap().to_string(),
-                e["reason"]
-                    .as_str()
-                    .or(e["violation"].as_str())
-                    .unwrap()
-                    .to_string(),
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Detach { .. } | EventKind::Violation { .. }
             )
         })
+        .map(|e| (e.resource_id, e.kind.clone()))
         .collect();
-    let ev = |id: u64, e: &str, why: &str| (id, e.to_string(), why.to_string());
+    let detach = |id: u32| {
+        let reason = DetachReason::MemoryRemoved;
+        (id, EventKind::Detach { reason })
+    };
+    let violation = |id: u32, violation: Violation, command: &str| {
+        let command = command.to_string();
+        (id, EventKind::Violation { violation, command })
+    };
     assert_eq!(
         story,
         vec![
-            ev(2, "detach", "memory_removed"),
-            ev(2, "violation", "backing_left_guest_ram"),
-            ev(1, "detach", "memory_removed"),
-            ev(1, "violation", "backing_left_guest_ram"),
-            ev(1, "violation", "use_while_detached"),
+            detach(2),
+            violation(2, Violation::BackingLeftGuestRam, "set_mem_table"),
+            detach(1),
+            violation(1, Violation::BackingLeftGuestRam, "set_mem_table"),
+            violation(1, Violation::UseWhileDetached, "transfer_to_host_2d"),
         ]
     );
-    assert!(events_of(&events, "violation")[..2]
-        .iter()
-        .all(|e| e["command"] == "set_mem_table"));
-    let c = ctl.counters();
-    assert_eq!(c["counters"]["violations"].as_u64().unwrap() - v0, 3);
-    assert_eq!(c["host_memory_used"], size as u64 + 2 * RESOURCE_OVERHEAD);
+    let c = ctl.counters().unwrap();
+    assert_eq!(c.counters.violations - v0, 3);
+    assert_eq!(c.host_memory_used, size as u64 + 2 * RESOURCE_OVERHEAD);
 
     // Add a region back at A (fresh memory), attach there, it works.
     gpu.add_region(RegionSpec::new(A, 16 << 20)).unwrap();
@@ -152,7 +142,7 @@ fn run(use_mem_slots: bool) {
     let p3 = pattern(size, 3);
     gpu.ram().write_entries(&pages.entries(), 0, &p3).unwrap();
     gpu.attach_backing(1, &pages.entries()).unwrap();
-    assert_eq!(ctl.live(1)["generation"], 2);
+    assert_eq!(ctl.live(1).generation, 2);
     gpu.transfer_to_host_2d(1, full, 0).unwrap();
     let mark = display.event_count();
     gpu.resource_flush(1, full).unwrap();
@@ -160,11 +150,11 @@ fn run(use_mem_slots: bool) {
         next_update(&display, mark).1 == p3,
         "flush after re-adding the region"
     );
-    assert_eq!(ctl.live(1)["host_hash"], hash_hex(&p3));
+    assert_eq!(ctl.live(1).host_hash, some_hash(&p3));
     // The blob comes back too, in the low region.
     let low = gpu.ram_mut().alloc_in(0, 2, Placement::Scattered).unwrap();
     gpu.attach_backing(2, &low.entries()).unwrap();
-    assert_eq!(ctl.live(2)["generation"], 2);
+    assert_eq!(ctl.live(2).generation, 2);
     d.assert_alive();
 }
 

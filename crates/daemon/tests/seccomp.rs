@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use common::*;
 use gpuswap_frontend::{FrontendConfig, GpuFrontend, Placement};
 use gpuswap_protocol::format;
-use gpuswap_testkit::{pattern, poll_until, ScratchDir};
+use gpuswap_testkit::{pattern, poll_until, ControlClient, ScratchDir};
 use nix::sys::signal::Signal;
 
 /// A field of /proc/PID/status (or of one thread's), e.g. `Seccomp`.
@@ -55,7 +55,7 @@ fn wait_for_filter(d: &mut Daemon, expected: &str) {
 
 /// Creates, attaches, transfers, shows, flushes, detaches and unrefs a
 /// resource, checking the host copy through the control socket.
-fn full_session(gpu: &mut GpuFrontend, ctl: &mut Control) {
+fn full_session(gpu: &mut GpuFrontend, ctl: &mut ControlClient) {
     let id = 1;
     let pix = pattern(64 * 64 * 4, 5);
     gpu.resource_create_2d(id, format::B8G8R8X8_UNORM, 64, 64)
@@ -71,13 +71,13 @@ fn full_session(gpu: &mut GpuFrontend, ctl: &mut Control) {
     let (r, shown) = next_update(&display, mark);
     assert_eq!(r, rect(0, 0, 64, 64));
     assert_eq!(hash_hex(&shown), hash_hex(&pix));
-    assert_eq!(ctl.live(id)["host_hash"], hash_hex(&pix));
+    assert_eq!(ctl.live(id).host_hash, some_hash(&pix));
     gpu.detach_backing(id).unwrap();
     gpu.set_scanout(0, 0, rect(0, 0, 0, 0)).unwrap();
     gpu.resource_unref(id).unwrap();
-    assert!(ctl.resource(id).is_none());
-    assert!(!ctl.trace(0, Some(id)).is_empty());
-    assert_eq!(ctl.counters()["resources"], 0);
+    assert!(ctl.resource(id).unwrap().is_none());
+    assert!(!ctl.trace(0, Some(id)).unwrap().is_empty());
+    assert_eq!(ctl.counters().unwrap().resources, 0);
 }
 
 /// A default start: a filter on every thread, no_new_privs, and a full
@@ -92,15 +92,15 @@ fn default_start_is_sandboxed_and_serves_frontends() {
     for round in 0..2 {
         let mut gpu = d.connect(FrontendConfig::default());
         full_session(&mut gpu, &mut ctl);
-        let st = ctl.status();
-        assert_ne!(acked_features(&st), 0, "round {round}: {st}");
+        let st = ctl.status().unwrap();
+        assert_ne!(st.acked(), 0, "round {round}: {st:?}");
         // The threads that existed before the filter (signals, control)
         // got it too, and so did those started since.
         let modes = thread_seccomp_modes(d.pid());
         assert!(modes.len() >= 4, "{modes:?}");
         assert!(modes.iter().all(|(_, m)| m == "2"), "{modes:?}");
         drop(gpu);
-        d.wait_status("frontend gone", |st| acked_features(st) == 0);
+        d.wait_status("frontend gone", |st| st.acked() == 0);
         d.assert_alive();
     }
     d.signal(Signal::SIGTERM);
@@ -153,7 +153,7 @@ fn seccomp_option_sets_the_mode() {
     let conf = conf.display().to_string();
     let d = Daemon::spawn("seccomp-conf", &["--config", &conf]);
     let mut ctl = d.ctl();
-    ctl.status();
+    ctl.status().unwrap();
     let status = format!("/proc/{}/status", d.pid());
     assert_eq!(status_field(&status, "Seccomp"), "0");
     // The command line wins over the file.

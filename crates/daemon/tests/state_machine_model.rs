@@ -30,6 +30,7 @@ mod common;
 use std::cell::RefCell;
 
 use common::*;
+use gpuswap_api::control::{self as api, EventKind, Fault, Resource, ResourceKind};
 use gpuswap_device::{ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
 use gpuswap_frontend::{
     Error, Fence, FrontendConfig, GpuFrontend, Pages, Placement, RegionSpec, Result as GpuResult,
@@ -40,9 +41,9 @@ use gpuswap_testkit::model::{
     self, Budget, DetachReason, DeviceUnderTest, Events, Model, Op, Request, Shown, View,
     Violation, PAGE, PAGES,
 };
+use gpuswap_testkit::ControlClient;
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
-use serde_json::{json, Value};
 
 /// The first region ends here; the second holds the model's upper half.
 const LOW_END: u64 = 32 << 20;
@@ -52,7 +53,7 @@ const MAX_HOST_MEMORY: u64 = 1 << 30;
 /// The daemon over its sockets.
 struct OverSockets<'a> {
     gpu: &'a mut GpuFrontend,
-    ctl: &'a mut Control,
+    ctl: &'a mut ControlClient,
     /// The last trace event seen.
     seq: u64,
     /// Fences sent so far.
@@ -76,25 +77,59 @@ fn mem_entries(entries: &[(u64, u32)]) -> Vec<MemEntry> {
         .collect()
 }
 
-fn view(r: &Value) -> View {
-    let u32_of = |v: &Value| v.as_u64().map(|n| n as u32);
-    let string_of = |v: &Value| v.as_str().map(str::to_string);
+fn view(r: &Resource) -> View {
+    let kind = match r.kind {
+        ResourceKind::TwoD => "2d",
+        ResourceKind::Blob => "blob",
+    };
     View {
-        id: u32_of(&r["id"]).unwrap_or_default(),
-        kind: string_of(&r["kind"]).unwrap_or_default(),
-        width: u32_of(&r["width"]),
-        height: u32_of(&r["height"]),
-        size: r["size"].as_u64().unwrap_or_default(),
-        backing: string_of(&r["backing"]).unwrap_or_default(),
-        generation: r["generation"].as_u64().unwrap_or_default(),
-        entries: r["entries"].as_u64().unwrap_or_default() as usize,
-        backing_bytes: r["backing_bytes"].as_u64().unwrap_or_default(),
-        host_hash: string_of(&r["host_hash"]),
-        backing_hash: string_of(&r["backing_hash"]),
-        scanouts: r["scanouts"]
-            .as_array()
-            .map(|s| s.iter().filter_map(u32_of).collect())
-            .unwrap_or_default(),
+        id: r.id,
+        kind: kind.into(),
+        width: r.width,
+        height: r.height,
+        size: r.size,
+        backing: if r.is_attached() {
+            "attached"
+        } else {
+            "detached"
+        }
+        .into(),
+        generation: r.generation,
+        entries: r.entries as usize,
+        backing_bytes: r.backing_bytes,
+        host_hash: r.host_hash.clone(),
+        backing_hash: r.backing_hash.clone(),
+        scanouts: r.scanouts.clone(),
+    }
+}
+
+/// A violation as the model names it.
+fn violation(v: api::Violation) -> Violation {
+    match v {
+        api::Violation::UseWhileDetached => Violation::UseWhileDetached,
+        api::Violation::DoubleAttach => Violation::DoubleAttach,
+        api::Violation::DoubleDetach => Violation::DoubleDetach,
+        api::Violation::OverlappingBacking { other } => Violation::OverlappingBacking { other },
+        api::Violation::UnknownResource => Violation::UnknownResource,
+        api::Violation::DuplicateResource => Violation::DuplicateResource,
+        other => Violation::Other(format!("{other:?}")),
+    }
+}
+
+/// Why a backing went, as the model names it.
+fn detach_reason(r: api::DetachReason) -> DetachReason {
+    match r {
+        api::DetachReason::Command => DetachReason::Command,
+        api::DetachReason::Unref => DetachReason::Unref,
+        api::DetachReason::Reset => DetachReason::Reset,
+        other => DetachReason::Other(format!("{other:?}")),
+    }
+}
+
+fn fail_attaches(n: u32) -> Fault {
+    Fault {
+        fail_attaches: Some(n),
+        ..Fault::default()
     }
 }
 
@@ -161,7 +196,9 @@ impl DeviceUnderTest for OverSockets<'_> {
     }
 
     fn fail_attaches(&mut self, n: u32) -> Result<(), TestCaseError> {
-        self.ctl.fault(json!({ "fail_attaches": n }));
+        self.ctl
+            .fault(fail_attaches(n))
+            .map_err(|e| fail(format!("fault: {e}")))?;
         Ok(())
     }
 
@@ -173,24 +210,24 @@ impl DeviceUnderTest for OverSockets<'_> {
 
     fn events(&mut self) -> Result<Events, TestCaseError> {
         let mut events = Events::default();
-        for e in self.ctl.trace(self.seq, None) {
-            self.seq = self.seq.max(e["seq"].as_u64().unwrap_or_default());
-            let id = e["resource_id"].as_u64().unwrap_or_default() as u32;
-            let name = |field: &str| e[field].as_str().unwrap_or_default().to_string();
-            match e["event"].as_str() {
-                Some("violation") => {
-                    let other = e["other"].as_u64().map(|o| o as u32);
-                    let v = Violation::from_name(&name("violation"), other);
-                    events.violations.push((id, v, name("command")));
+        let trace = self
+            .ctl
+            .trace(self.seq, None)
+            .map_err(|e| fail(format!("trace: {e}")))?;
+        for e in trace {
+            self.seq = self.seq.max(e.seq);
+            let id = e.resource_id;
+            match e.kind {
+                EventKind::Violation {
+                    violation: v,
+                    command,
+                } => {
+                    events.violations.push((id, violation(v), command));
                     self.violations += 1;
                 }
-                Some("fault") => events.faults.push(id),
-                Some("detach") => events
-                    .detaches
-                    .push((id, DetachReason::from_name(&name("reason")))),
-                Some("attach") => events
-                    .attaches
-                    .push((id, e["generation"].as_u64().unwrap_or_default())),
+                EventKind::Fault { .. } => events.faults.push(id),
+                EventKind::Detach { reason } => events.detaches.push((id, detach_reason(reason))),
+                EventKind::Attach { .. } => events.attaches.push((id, e.generation)),
                 _ => {}
             }
         }
@@ -202,13 +239,19 @@ impl DeviceUnderTest for OverSockets<'_> {
     }
 
     fn resources(&mut self) -> Result<Vec<View>, TestCaseError> {
-        Ok(self.ctl.resources().iter().map(view).collect())
+        let resources = self
+            .ctl
+            .resources()
+            .map_err(|e| fail(format!("resources: {e}")))?;
+        Ok(resources.iter().map(view).collect())
     }
 
     fn host_memory_used(&mut self) -> Result<u64, TestCaseError> {
-        self.ctl.status()["host_memory_used"]
-            .as_u64()
-            .ok_or_else(|| fail("no host_memory_used in the status"))
+        let status = self
+            .ctl
+            .status()
+            .map_err(|e| fail(format!("status: {e}")))?;
+        Ok(status.host_memory_used)
     }
 
     fn hash(bytes: &[u8]) -> String {
@@ -261,8 +304,9 @@ fn random_command_sequences_match_the_model() {
         let mut gpu = gpu.borrow_mut();
         let mut ctl = ctl.borrow_mut();
         gpu.reset().map_err(|e| fail(format!("reset: {e}")))?;
-        ctl.fault(json!({ "fail_attaches": 0 }));
-        let v0 = ctl.counters()["counters"]["violations"].as_u64().unwrap();
+        ctl.fault(fail_attaches(0))
+            .map_err(|e| fail(format!("fault: {e}")))?;
+        let v0 = ctl.counters().unwrap().counters.violations;
         let seq = ctl.last_seq();
         let mut dut = OverSockets {
             gpu: &mut gpu,
@@ -278,7 +322,7 @@ fn random_command_sequences_match_the_model() {
         };
         model::run(&mut dut, &mut Model::new(base, budget), &ops)?;
         let seen = dut.violations;
-        let v1 = ctl.counters()["counters"]["violations"].as_u64().unwrap();
+        let v1 = ctl.counters().unwrap().counters.violations;
         proptest::prop_assert_eq!(v1 - v0, seen, "violations counter");
         Ok(())
     });

@@ -8,11 +8,11 @@
 mod common;
 
 use common::*;
+use gpuswap_api::control::{EventKind, Violation};
 use gpuswap_frontend::{commands, Error, FrontendConfig, GpuFrontend, QueueId};
 use gpuswap_protocol::wire::{CursorPos, UpdateCursor};
 use gpuswap_protocol::{ctrl_type, format, ErrorCode};
 use gpuswap_testkit::pattern;
-use serde_json::json;
 use vm_memory::ByteValued;
 
 const FMT: u32 = format::B8G8R8X8_UNORM;
@@ -47,60 +47,57 @@ fn cursor_and_uuid_violations_are_refused_recorded_and_change_nothing() {
     gpu.set_scanout(0, 1, rect(0, 0, 16, 16)).unwrap();
     gpu.resource_create_2d(4, FMT, 64, 64).unwrap();
 
-    let before = ctl.resources();
-    let v0 = ctl.counters()["counters"]["violations"].as_u64().unwrap();
+    let before = ctl.resources().unwrap();
+    let v0 = ctl.counters().unwrap().counters.violations;
     let seq0 = ctl.last_seq();
     // (result, expected code, resource, violation, command)
-    let cases: Vec<(ErrorCode, ErrorCode, u32, &str, &str)> = vec![
+    let cases: Vec<(ErrorCode, ErrorCode, u32, Violation, &str)> = vec![
         (
             code(update_cursor(&mut gpu, 4)),
             ErrorCode::Unspec,
             4,
-            "use_while_detached",
+            Violation::UseWhileDetached,
             "update_cursor",
         ),
         (
             code(update_cursor(&mut gpu, 99)),
             ErrorCode::InvalidResourceId,
             99,
-            "unknown_resource",
+            Violation::UnknownResource,
             "update_cursor",
         ),
         (
             code(gpu.resource_assign_uuid(99)),
             ErrorCode::InvalidResourceId,
             99,
-            "unknown_resource",
+            Violation::UnknownResource,
             "resource_assign_uuid",
         ),
     ];
     for (i, (got, want, ..)) in cases.iter().enumerate() {
         assert_eq!(got, want, "case {i}: {:?}", cases[i]);
     }
-    assert_eq!(ctl.resources(), before, "a refused request changed state");
-    assert_eq!(ctl.live(1)["scanouts"], json!([0]));
-
-    let events = ctl.trace(seq0, None);
-    assert!(
-        events.iter().all(|e| e["event"] == "violation"),
-        "refused requests record only violations: {events:?}"
+    assert_eq!(
+        ctl.resources().unwrap(),
+        before,
+        "a refused request changed state"
     );
-    let seen: Vec<(u32, String, String)> = events
+    assert_eq!(ctl.live(1).scanouts, [0]);
+
+    let events = ctl.trace(seq0, None).unwrap();
+    let seen: Vec<(u32, EventKind)> = events
         .iter()
-        .map(|e| {
-            (
-                e["resource_id"].as_u64().unwrap() as u32,
-                e["violation"].as_str().unwrap().to_string(),
-                e["command"].as_str().unwrap().to_string(),
-            )
+        .map(|e| (e.resource_id, e.kind.clone()))
+        .collect();
+    let want: Vec<(u32, EventKind)> = cases
+        .iter()
+        .map(|&(_, _, id, violation, command)| {
+            let command = command.to_string();
+            (id, EventKind::Violation { violation, command })
         })
         .collect();
-    let want: Vec<(u32, String, String)> = cases
-        .iter()
-        .map(|(_, _, id, v, c)| (*id, v.to_string(), c.to_string()))
-        .collect();
-    assert_eq!(seen, want);
-    let v1 = ctl.counters()["counters"]["violations"].as_u64().unwrap();
+    assert_eq!(seen, want, "refused requests record only their violations");
+    let v1 = ctl.counters().unwrap().counters.violations;
     assert_eq!(v1 - v0, cases.len() as u64);
     d.assert_alive();
 }

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice,
 };
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::renderer::HostIovec;
 
@@ -114,14 +113,15 @@ fn push_merged(iovecs: &mut Vec<HostIovec>, base: *mut u8, len: usize) {
     }
 }
 
-/// Hashes the first `len` bytes of a backing with xxh3-64, reading guest
-/// memory through volatile copies (the guest may be writing it).
-pub fn hash_backing<M: GuestMemoryBackend>(
+/// Hands the first `len` bytes of a backing (all of it if it is shorter)
+/// to `visit` in pieces of at most 64 KiB, read from guest memory through
+/// volatile copies (the guest may be writing it).
+pub fn visit_backing<M: GuestMemoryBackend>(
     mem: &M,
     extents: &[GuestExtent],
     len: u64,
-) -> Result<u64, BackingError> {
-    let mut hasher = Xxh3::new();
+    mut visit: impl FnMut(&[u8]),
+) -> Result<(), BackingError> {
     let mut left = len;
     let mut bounce = vec![0u8; 64 * 1024];
     for (index, e) in extents.iter().enumerate() {
@@ -135,17 +135,17 @@ pub fn hash_backing<M: GuestMemoryBackend>(
                 addr: e.addr,
                 len: e.len,
             })?;
-            hash_slice(&mut hasher, &slice, &mut bounce);
+            visit_slice(&slice, &mut bounce, &mut visit);
         }
         left -= take;
     }
-    Ok(hasher.digest())
+    Ok(())
 }
 
-fn hash_slice<B: vm_memory::bitmap::BitmapSlice>(
-    hasher: &mut Xxh3,
+fn visit_slice<B: vm_memory::bitmap::BitmapSlice>(
     slice: &VolatileSlice<B>,
     bounce: &mut [u8],
+    visit: &mut impl FnMut(&[u8]),
 ) {
     let mut offset = 0;
     while offset < slice.len() {
@@ -153,7 +153,7 @@ fn hash_slice<B: vm_memory::bitmap::BitmapSlice>(
         // `offset + n <= slice.len()`, so the subslice always exists.
         if let Ok(part) = slice.subslice(offset, n) {
             part.copy_to(&mut bounce[..n]);
-            hasher.update(&bounce[..n]);
+            visit(&bounce[..n]);
         }
         offset += n;
     }
@@ -661,20 +661,29 @@ mod tests {
     }
 
     #[test]
-    fn backing_hash_follows_entry_order() {
+    fn a_backing_is_visited_in_entry_order_up_to_its_length() {
         let mem = two_regions();
         mem.write_slice(&[1, 2, 3, 4], GuestAddress(0x3ffe))
             .unwrap();
-        let extents = [GuestExtent {
-            addr: 0x3ffe,
-            len: 4,
-        }];
-        let expected = xxhash_rust::xxh3::xxh3_64(&[1, 2, 3, 4]);
-        assert_eq!(hash_backing(&mem, &extents, 4).unwrap(), expected);
-        assert_eq!(
-            hash_backing(&mem, &extents, 2).unwrap(),
-            xxhash_rust::xxh3::xxh3_64(&[1, 2])
-        );
+        mem.write_slice(&[9], GuestAddress(0x100)).unwrap();
+        let extents = [
+            GuestExtent {
+                addr: 0x3ffe,
+                len: 4,
+            },
+            GuestExtent {
+                addr: 0x100,
+                len: 1,
+            },
+        ];
+        let read = |len| {
+            let mut bytes = Vec::new();
+            visit_backing(&mem, &extents, len, |b| bytes.extend_from_slice(b)).unwrap();
+            bytes
+        };
+        assert_eq!(read(5), [1, 2, 3, 4, 9]);
+        assert_eq!(read(2), [1, 2]);
+        assert_eq!(read(64), [1, 2, 3, 4, 9], "a short backing is read whole");
     }
 
     /// The run walk visits exactly the slots a per-page lookup finds:

@@ -88,7 +88,7 @@ pub trait Renderer {
 }
 
 /// A rectangle in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rect2d {
     pub x: u32,
     pub y: u32,

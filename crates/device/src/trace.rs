@@ -5,13 +5,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
 use crate::renderer::Rect2d;
+use crate::ResourceKind;
 
 /// Why a backing went away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DetachReason {
     /// RESOURCE_DETACH_BACKING.
     Command,
@@ -30,8 +28,7 @@ pub enum DetachReason {
 /// overlap is a guest bug to report, not to refuse), `BackingLeftGuestRam`
 /// and `BackingLostOnMemoryChange` (raised by a memory-table change, not by
 /// a request).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "violation")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
     /// Transfer, flush, scanout or cursor use of a detached resource.
     UseWhileDetached,
@@ -53,11 +50,11 @@ pub enum Violation {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "event")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
     Create {
-        kind: &'static str,
+        kind: ResourceKind,
+        /// Bytes of content (see [`ResourceKind::content_len`]).
         size: u64,
     },
     Attach {
@@ -80,21 +77,20 @@ pub enum EventKind {
     },
     Unref,
     Violation {
-        #[serde(flatten)]
         violation: Violation,
+        /// The request type that broke the rule (`set_mem_table` for a
+        /// memory-table change).
         command: &'static str,
     },
     /// An injected fault fired.
     Fault {
-        #[serde(flatten)]
         fault: InjectedFault,
     },
 }
 
 /// A fault the control socket or the command line armed (see
 /// `Faults`), as it fired on a resource. Not a guest violation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "fault")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InjectedFault {
     /// An ATTACH_BACKING was failed with ERR_OUT_OF_MEMORY.
     FailAttach,
@@ -105,7 +101,7 @@ pub enum InjectedFault {
 }
 
 /// One trace entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Strictly increasing, starting at 1; a gap means events were lost.
     pub seq: u64,
@@ -114,7 +110,6 @@ pub struct Event {
     pub resource_id: u32,
     /// The resource's attach generation when the event happened.
     pub generation: u64,
-    #[serde(flatten)]
     pub kind: EventKind,
 }
 
@@ -192,7 +187,7 @@ impl Trace {
 }
 
 /// Running totals since the daemon started (not reset by device reset).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Counters {
     /// Requests by type name, including failed ones.
     pub commands: BTreeMap<&'static str, u64>,
@@ -243,56 +238,5 @@ mod tests {
         drop(rx);
         t.record(5, 1, EventKind::Unref);
         assert!(t.subscribers.is_empty());
-    }
-
-    #[test]
-    fn events_serialize_flat() {
-        let mut t = Trace::new(4);
-        t.record(
-            9,
-            2,
-            EventKind::Violation {
-                violation: Violation::OverlappingBacking { other: 4 },
-                command: "resource_attach_backing",
-            },
-        );
-        let json = serde_json::to_value(&t.since(0, None)[0]).unwrap();
-        assert_eq!(json["event"], "violation");
-        assert_eq!(json["violation"], "overlapping_backing");
-        assert_eq!(json["other"], 4);
-        assert_eq!(json["resource_id"], 9);
-        assert_eq!(json["generation"], 2);
-    }
-
-    #[test]
-    fn faults_serialize_flat() {
-        let mut t = Trace::new(4);
-        t.record(
-            3,
-            1,
-            EventKind::Fault {
-                fault: InjectedFault::FailAttach,
-            },
-        );
-        t.record(
-            3,
-            1,
-            EventKind::Fault {
-                fault: InjectedFault::CorruptTransfer { host_offset: 68 },
-            },
-        );
-        let json: Vec<_> = t
-            .since(0, None)
-            .iter()
-            .map(|e| serde_json::to_value(e).unwrap())
-            .collect();
-        assert_eq!(json[0]["event"], "fault");
-        assert_eq!(json[0]["fault"], "fail_attach");
-        assert!(json[0].get("host_offset").is_none());
-        assert_eq!(json[1]["event"], "fault");
-        assert_eq!(json[1]["fault"], "corrupt_transfer");
-        assert_eq!(json[1]["host_offset"], 68);
-        assert_eq!(json[1]["resource_id"], 3);
-        assert_eq!(json[1]["generation"], 1);
     }
 }

@@ -128,7 +128,7 @@ fn a_backing_the_renderer_refuses_after_a_memory_change_is_left_detached() {
     );
     drop(old);
     for id in [1, 2] {
-        assert_eq!(dev.resource_info(id).unwrap().backing, "detached");
+        assert_eq!(inspect(&mut dev, id).unwrap().backing, "detached");
         // Used while detached: refused, nothing read from the old table.
         assert_eq!(
             send(&mut dev, &transfer(id, rect(0, 0, 16, 16), 0)),
@@ -149,7 +149,7 @@ fn a_backing_the_renderer_refuses_after_a_memory_change_is_left_detached() {
         Response::OkNoData
     );
     assert_eq!(
-        dev.resource_info(1).unwrap().host_hash,
+        inspect(&mut dev, 1).unwrap().host_hash,
         Some(hash(&content))
     );
     assert_eq!(held.borrow()[&1], host(&new, 1));
@@ -157,5 +157,5 @@ fn a_backing_the_renderer_refuses_after_a_memory_change_is_left_detached() {
     let newer = guest_memory(&ranges);
     dev.set_memory(newer.clone());
     assert_eq!(held.borrow()[&1], host(&newer, 1));
-    assert_eq!(dev.resource_info(1).unwrap().backing, "attached");
+    assert_eq!(inspect(&mut dev, 1).unwrap().backing, "attached");
 }

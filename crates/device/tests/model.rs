@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use gpuswap_device::trace::{self, EventKind};
-use gpuswap_device::{DeviceConfig, Rect2d, ResourceInfo, ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
+use gpuswap_device::{DeviceConfig, Rect2d, ENTRY_OVERHEAD, RESOURCE_OVERHEAD};
 use gpuswap_protocol::{blob_mem, wire, ErrorCode, Response};
 use gpuswap_testkit::model::{
     self, Budget, DetachReason, DeviceUnderTest, Events, Model, Request, View, Violation, PAGES,
@@ -27,23 +27,6 @@ struct InProcess(Bench);
 
 fn wire_rect(r: Rect2d) -> wire::Rect {
     rect(r.x, r.y, r.width, r.height)
-}
-
-fn view(info: ResourceInfo) -> View {
-    View {
-        id: info.id,
-        kind: info.kind.into(),
-        width: info.width,
-        height: info.height,
-        size: info.size,
-        backing: info.backing.into(),
-        generation: info.generation,
-        entries: info.entries,
-        backing_bytes: info.backing_bytes,
-        host_hash: info.host_hash,
-        backing_hash: info.backing_hash,
-        scanouts: info.scanouts,
-    }
 }
 
 fn violation(v: trace::Violation) -> Violation {
@@ -157,7 +140,7 @@ impl DeviceUnderTest for InProcess {
     }
 
     fn resources(&mut self) -> Result<Vec<View>, TestCaseError> {
-        Ok(self.0.dev.resources().into_iter().map(view).collect())
+        Ok(inspect_all(&mut self.0.dev))
     }
 
     fn host_memory_used(&mut self) -> Result<u64, TestCaseError> {

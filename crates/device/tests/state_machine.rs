@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use gpuswap_device::trace::{DetachReason, EventKind, InjectedFault, Violation};
-use gpuswap_device::{DeviceConfig, Rect2d};
+use gpuswap_device::{DeviceConfig, Rect2d, ResourceKind};
 use gpuswap_protocol::ctrl_type as t;
 use gpuswap_protocol::wire::{
     CtrlHeader, CursorPos, GetCapset, GetCapsetInfo, GetEdid, ResourceMapBlob, UpdateCursor,
@@ -92,10 +92,16 @@ fn transfer_after_attaching_scattered_pages_makes_host_copy_equal_the_guest_patt
     assert_eq!(info.host_hash, Some(hash(&content)));
     assert_eq!(info.backing_hash, info.host_hash);
     assert_eq!(info.generation, 1);
-    assert_eq!(info.backing, "attached");
+    assert_eq!(info.backing.as_str(), "attached");
     assert_eq!((info.entries, info.backing_bytes), (3, size as u64));
     let kinds: Vec<EventKind> = b.events().into_iter().map(|e| e.kind).collect();
-    assert!(matches!(kinds[0], EventKind::Create { kind: "2d", .. }));
+    assert!(matches!(
+        kinds[0],
+        EventKind::Create {
+            kind: ResourceKind::TwoD { .. },
+            ..
+        }
+    ));
     assert_eq!(
         kinds[1],
         EventKind::Attach {
@@ -244,7 +250,7 @@ fn detach_while_detached_is_unspec_and_recorded_as_double_detach() {
     );
     assert!(detaches_of(&events).is_empty());
     let info = b.info(1);
-    assert_eq!((info.backing, info.generation), ("detached", 1));
+    assert_eq!((info.backing.as_str(), info.generation), ("detached", 1));
 }
 
 #[test]
@@ -324,7 +330,7 @@ fn unref_of_an_attached_resource_detaches_implicitly_then_forgets_the_id() {
         }]
     );
     assert_eq!(b.dev.host_memory_used(), 0);
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     assert_eq!(b.dev.counters().implicit_detaches, 1);
 
     // Every later reference to the id is an unknown resource.
@@ -358,7 +364,12 @@ fn blob_created_without_entries_starts_detached_and_attaches_later() {
     b.ok(&create_blob(1, blob_mem::GUEST, 8192, &[]));
     let info = b.info(1);
     assert_eq!(
-        (info.kind, info.size, info.backing, info.generation),
+        (
+            info.kind.as_str(),
+            info.size,
+            info.backing.as_str(),
+            info.generation
+        ),
         ("blob", 8192, "detached", 0)
     );
     assert_eq!(info.host_hash, None);
@@ -374,7 +385,10 @@ fn blob_created_without_entries_starts_detached_and_attaches_later() {
         b.scatter(&extents, &content);
         b.ok(&attach(1, &extents));
         let info = b.info(1);
-        assert_eq!((info.backing, info.generation), ("attached", generation));
+        assert_eq!(
+            (info.backing.as_str(), info.generation),
+            ("attached", generation)
+        );
         assert_eq!(info.backing_hash, Some(hash(&content)));
         b.ok(&detach(1));
     }
@@ -384,7 +398,7 @@ fn blob_created_without_entries_starts_detached_and_attaches_later() {
     let extents = pages(&[40, 41]);
     b.ok(&create_blob(2, blob_mem::GUEST, 8192, &extents));
     let info = b.info(2);
-    assert_eq!((info.backing, info.generation), ("attached", 1));
+    assert_eq!((info.backing.as_str(), info.generation), ("attached", 1));
 }
 
 #[test]
@@ -396,7 +410,7 @@ fn blob_backing_shorter_than_its_size_is_refused() {
         INVALID_PARAMETER
     );
     assert!(
-        b.dev.resources().is_empty(),
+        b.dev.resource_ids().is_empty(),
         "a refused blob is not created"
     );
     assert_eq!(b.dev.host_memory_used(), 0);
@@ -404,7 +418,7 @@ fn blob_backing_shorter_than_its_size_is_refused() {
     b.ok(&create_blob(1, blob_mem::GUEST, 8192, &[]));
     assert_eq!(b.send(&attach(1, &short)), INVALID_PARAMETER);
     let info = b.info(1);
-    assert_eq!((info.backing, info.generation), ("detached", 0));
+    assert_eq!((info.backing.as_str(), info.generation), ("detached", 0));
     b.ok(&attach(1, &[(PAGE, 4096), (3 * PAGE, 4096)]));
     assert_eq!(b.info(1).generation, 1);
     assert!(b.violations().is_empty());
@@ -428,7 +442,7 @@ fn host_memory_blobs_are_refused() {
     let body = &create_blob(1, blob_mem::GUEST, 4096, &[])[24..];
     let bytes = with_header(in_context, t::RESOURCE_CREATE_BLOB, body);
     assert_eq!(b.send(&bytes), Response::Err(ErrorCode::InvalidContextId));
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     assert_eq!(b.dev.host_memory_used(), 0);
 }
 
@@ -647,7 +661,11 @@ fn entries_outside_guest_ram_are_invalid_parameter() {
     for (what, entries) in bad {
         assert_eq!(b.send(&attach(1, &entries)), INVALID_PARAMETER, "{what}");
         let info = b.info(1);
-        assert_eq!((info.backing, info.generation), ("detached", 0), "{what}");
+        assert_eq!(
+            (info.backing.as_str(), info.generation),
+            ("detached", 0),
+            "{what}"
+        );
         assert_eq!(b.dev.host_memory_used(), used, "{what}");
     }
     assert!(b.events().is_empty(), "no event, no violation");
@@ -719,7 +737,7 @@ fn a_new_memory_table_with_the_same_layout_keeps_backings_working() {
     b.mem = new.clone();
     assert!(b.events().is_empty(), "nothing detached");
     let info = b.info(1);
-    assert_eq!((info.backing, info.generation), ("attached", 1));
+    assert_eq!((info.backing.as_str(), info.generation), ("attached", 1));
     assert_eq!(info.backing_hash, Some(hash(&first)));
 
     // Transfers read the new mapping, not the old one.
@@ -763,7 +781,7 @@ fn a_memory_table_without_a_backing_detaches_it_as_a_violation() {
         vec![(2, Violation::BackingLeftGuestRam, "set_mem_table")]
     );
     let info = b.info(2);
-    assert_eq!((info.backing, info.generation), ("detached", 1));
+    assert_eq!((info.backing.as_str(), info.generation), ("detached", 1));
     assert_eq!(info.host_hash, Some(hash(&content)), "host copy kept");
     assert_eq!(b.info(1).backing, "attached");
     assert_eq!(b.dev.host_memory_used(), used - 32, "the entry is freed");
@@ -791,7 +809,7 @@ fn create_2d_whose_row_overflows_u32_is_refused() {
             "width {width}"
         );
     }
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     assert_eq!(b.dev.host_memory_used(), 0);
 }
 
@@ -802,7 +820,7 @@ fn create_2d_whose_size_overflows_u32_is_refused_without_allocating() {
     for (w, h) in [(65536, 65536), (u32::MAX / 4, u32::MAX)] {
         assert_eq!(b.send(&create_2d(1, XRGB, w, h)), OUT_OF_MEMORY, "{w}x{h}");
     }
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     assert_eq!(b.dev.host_memory_used(), 0);
 }
 
@@ -815,7 +833,7 @@ fn zero_sized_resources_are_refused() {
         b.send(&create_blob(1, blob_mem::GUEST, 0, &[])),
         INVALID_PARAMETER
     );
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
 }
 
 #[test]
@@ -828,7 +846,7 @@ fn unknown_formats_are_refused() {
             "format {format}"
         );
     }
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     b.ok(&create_2d(
         1,
         gpuswap_protocol::format::R8G8B8X8_UNORM,
@@ -845,7 +863,7 @@ fn resource_id_0_is_refused() {
         b.send(&create_blob(0, blob_mem::GUEST, 4096, &pages(&[1]))),
         INVALID_RESOURCE
     );
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     assert_eq!(b.dev.host_memory_used(), 0);
 }
 
@@ -870,10 +888,10 @@ fn a_duplicate_resource_id_is_refused_and_the_live_one_kept() {
     );
     let info = b.info(1);
     assert_eq!(
-        (info.kind, info.width, info.height),
+        (info.kind.as_str(), info.width, info.height),
         ("2d", Some(32), Some(32))
     );
-    assert_eq!((info.backing, info.generation), ("attached", 1));
+    assert_eq!((info.backing.as_str(), info.generation), ("attached", 1));
     assert_eq!(info.host_hash, Some(hash(&content)));
     assert_eq!(b.dev.host_memory_used(), used);
 }
@@ -1347,7 +1365,7 @@ fn reset_frees_every_resource() {
             height: 0
         }]
     );
-    assert!(b.dev.resources().is_empty());
+    assert!(b.dev.resource_ids().is_empty());
     assert_eq!(b.dev.host_memory_used(), 0);
 
     // Ids and pages are free again.

@@ -11,7 +11,7 @@
 #![no_main]
 
 use gpuswap_daemon::backend::VhostUserGpuBackend;
-use gpuswap_daemon::control::{self, ControlRequest};
+use gpuswap_daemon::control;
 use gpuswap_device::DeviceConfig;
 use gpuswap_fuzz::{guest_memory, request_bytes, MIB};
 use gpuswap_protocol::ctrl_type as t;
@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let reply = match control::parse(line) {
-            Ok(ControlRequest::Subscribe) => continue,
+            Ok(control::Request::Subscribe) => continue,
             Ok(request) => control::handle(request, &handle),
             Err(reply) => reply,
         };

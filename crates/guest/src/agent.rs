@@ -18,6 +18,7 @@ use crate::proto::{self, Request};
 use crate::shrinker;
 use crate::sysinfo;
 use crate::uapi;
+use gpuswap_api::agent as op;
 
 /// Default virtio-serial port name of the agent channel.
 pub const DEFAULT_PORT: &str = "org.gpuswap.agent";
@@ -159,14 +160,14 @@ impl Agent {
     pub fn dispatch(&mut self, req: Request) -> Result<(Map<String, Value>, Outcome)> {
         let reads_only = matches!(
             req,
-            Request::Hello {}
-                | Request::Meminfo {}
-                | Request::ShrinkerStats {}
-                | Request::Vmstat {}
-                | Request::Sample {}
-                | Request::TraceStart {}
-                | Request::TraceRead { .. }
-                | Request::TraceStop {}
+            Request::Hello(_)
+                | Request::Meminfo(_)
+                | Request::ShrinkerStats(_)
+                | Request::Vmstat(_)
+                | Request::Sample(_)
+                | Request::TraceStart(_)
+                | Request::TraceRead(_)
+                | Request::TraceStop(_)
         );
         if self.read_only && !reads_only {
             return Err(Error::with_errno(
@@ -176,36 +177,39 @@ impl Agent {
         }
         let mut outcome = Outcome::Continue;
         let v = match req {
-            Request::Hello {} => self.hello(),
-            Request::Create2d {
+            Request::Hello(_) => self.hello(),
+            Request::Create2d(op::Create2d {
                 width,
                 height,
                 format,
-            } => created(
-                self.gpu()?
-                    .create_2d(width, height, format.unwrap_or(DEFAULT_FORMAT))?,
-            ),
-            Request::CreateBlob { size, blob_flags } => created(self.gpu()?.create_blob(
-                size,
-                blob_flags.unwrap_or(uapi::VIRTGPU_BLOB_FLAG_USE_MAPPABLE),
-            )?),
-            Request::CreateDumb { width, height } => {
-                created(self.gpu()?.create_dumb(width, height)?)
+            }) => created(self.gpu()?.create_2d(
+                width,
+                height,
+                format.unwrap_or(DEFAULT_FORMAT),
+            )?)?,
+            Request::CreateBlob(op::CreateBlob { size, blob_flags }) => {
+                created(self.gpu()?.create_blob(
+                    size,
+                    blob_flags.unwrap_or(uapi::VIRTGPU_BLOB_FLAG_USE_MAPPABLE),
+                )?)?
             }
-            Request::Write {
+            Request::CreateDumb(op::CreateDumb { width, height }) => {
+                created(self.gpu()?.create_dumb(width, height)?)?
+            }
+            Request::Write(op::Write {
                 handle,
                 seed,
                 bo,
                 version,
                 pattern,
-            } => hashes(self.gpu()?.write_kind(
+            }) => hashes(self.gpu()?.write_kind(
                 handle,
                 pattern.unwrap_or_default(),
                 seed,
                 bo,
                 version,
-            )?),
-            Request::TransferToHost {
+            )?)?,
+            Request::TransferToHost(op::TransferToHost {
                 handle,
                 x,
                 y,
@@ -213,92 +217,102 @@ impl Agent {
                 h,
                 offset,
                 barrier,
-            } => {
+            }) => {
                 let args = RegionArgs { x, y, w, h, offset };
                 let barrier_res_id = self.gpu()?.transfer_to_host(handle, args, barrier)?;
-                json!({ "barrier_res_id": barrier_res_id })
+                fields(&op::Transferred { barrier_res_id })?
             }
-            Request::TransferFromHost {
+            Request::TransferFromHost(op::TransferFromHost {
                 handle,
                 x,
                 y,
                 w,
                 h,
                 offset,
-            } => {
+            }) => {
                 let args = RegionArgs { x, y, w, h, offset };
                 self.gpu()?.transfer_from_host(handle, args)?;
                 json!({})
             }
-            Request::Wait { handle, nowait } => {
+            Request::Wait(op::Wait { handle, nowait }) => {
                 self.gpu()?.wait(handle, nowait.unwrap_or(false))?;
                 json!({})
             }
-            Request::Hash { handle } => hashes(self.gpu()?.hash(handle)?),
-            Request::Verify {
+            Request::Hash(op::Hash { handle }) => hashes(self.gpu()?.hash(handle)?)?,
+            Request::Verify(op::Verify {
                 handle,
                 seed,
                 bo,
                 version,
                 pattern,
-            } => match self.gpu()?.verify_kind(
-                handle,
-                pattern.unwrap_or_default(),
-                seed,
-                bo,
-                version,
-            )? {
-                None => json!({ "ok_content": true }),
-                Some(off) => json!({ "ok_content": false, "first_bad_offset": off }),
-            },
-            Request::Info { handle } => {
-                let info = self.gpu()?.info(handle)?;
-                json!({ "res_id": info.res_id, "size": info.size, "blob_mem": info.blob_mem })
+            }) => {
+                let first_bad_offset = self.gpu()?.verify_kind(
+                    handle,
+                    pattern.unwrap_or_default(),
+                    seed,
+                    bo,
+                    version,
+                )?;
+                fields(&op::Verified {
+                    ok_content: first_bad_offset.is_none(),
+                    first_bad_offset: first_bad_offset.map(|at| at as u64),
+                })?
             }
-            Request::Close { handle } => {
+            Request::Info(op::Info { handle }) => {
+                let info = self.gpu()?.info(handle)?;
+                fields(&op::BoInfo {
+                    res_id: info.res_id,
+                    size: u64::from(info.size),
+                    blob_mem: info.blob_mem,
+                })?
+            }
+            Request::Close(op::Close { handle }) => {
                 self.gpu()?.close(handle)?;
                 json!({})
             }
-            Request::List {} => {
+            Request::List(_) => {
                 let gpu = self.gpu()?;
                 let bos: Vec<_> = gpu.bos().map(Bo::summary).collect();
                 json!({ "bos": bos, "scanout": gpu.current_scanout() })
             }
-            Request::Meminfo {} => Value::Object(sysinfo::meminfo()?),
-            Request::Scanout {
+            Request::Meminfo(_) => Value::Object(sysinfo::meminfo()?),
+            Request::Scanout(op::Scanout {
                 handle,
                 width,
                 height,
                 stride,
-            } => {
+            }) => {
                 let fb = FbArgs {
                     width,
                     height,
                     stride,
                 };
-                serde_json::to_value(self.gpu()?.scanout(handle, fb)?)
-                    .map_err(|e| Error::msg(e.to_string()))?
+                fields(&self.gpu()?.scanout(handle, fb)?)?
             }
-            Request::ScanoutOff {} => json!({ "was_on": self.gpu()?.scanout_off()? }),
-            Request::Madvise { handle, madv } => {
+            Request::ScanoutOff(_) => fields(&op::WasOn {
+                was_on: self.gpu()?.scanout_off()?,
+            })?,
+            Request::Madvise(op::Madvise { handle, madv }) => {
                 let madv = match madv {
-                    proto::Madv::Willneed => uapi::VIRTGPU_MADV_WILLNEED,
-                    proto::Madv::Dontneed => uapi::VIRTGPU_MADV_DONTNEED,
+                    op::Madv::Willneed => uapi::VIRTGPU_MADV_WILLNEED,
+                    op::Madv::Dontneed => uapi::VIRTGPU_MADV_DONTNEED,
                 };
-                json!({ "retained": self.gpu()?.madvise(handle, madv)? })
+                fields(&op::Retained {
+                    retained: self.gpu()?.madvise(handle, madv)?,
+                })?
             }
-            Request::Touch { handle, offset } => {
-                json!({ "signal": self.gpu()?.touch(handle, offset.unwrap_or(0))? })
-            }
-            Request::ShrinkerStats {} => Value::Object(shrinker::stats()?),
-            Request::ShrinkerScan { pages, mode } => {
+            Request::Touch(op::Touch { handle, offset }) => fields(&op::Touched {
+                signal: self.gpu()?.touch(handle, offset.unwrap_or(0))?,
+            })?,
+            Request::ShrinkerStats(_) => Value::Object(shrinker::stats()?),
+            Request::ShrinkerScan(op::ShrinkerScan { pages, mode }) => {
                 Value::Object(shrinker::scan(mode.unwrap_or_default(), pages)?)
             }
-            Request::ScanLoopStart {
+            Request::ScanLoopStart(op::ScanLoopStart {
                 pages,
                 mode,
                 interval_ms,
-            } => {
+            }) => {
                 if self.scan_loop.is_some() {
                     return Err(Error::msg("a scan loop is already running"));
                 }
@@ -309,11 +323,11 @@ impl Agent {
                 )?);
                 json!({})
             }
-            Request::ScanLoopStop {} => match self.scan_loop.take() {
-                Some(l) => l.stop()?,
+            Request::ScanLoopStop(_) => match self.scan_loop.take() {
+                Some(l) => fields(&l.stop()?)?,
                 None => return Err(Error::msg("no scan loop is running")),
             },
-            Request::Hog { mib } => {
+            Request::Hog(op::Hog { mib }) => {
                 let limit_mib = sysinfo::meminfo()?
                     .get("MemTotal")
                     .and_then(Value::as_u64)
@@ -323,20 +337,19 @@ impl Agent {
                     Ok(gpu) => gpu.mapped_ranges(),
                     Err(_) => Vec::new(),
                 };
-                serde_json::to_value(self.hog.set(mib, limit_mib, &inherited)?)
-                    .map_err(|e| Error::msg(e.to_string()))?
+                fields(&self.hog.set(mib, limit_mib, &inherited)?)?
             }
-            Request::DropCaches { level } => {
+            Request::DropCaches(op::DropCaches { level }) => {
                 sysinfo::drop_caches(level)?;
                 json!({})
             }
-            Request::Vmstat {} => Value::Object(sysinfo::vmstat()?),
-            Request::Sample {} => json!({
+            Request::Vmstat(_) => Value::Object(sysinfo::vmstat()?),
+            Request::Sample(_) => json!({
                 "meminfo": sysinfo::meminfo()?,
                 "shrinker": shrinker::stats().ok(),
                 "vmstat": sysinfo::vmstat()?,
             }),
-            Request::TraceStart {} => {
+            Request::TraceStart(_) => {
                 if self.ktrace.is_some() {
                     return Err(Error::msg("the kernel trace is already streaming"));
                 }
@@ -344,19 +357,18 @@ impl Agent {
                 self.ktrace = Some(trace);
                 json!({ "events": ktrace::EVENTS, "mono_ns": ktrace::mono_ns() })
             }
-            Request::TraceRead { max } => {
+            Request::TraceRead(op::TraceRead { max }) => {
                 let trace = self
                     .ktrace
                     .as_ref()
                     .ok_or_else(|| Error::msg("the kernel trace is not streaming (trace_start)"))?;
-                let mut v = serde_json::to_value(trace.drain(max.unwrap_or(ktrace::MAX_DRAIN)))
-                    .map_err(|e| Error::msg(e.to_string()))?;
-                v["mono_ns"] = json!(ktrace::mono_ns());
-                v
+                fields(&trace.drain(max.unwrap_or(ktrace::MAX_DRAIN)))?
             }
-            Request::TraceStop {} => json!({ "was_on": self.ktrace.take().is_some() }),
-            Request::Run { argv } => shrinker::run(&argv)?,
-            Request::Exit { status } => {
+            Request::TraceStop(_) => fields(&op::WasOn {
+                was_on: self.ktrace.take().is_some(),
+            })?,
+            Request::Run(op::Run { argv }) => fields(&shrinker::run(&argv)?)?,
+            Request::Exit(op::Exit { status }) => {
                 outcome = Outcome::Exit(status.unwrap_or(0));
                 json!({})
             }
@@ -505,24 +517,29 @@ fn write_line(output: &mut impl Write, line: &str) -> Result<()> {
         .map_err(|e| Error::io("agent write", &e))
 }
 
-fn created(bo: &Bo) -> Value {
+/// A reply type of `gpuswap_api::agent` as the reply's fields.
+fn fields(results: &impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(results).map_err(|e| Error::msg(e.to_string()))
+}
+
+fn created(bo: &Bo) -> Result<Value> {
     let stride = match bo.kind {
         crate::gpu::BoKind::TwoD { stride, .. } | crate::gpu::BoKind::Dumb { stride, .. } => stride,
         crate::gpu::BoKind::Blob { .. } => 0,
     };
-    json!({
-        "handle": bo.handle,
-        "res_id": bo.res_id,
-        "size": bo.size,
-        "stride": stride,
-        "content_size": bo.content_size,
+    fields(&op::Created {
+        handle: bo.handle,
+        res_id: bo.res_id,
+        size: bo.size,
+        stride,
+        content_size: bo.content_size,
     })
 }
 
-fn hashes(h: crate::gpu::Hashes) -> Value {
-    json!({
-        "hash": crate::pattern::hex(h.hash),
-        "hash_full": crate::pattern::hex(h.hash_full),
+fn hashes(h: crate::gpu::Hashes) -> Result<Value> {
+    fields(&op::Hashes {
+        hash: gpuswap_api::hex(h.hash),
+        hash_full: gpuswap_api::hex(h.hash_full),
     })
 }
 

@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::drm::{Card, DriverVersion, Mapping};
 use crate::error::{Error, Result};
-use crate::virtgpu::{self, Params, Region};
+use crate::virtgpu::{self, Region};
 use crate::{kms, pattern, uapi};
+use gpuswap_api::agent::{DeviceParams, Framebuffer};
 
 /// Default 2D format: VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM (= DRM XRGB8888 on LE).
 pub const DEFAULT_FORMAT: u32 = uapi::VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM;
@@ -92,20 +93,6 @@ pub struct RegionArgs {
     pub offset: Option<u32>,
 }
 
-/// The framebuffer currently kept on scanout.
-#[derive(Debug, Clone, Serialize)]
-pub struct Scanout {
-    pub handle: u32,
-    pub fb_id: u32,
-    pub crtc_id: u32,
-    pub connector_id: u32,
-    pub mode: String,
-    /// The framebuffer's geometry (XRGB8888).
-    pub width: u32,
-    pub height: u32,
-    pub stride: u32,
-}
-
 /// Framebuffer geometry given to `scanout`: required (width, height) for a
 /// blob, which has none of its own; not accepted for 2D and dumb BOs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -121,9 +108,10 @@ pub struct FbArgs {
 pub struct Gpu {
     card: Card,
     pub driver: DriverVersion,
-    pub params: Params,
+    pub params: DeviceParams,
     bos: BTreeMap<u32, Bo>,
-    scanout: Option<Scanout>,
+    /// The framebuffer currently kept on scanout.
+    scanout: Option<Framebuffer>,
 }
 
 impl Gpu {
@@ -131,7 +119,7 @@ impl Gpu {
     pub fn open(card: Option<&Path>) -> Result<Gpu> {
         let card = Card::open_virtio_gpu(card)?;
         let driver = card.version()?;
-        let params = Params::query(&card);
+        let params = virtgpu::query_params(&card);
         Ok(Gpu {
             card,
             driver,
@@ -256,14 +244,14 @@ impl Gpu {
 
     /// Fill the whole BO with the pattern for (seed, bo, version).
     pub fn write(&mut self, handle: u32, seed: u64, bo: u64, version: u64) -> Result<Hashes> {
-        self.write_kind(handle, pattern::Kind::Random, seed, bo, version)
+        self.write_kind(handle, pattern::Pattern::Random, seed, bo, version)
     }
 
     /// Fill the whole BO with the `kind` pattern for (seed, bo, version).
     pub fn write_kind(
         &mut self,
         handle: u32,
-        kind: pattern::Kind,
+        kind: pattern::Pattern,
         seed: u64,
         bo: u64,
         version: u64,
@@ -288,14 +276,14 @@ impl Gpu {
         bo: u64,
         version: u64,
     ) -> Result<Option<usize>> {
-        self.verify_kind(handle, pattern::Kind::Random, seed, bo, version)
+        self.verify_kind(handle, pattern::Pattern::Random, seed, bo, version)
     }
 
     /// As [`Gpu::verify`], for the `kind` pattern.
     pub fn verify_kind(
         &mut self,
         handle: u32,
-        kind: pattern::Kind,
+        kind: pattern::Pattern,
         seed: u64,
         bo: u64,
         version: u64,
@@ -441,7 +429,7 @@ impl Gpu {
     /// usable connector/CRTC, replacing any previous scanout. `fb` gives a
     /// blob its geometry (see [`fb_geometry`]); the kernel's plane update then
     /// sends SET_SCANOUT_BLOB for it (RESOURCE_FLUSH as for any scanout).
-    pub fn scanout(&mut self, handle: u32, fb: FbArgs) -> Result<Scanout> {
+    pub fn scanout(&mut self, handle: u32, fb: FbArgs) -> Result<Framebuffer> {
         let bo = self.bo(handle)?;
         let (width, height, stride) = fb_geometry(handle, bo.kind, bo.size, fb)?;
         let pipe = kms::pick_pipe(&self.card, width, height)?;
@@ -456,7 +444,7 @@ impl Gpu {
             let _ = kms::rm_fb(&self.card, fb_id);
             return Err(e);
         }
-        let new = Scanout {
+        let new = Framebuffer {
             handle,
             fb_id,
             crtc_id: pipe.crtc_id,
@@ -494,7 +482,7 @@ impl Gpu {
     }
 
     /// The current scanout, if any.
-    pub fn current_scanout(&self) -> Option<&Scanout> {
+    pub fn current_scanout(&self) -> Option<&Framebuffer> {
         self.scanout.as_ref()
     }
 

@@ -57,7 +57,6 @@ use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, pipe2, ForkResult, Pid};
-use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::pattern;
@@ -71,23 +70,7 @@ pub const HOG_OOM_SCORE_ADJ: i32 = 1000;
 /// The OOM score adjustment the agent asks for itself: never a victim.
 pub const AGENT_OOM_SCORE_ADJ: i32 = -1000;
 
-/// What a `hog` request did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct HogReport {
-    /// MiB the hog holds now.
-    pub mib: u64,
-    /// How long the change took (fork, resize and fill), in milliseconds.
-    pub ms: u64,
-    /// Whether the hog child was killed by a SIGKILL the agent did not send
-    /// (the OOM killer) since the previous `hog` request, including during
-    /// this one. When it happened during this one, `mib` is 0.
-    pub oom_killed: bool,
-    /// The hog child's pid, null when there is none.
-    pub pid: Option<i32>,
-    /// The pid of the child the OOM killer took (with `oom_killed`), so a
-    /// caller can tell its OOM report in the kernel log.
-    pub killed_pid: Option<i32>,
-}
+use gpuswap_api::agent::HogReport;
 
 /// The agent's handle on the hog child (none until the first non-zero size).
 #[derive(Debug, Default)]

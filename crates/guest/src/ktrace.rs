@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use gpuswap_api::agent::{KernelEvent, KernelEvents};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -47,39 +47,14 @@ const POLL_MS: u16 = 100;
 /// A pipe line longer than this is not one of ours (it is skipped).
 const MAX_LINE: usize = 4096;
 
-/// One tracepoint hit, as read from `trace_pipe`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    /// The `mono` trace clock (CLOCK_MONOTONIC), in nanoseconds.
-    pub t_ns: u64,
-    pub cpu: u32,
-    /// The event's name, e.g. `virtio_gpu_bo_evict`.
-    pub name: String,
-    /// Its `key=value` fields; numbers as numbers.
-    pub args: Map<String, Value>,
-}
-
 #[derive(Debug, Default)]
 struct Buffer {
-    events: VecDeque<Event>,
+    events: VecDeque<KernelEvent>,
     dropped: u64,
     /// Lines that did not parse as an event (counted, not kept).
     unparsed: u64,
     /// The reader's error, if it stopped on one.
     error: Option<String>,
-}
-
-/// What one drain hands over.
-#[derive(Debug, Serialize)]
-pub struct Drained {
-    pub events: Vec<Event>,
-    /// Events still held after this drain (ask again).
-    pub pending: usize,
-    pub dropped: u64,
-    pub unparsed: u64,
-    /// Events the kernel's ring overwrote unread, since the start.
-    pub kernel_overrun: u64,
-    pub reader_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -158,17 +133,18 @@ impl KernelTrace {
     }
 
     /// Hands over up to `max` held events, oldest first.
-    pub fn drain(&self, max: usize) -> Drained {
+    pub fn drain(&self, max: usize) -> KernelEvents {
         let mut b = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         let n = max.min(MAX_DRAIN).min(b.events.len());
-        let events: Vec<Event> = b.events.drain(..n).collect();
-        Drained {
+        let events: Vec<KernelEvent> = b.events.drain(..n).collect();
+        KernelEvents {
             events,
             pending: b.events.len(),
             dropped: b.dropped,
             unparsed: b.unparsed,
             kernel_overrun: kernel_overrun(&self.tracefs),
             reader_error: b.error.clone(),
+            mono_ns: mono_ns(),
         }
     }
 }
@@ -249,7 +225,7 @@ fn kernel_overrun(dir: &Path) -> u64 {
 /// `<comm>-<pid> [<cpu>] <flags> <secs>.<usecs>: <event>: <k>=<v> ...`.
 /// The task name may hold spaces and dashes, so the line is read from the
 /// CPU field on.
-pub fn parse_line(line: &str) -> Option<Event> {
+pub fn parse_line(line: &str) -> Option<KernelEvent> {
     let open = line.find(" [")?;
     let rest = &line[open + 2..];
     let close = rest.find(']')?;
@@ -271,7 +247,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
             .unwrap_or_else(|_| Value::from(v));
         args.insert(k.to_string(), value);
     }
-    Some(Event {
+    Some(KernelEvent {
         t_ns,
         cpu,
         name,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gpuswap_guest::agent::{self, Agent, OnEof};
 use gpuswap_guest::gpu::{Gpu, RegionArgs, DEFAULT_FORMAT};
-use gpuswap_guest::{hog, kms, pattern, reclaim_bench, shrink, Error, Result};
+use gpuswap_guest::{hog, kms, pattern, reclaim_bench, shrink, virtgpu, Error, Result};
 
 fn usage() -> &'static str {
     "usage:
@@ -297,7 +297,10 @@ fn run_info(card: Option<PathBuf>) -> Result<()> {
             println!("param {name}: {value}");
         }
     }
-    println!("params set: {}", gpu.params.set_names().join(" "));
+    println!(
+        "params set: {}",
+        virtgpu::set_param_names(&gpu.params).join(" ")
+    );
     // KMS is informational: report failures instead of failing.
     let card = gpu.card();
     match kms::get_resources(card) {

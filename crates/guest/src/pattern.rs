@@ -16,7 +16,7 @@
 //! little-endian encoding. Every word is computable on its own, so content can
 //! be checked (and the first bad byte found) without keeping a copy.
 //!
-//! The `sparse` kind ([`Kind::Sparse`]) keeps word `i` only where `i` is a
+//! The `sparse` kind ([`Pattern::Sparse`]) keeps word `i` only where `i` is a
 //! multiple of 512 (the first word of each 4 KiB page) and uses `key` for
 //! every other word: still distinct per page, BO and version, but it
 //! compresses to almost nothing, so BOs can outgrow RAM on zram swap.
@@ -48,35 +48,30 @@ pub fn word(key: u64, index: u64) -> u64 {
     mix(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GAMMA)))
 }
 
-/// Which content stream: every word random, or one random word per page.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    #[default]
-    Random,
-    Sparse,
-}
+/// Which content stream: every word random, or one random word per page
+/// (the agent protocol's `pattern` argument).
+pub use gpuswap_api::agent::Pattern;
 
 /// Words per 4 KiB page.
 const PAGE_WORDS: u64 = 512;
 
 /// Word `index` of the `kind` stream with `key`.
 #[inline]
-pub fn word_of(kind: Kind, key: u64, index: u64) -> u64 {
+pub fn word_of(kind: Pattern, key: u64, index: u64) -> u64 {
     match kind {
-        Kind::Random => word(key, index),
-        Kind::Sparse if index.is_multiple_of(PAGE_WORDS) => word(key, index),
-        Kind::Sparse => key,
+        Pattern::Random => word(key, index),
+        Pattern::Sparse if index.is_multiple_of(PAGE_WORDS) => word(key, index),
+        Pattern::Sparse => key,
     }
 }
 
 /// Fill `buf` with the content for (seed, bo_index, version).
 pub fn fill(buf: &mut [u8], seed: u64, bo_index: u64, version: u64) {
-    fill_kind(Kind::Random, buf, seed, bo_index, version)
+    fill_kind(Pattern::Random, buf, seed, bo_index, version)
 }
 
 /// Fill `buf` with the `kind` content for (seed, bo_index, version).
-pub fn fill_kind(kind: Kind, buf: &mut [u8], seed: u64, bo_index: u64, version: u64) {
+pub fn fill_kind(kind: Pattern, buf: &mut [u8], seed: u64, bo_index: u64, version: u64) {
     let k = key(seed, bo_index, version);
     let mut chunks = buf.chunks_exact_mut(8);
     let mut i = 0u64;
@@ -92,12 +87,12 @@ pub fn fill_kind(kind: Kind, buf: &mut [u8], seed: u64, bo_index: u64, version: 
 /// Offset of the first byte of `buf` that differs from the content for
 /// (seed, bo_index, version), or `None` if all match.
 pub fn first_mismatch(buf: &[u8], seed: u64, bo_index: u64, version: u64) -> Option<usize> {
-    first_mismatch_kind(Kind::Random, buf, seed, bo_index, version)
+    first_mismatch_kind(Pattern::Random, buf, seed, bo_index, version)
 }
 
 /// As [`first_mismatch`], for the `kind` content.
 pub fn first_mismatch_kind(
-    kind: Kind,
+    kind: Pattern,
     buf: &[u8],
     seed: u64,
     bo_index: u64,
@@ -131,10 +126,8 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
     xxh3_64(bytes)
 }
 
-/// A hash as 16 lowercase hex digits.
-pub fn hex(hash: u64) -> String {
-    format!("{hash:016x}")
-}
+/// A hash as 16 lowercase hex digits (what the daemon prints too).
+pub use gpuswap_api::hex;
 
 #[cfg(test)]
 mod tests {
@@ -197,26 +190,26 @@ mod tests {
     #[test]
     fn sparse_kind() {
         let mut a = vec![0u8; 3 * 4096 + 5];
-        fill_kind(Kind::Sparse, &mut a, 1, 2, 3);
+        fill_kind(Pattern::Sparse, &mut a, 1, 2, 3);
         let k = key(1, 2, 3);
         // First word of each page as in the random stream, then the key.
         assert_eq!(a[..8], word(k, 0).to_le_bytes());
         assert_eq!(a[4096..4104], word(k, 512).to_le_bytes());
         assert_eq!(a[8..16], k.to_le_bytes());
         assert_eq!(a[4104..4112], k.to_le_bytes());
-        assert_eq!(first_mismatch_kind(Kind::Sparse, &a, 1, 2, 3), None);
-        assert_eq!(first_mismatch_kind(Kind::Random, &a, 1, 2, 3), Some(8));
+        assert_eq!(first_mismatch_kind(Pattern::Sparse, &a, 1, 2, 3), None);
+        assert_eq!(first_mismatch_kind(Pattern::Random, &a, 1, 2, 3), Some(8));
         let mut b = a.clone();
         b[2 * 4096 + 100] ^= 1;
         assert_eq!(
-            first_mismatch_kind(Kind::Sparse, &b, 1, 2, 3),
+            first_mismatch_kind(Pattern::Sparse, &b, 1, 2, 3),
             Some(2 * 4096 + 100)
         );
         // Random is the default and the plain functions use it.
         let mut c = vec![0u8; 64];
         let mut d = vec![0u8; 64];
         fill(&mut c, 5, 6, 7);
-        fill_kind(Kind::default(), &mut d, 5, 6, 7);
+        fill_kind(Pattern::default(), &mut d, 5, 6, 7);
         assert_eq!(c, d);
     }
 }

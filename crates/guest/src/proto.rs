@@ -1,4 +1,6 @@
-//! The agent protocol: line-delimited JSON, one request line -> one response line.
+//! The agent protocol's framing on the guest side: a request line parsed
+//! into its id and the shared [`Request`] (`gpuswap_api::agent`, where every
+//! op and its reply are defined), replies written as lines.
 //!
 //! Request:  `{"id":<u64>,"op":"<name>", ...args}`
 //! Success:  `{"id":<same>,"ok":true, ...results}`
@@ -9,237 +11,13 @@
 //! could not be parsed far enough to find a u64 `id`. Unknown argument names
 //! are rejected, so typos do not silently fall back to defaults.
 
-use serde::{Deserialize, Serialize};
+pub use gpuswap_api::agent::{Request, OPS};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
 /// Upper bound on one request line (bytes, without the newline).
 pub const MAX_LINE: usize = 64 * 1024;
-
-/// Every request, tagged by `op`. Optional arguments may be omitted or null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// -> `{kernel, clocksource, pid, version, card, driver, device,
-    /// device_error?}`
-    Hello {},
-    /// 2D resource (RESOURCE_CREATE_2D + backing); `format` is a
-    /// VIRTIO_GPU_FORMAT_* value, default 2 (B8G8R8X8_UNORM).
-    #[serde(rename = "create_2d")]
-    Create2d {
-        width: u32,
-        height: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        format: Option<u32>,
-    },
-    /// Guest-memory blob; `blob_flags` default 1 (USE_MAPPABLE).
-    CreateBlob {
-        size: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        blob_flags: Option<u32>,
-    },
-    /// KMS dumb buffer (32 bpp).
-    CreateDumb { width: u32, height: u32 },
-    /// Fill the whole BO through its mmap with the pattern (`random` by
-    /// default; `sparse` compresses well, see [`crate::pattern`]).
-    Write {
-        handle: u32,
-        seed: u64,
-        bo: u64,
-        version: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pattern: Option<crate::pattern::Kind>,
-    },
-    /// TRANSFER_TO_HOST (default: whole resource), then WAIT, then (by default
-    /// when the device has no 3D) a fence barrier.
-    TransferToHost {
-        handle: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        x: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        y: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        w: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        h: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        offset: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        barrier: Option<bool>,
-    },
-    /// TRANSFER_FROM_HOST (default: whole resource), then WAIT.
-    TransferFromHost {
-        handle: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        x: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        y: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        w: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        h: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        offset: Option<u32>,
-    },
-    /// DRM_IOCTL_VIRTGPU_WAIT on the BO.
-    Wait {
-        handle: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        nowait: Option<bool>,
-    },
-    /// Hash of the current mmap content.
-    Hash { handle: u32 },
-    /// Compare the mmap content with the pattern.
-    Verify {
-        handle: u32,
-        seed: u64,
-        bo: u64,
-        version: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pattern: Option<crate::pattern::Kind>,
-    },
-    /// DRM_IOCTL_VIRTGPU_RESOURCE_INFO.
-    Info { handle: u32 },
-    /// munmap + GEM_CLOSE.
-    Close { handle: u32 },
-    /// Every BO the agent holds.
-    List {},
-    /// /proc/meminfo.
-    Meminfo {},
-    /// Put a BO on a CRTC (ADDFB2 as XRGB8888 + SETCRTC) -> `{handle, fb_id,
-    /// crtc_id, connector_id, mode, width, height, stride}`. 2D (B8G8R8X8 /
-    /// B8G8R8A8) and dumb BOs bring their own geometry and take no
-    /// `width`/`height`/`stride`. A guest blob (`create_blob`) has none, so it
-    /// needs `width` and `height`; `stride` defaults to `width * 4` and must
-    /// be at least that; `(height - 1) * stride + width * 4` must fit in the
-    /// BO. The kernel then shows the blob with SET_SCANOUT_BLOB.
-    Scanout {
-        handle: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        width: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        height: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        stride: Option<u32>,
-    },
-    /// Turn the scanout off and remove its framebuffer.
-    ScanoutOff {},
-    /// DRM_IOCTL_VIRTGPU_MADVISE (gpuswap private UAPI) -> `{retained}`.
-    Madvise { handle: u32, madv: Madv },
-    /// Read one byte of the BO's mapping in a forked child -> `{signal}`
-    /// (null when the read worked, 7 for SIGBUS).
-    Touch {
-        handle: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        offset: Option<u64>,
-    },
-    /// The driver's shrinker counters (debugfs `virtio-gpu-shrinker`).
-    ShrinkerStats {},
-    /// Force a scan through debugfs `virtio-gpu-shrink` -> `{freed, remaining}`.
-    ShrinkerScan {
-        pages: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mode: Option<crate::shrinker::ScanMode>,
-    },
-    /// Start a thread forcing a scan every `interval_ms` (default 0).
-    ScanLoopStart {
-        pages: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mode: Option<crate::shrinker::ScanMode>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        interval_ms: Option<u64>,
-    },
-    /// Stop it -> `{scans, freed, errors, first_error, ms}`.
-    ScanLoopStop {},
-    /// Resize the memory hog to exactly `mib` MiB (0 releases it) ->
-    /// `{mib, ms, oom_killed, pid, killed_pid}`. The hog is anonymous, swappable memory
-    /// filled with half-compressible data, held by a forked child with
-    /// oom_score_adj 1000 (see [`crate::hog`]): `oom_killed` tells that the
-    /// OOM killer ended it since the last `hog` (then `mib` is what is held
-    /// now, 0 if it died during this request; the next `hog` starts a new
-    /// child). More than MemTotal is refused.
-    Hog { mib: u64 },
-    /// sync, then write `level` (1 page cache, 2 slab, 3 both; default 3) to
-    /// /proc/sys/vm/drop_caches -> `{}`.
-    DropCaches {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        level: Option<u8>,
-    },
-    /// Reclaim counters from /proc/vmstat -> `{pswpin, pswpout,
-    /// pgscan_kswapd, pgscan_direct, pgsteal_kswapd, pgsteal_direct,
-    /// oom_kill}` (null for a counter the kernel lacks).
-    Vmstat {},
-    /// One timeline sample in one round trip -> `{meminfo, shrinker,
-    /// vmstat}` (each as its own request gives it; `shrinker` is null
-    /// without the driver's debugfs).
-    Sample {},
-    /// Stream the kernel's virtio-gpu BO tracepoints (see
-    /// [`crate::ktrace`]) -> `{events, mono_ns}`. Allowed on the
-    /// sampler channel: it watches, the workload sees nothing of it.
-    TraceStart {},
-    /// Hand over up to `max` (default and at most 4096) events read since
-    /// the last call -> `{events, pending, dropped, unparsed,
-    /// kernel_overrun, reader_error, mono_ns}`; `mono_ns` (CLOCK_MONOTONIC
-    /// as the reply was made, the clock of the events' `t_ns`) lets the
-    /// host align the events with its own clock.
-    TraceRead {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        max: Option<usize>,
-    },
-    /// Disable the tracepoints and stop reading -> `{was_on}`.
-    TraceStop {},
-    /// Run a program -> `{status, signal, stdout, stderr}`.
-    Run { argv: Vec<String> },
-    /// Reply, clean up, exit with `status` (default 0).
-    Exit {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        status: Option<i32>,
-    },
-}
-
-/// The `op` names, in protocol order.
-pub const OPS: &[&str] = &[
-    "hello",
-    "create_2d",
-    "create_blob",
-    "create_dumb",
-    "write",
-    "transfer_to_host",
-    "transfer_from_host",
-    "wait",
-    "hash",
-    "verify",
-    "info",
-    "close",
-    "list",
-    "meminfo",
-    "scanout",
-    "scanout_off",
-    "madvise",
-    "touch",
-    "shrinker_stats",
-    "shrinker_scan",
-    "scan_loop_start",
-    "scan_loop_stop",
-    "hog",
-    "drop_caches",
-    "vmstat",
-    "sample",
-    "trace_start",
-    "trace_read",
-    "trace_stop",
-    "run",
-    "exit",
-];
-
-/// `madvise` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Madv {
-    Willneed,
-    Dontneed,
-}
 
 /// Parse one request line into its id (when one could be read) and request.
 pub fn parse_request(line: &str) -> (Option<u64>, Result<Request>) {
@@ -317,6 +95,10 @@ pub fn err_response(id: Option<u64>, err: &Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpuswap_api::agent::{
+        Create2d, DropCaches, Exit, Hello, Hog, Pattern, Scanout, TransferToHost, Verify, Vmstat,
+        Write,
+    };
 
     fn parse(line: &str) -> (Option<u64>, Result<Request>) {
         parse_request(line)
@@ -326,17 +108,17 @@ mod tests {
     fn parses_ops_and_args() {
         assert_eq!(
             parse(r#"{"id":1,"op":"hello"}"#),
-            (Some(1), Ok(Request::Hello {}))
+            (Some(1), Ok(Request::Hello(Hello {})))
         );
         assert_eq!(
             parse(r#"{"op":"create_2d","id":2,"width":64,"height":32}"#),
             (
                 Some(2),
-                Ok(Request::Create2d {
+                Ok(Request::Create2d(Create2d {
                     width: 64,
                     height: 32,
                     format: None
-                })
+                }))
             )
         );
         assert_eq!(
@@ -344,29 +126,25 @@ mod tests {
                 r#"{"id":3,"op":"write","handle":1,"seed":18446744073709551615,"bo":0,"version":2}"#
             )
             .1,
-            Ok(Request::Write {
+            Ok(Request::Write(Write {
                 handle: 1,
                 seed: u64::MAX,
                 bo: 0,
                 version: 2,
                 pattern: None,
-            })
+            }))
         );
         assert_eq!(
             parse(r#"{"id":4,"op":"exit","status":null}"#).1,
-            Ok(Request::Exit { status: None })
+            Ok(Request::Exit(Exit { status: None }))
         );
         assert_eq!(
             parse(r#"{"id":5,"op":"transfer_to_host","handle":7,"barrier":false}"#).1,
-            Ok(Request::TransferToHost {
+            Ok(Request::TransferToHost(TransferToHost {
                 handle: 7,
-                x: None,
-                y: None,
-                w: None,
-                h: None,
-                offset: None,
-                barrier: Some(false)
-            })
+                barrier: Some(false),
+                ..TransferToHost::default()
+            }))
         );
     }
 
@@ -374,34 +152,37 @@ mod tests {
     fn parses_new_ops() {
         assert_eq!(
             parse(r#"{"id":1,"op":"hog","mib":512}"#).1,
-            Ok(Request::Hog { mib: 512 })
+            Ok(Request::Hog(Hog { mib: 512 }))
         );
         assert_eq!(
             parse(r#"{"id":2,"op":"drop_caches"}"#).1,
-            Ok(Request::DropCaches { level: None })
+            Ok(Request::DropCaches(DropCaches { level: None }))
         );
         assert_eq!(
             parse(r#"{"id":3,"op":"drop_caches","level":1}"#).1,
-            Ok(Request::DropCaches { level: Some(1) })
+            Ok(Request::DropCaches(DropCaches { level: Some(1) }))
         );
-        assert_eq!(parse(r#"{"id":4,"op":"vmstat"}"#).1, Ok(Request::Vmstat {}));
+        assert_eq!(
+            parse(r#"{"id":4,"op":"vmstat"}"#).1,
+            Ok(Request::Vmstat(Vmstat {}))
+        );
         assert_eq!(
             parse(r#"{"id":5,"op":"scanout","handle":3}"#).1,
-            Ok(Request::Scanout {
+            Ok(Request::Scanout(Scanout {
                 handle: 3,
                 width: None,
                 height: None,
                 stride: None
-            })
+            }))
         );
         assert_eq!(
             parse(r#"{"id":6,"op":"scanout","handle":3,"width":640,"height":480,"stride":2560}"#).1,
-            Ok(Request::Scanout {
+            Ok(Request::Scanout(Scanout {
                 handle: 3,
                 width: Some(640),
                 height: Some(480),
                 stride: Some(2560)
-            })
+            }))
         );
         // Rejections: missing, mistyped, out of range, unknown arguments.
         for bad in [
@@ -426,15 +207,15 @@ mod tests {
             );
         }
         for req in [
-            Request::Hog { mib: 0 },
-            Request::DropCaches { level: Some(2) },
-            Request::Vmstat {},
-            Request::Scanout {
+            Request::Hog(Hog { mib: 0 }),
+            Request::DropCaches(DropCaches { level: Some(2) }),
+            Request::Vmstat(Vmstat {}),
+            Request::Scanout(Scanout {
                 handle: 1,
                 width: Some(8),
                 height: None,
                 stride: None,
-            },
+            }),
         ] {
             assert_eq!(parse(&request_line(1, &req)).1, Ok(req));
         }
@@ -496,13 +277,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_responses() {
-        let req = Request::Verify {
+        let req = Request::Verify(Verify {
             handle: 3,
             seed: 1,
             bo: 2,
             version: 3,
-            pattern: Some(crate::pattern::Kind::Sparse),
-        };
+            pattern: Some(Pattern::Sparse),
+        });
         let line = request_line(42, &req);
         assert_eq!(parse(&line), (Some(42), Ok(req)));
 

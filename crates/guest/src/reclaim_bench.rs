@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use crate::anon::AnonMap;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, RegionArgs};
-use crate::pattern::{self, Kind};
+use crate::pattern::{self, Pattern};
 use crate::shrinker::{self, ScanMode};
 use crate::sysinfo;
 
@@ -117,8 +117,8 @@ fn one_round(
     let mib = (handles.len() * BO_BYTES / MIB) as f64;
     // The same content on both sides.
     for (i, &h) in handles.iter().enumerate() {
-        gpu.write_kind(h, Kind::Random, seed, i as u64, version)?;
-        pattern::fill_kind(Kind::Random, anon.chunk(i), seed, i as u64, version);
+        gpu.write_kind(h, Pattern::Random, seed, i as u64, version)?;
+        pattern::fill_kind(Pattern::Random, anon.chunk(i), seed, i as u64, version);
         gpu.transfer_to_host(h, RegionArgs::default(), Some(true))?;
     }
 

@@ -18,7 +18,7 @@
 use serde::Serialize;
 
 use crate::gpu::{Gpu, RegionArgs, DEFAULT_FORMAT};
-use crate::pattern::Kind;
+use crate::pattern::Pattern;
 use crate::uapi::{VIRTGPU_MADV_DONTNEED, VIRTGPU_MADV_WILLNEED};
 use crate::{Error, Result};
 
@@ -97,7 +97,7 @@ pub fn run(plan: &Plan, done: impl FnOnce(&Report) -> Result<()>) -> Result<Repo
     for k in 0..plan.bos {
         let bo = gpu.create_2d(WIDTH, plan.rows, DEFAULT_FORMAT)?;
         let (handle, res_id) = (bo.handle, bo.res_id);
-        let hashes = gpu.write_kind(handle, Kind::Sparse, plan.seed, key(k), 1)?;
+        let hashes = gpu.write_kind(handle, Pattern::Sparse, plan.seed, key(k), 1)?;
         if k < dontneed {
             gpu.madvise(handle, VIRTGPU_MADV_DONTNEED)?;
         }
@@ -116,7 +116,7 @@ pub fn run(plan: &Plan, done: impl FnOnce(&Report) -> Result<()>) -> Result<Repo
         for (k, (handle, res_id, _)) in bos.iter().enumerate().skip(dontneed as usize) {
             match plan.variant {
                 Variant::Mmap => {
-                    match gpu.verify_kind(*handle, Kind::Sparse, plan.seed, key(k as u32), 1)? {
+                    match gpu.verify_kind(*handle, Pattern::Sparse, plan.seed, key(k as u32), 1)? {
                         None => report.checked += 1,
                         Some(at) => report.mismatches.push(format!("{res_id} at offset {at}")),
                     }
@@ -136,7 +136,7 @@ pub fn run(plan: &Plan, done: impl FnOnce(&Report) -> Result<()>) -> Result<Repo
             retained = Some(kept);
             if kept {
                 if let Some(at) =
-                    gpu.verify_kind(handle, Kind::Sparse, plan.seed, key(k as u32), 1)?
+                    gpu.verify_kind(handle, Pattern::Sparse, plan.seed, key(k as u32), 1)?
                 {
                     report
                         .mismatches

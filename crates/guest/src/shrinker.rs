@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+pub use gpuswap_api::agent::ScanMode;
+use gpuswap_api::agent::{RunOutput, ScanLoopTotals};
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::sysinfo::parse_counters;
@@ -22,29 +23,14 @@ const DRI_DEBUGFS: &str = "/sys/kernel/debug/dri";
 const STATS_FILE: &str = "virtio-gpu-shrinker";
 const SCAN_FILE: &str = "virtio-gpu-shrink";
 
-/// Scan modes of the `virtio-gpu-shrink` file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScanMode {
-    Purge,
-    Evict,
-    PurgeWait,
-    EvictWait,
-    /// Every mode, cheapest first (what reclaim does when it may block).
-    #[default]
-    All,
-}
-
-impl ScanMode {
-    /// The word the debugfs file expects.
-    pub fn word(self) -> &'static str {
-        match self {
-            ScanMode::Purge => "purge",
-            ScanMode::Evict => "evict",
-            ScanMode::PurgeWait => "purge-wait",
-            ScanMode::EvictWait => "evict-wait",
-            ScanMode::All => "all",
-        }
+/// The word the `virtio-gpu-shrink` file expects for `mode`.
+pub fn mode_word(mode: ScanMode) -> &'static str {
+    match mode {
+        ScanMode::Purge => "purge",
+        ScanMode::Evict => "evict",
+        ScanMode::PurgeWait => "purge-wait",
+        ScanMode::EvictWait => "evict-wait",
+        ScanMode::All => "all",
     }
 }
 
@@ -82,7 +68,7 @@ pub fn scan(mode: ScanMode, pages: u64) -> Result<Map<String, Value>> {
 
 fn scan_in(dir: &Path, mode: ScanMode, pages: u64) -> Result<Map<String, Value>> {
     let path = dir.join(SCAN_FILE);
-    fs::write(&path, format!("{} {pages}", mode.word()))
+    fs::write(&path, format!("{} {pages}", mode_word(mode)))
         .map_err(|e| Error::io(path.display(), &e))?;
     let text = fs::read_to_string(&path).map_err(|e| Error::io(path.display(), &e))?;
     Ok(parse_counters(&text))
@@ -137,29 +123,29 @@ impl ScanLoop {
         })
     }
 
-    /// Stops the loop; returns `{scans, freed, errors, first_error, ms}`.
-    pub fn stop(self) -> Result<Value> {
+    /// Stops the loop; returns what it did.
+    pub fn stop(self) -> Result<ScanLoopTotals> {
         self.stop.store(true, Ordering::Relaxed);
         let totals = self
             .thread
             .join()
             .map_err(|_| Error::msg("scan loop thread panicked"))?;
-        Ok(json!({
-            "scans": totals.scans,
-            "freed": totals.freed,
-            "errors": totals.errors,
-            "first_error": totals.first_error,
-            "ms": self.started.elapsed().as_millis() as u64,
-        }))
+        Ok(ScanLoopTotals {
+            scans: totals.scans,
+            freed: totals.freed,
+            errors: totals.errors,
+            first_error: totals.first_error,
+            ms: self.started.elapsed().as_millis() as u64,
+        })
     }
 }
 
 /// Runs a program (busybox applets: insmod, rmmod, dmesg, ...) and returns
-/// `{status, signal, stdout, stderr}` (outputs cut to 16 KiB each).
+/// how it ended and its output (cut to 16 KiB each).
 ///
 /// The program starts with OOM score adjustment 0 rather than the agent's
 /// (see [`crate::hog::protect_agent_from_oom`]), so it stays killable.
-pub fn run(argv: &[String]) -> Result<Value> {
+pub fn run(argv: &[String]) -> Result<RunOutput> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     let (prog, args) = argv
@@ -177,12 +163,12 @@ pub fn run(argv: &[String]) -> Result<Value> {
         let b = &b[b.len().saturating_sub(16 * 1024)..];
         String::from_utf8_lossy(b).into_owned()
     };
-    Ok(json!({
-        "status": out.status.code(),
-        "signal": out.status.signal(),
-        "stdout": cut(&out.stdout),
-        "stderr": cut(&out.stderr),
-    }))
+    Ok(RunOutput {
+        status: out.status.code(),
+        signal: out.status.signal(),
+        stdout: cut(&out.stdout),
+        stderr: cut(&out.stderr),
+    })
 }
 
 /// `pre_exec` hook: set /proc/self/oom_score_adj to 0, ignoring failure
@@ -213,9 +199,9 @@ mod tests {
         assert_eq!(m["evictable_pages"], 12);
         assert_eq!(m["evictions"], 3);
         assert_eq!(m.len(), 2);
-        assert_eq!(ScanMode::EvictWait.word(), "evict-wait");
+        assert_eq!(mode_word(ScanMode::EvictWait), "evict-wait");
         assert_eq!(ScanMode::default(), ScanMode::All);
-        let mode: ScanMode = serde_json::from_value(json!("purge_wait")).unwrap();
+        let mode: ScanMode = serde_json::from_value(serde_json::json!("purge_wait")).unwrap();
         assert_eq!(mode, ScanMode::PurgeWait);
     }
 
@@ -227,9 +213,9 @@ mod tests {
             "echo hi; echo err >&2; exit 3".into(),
         ])
         .unwrap();
-        assert_eq!(r["status"], 3);
-        assert_eq!(r["stdout"], "hi\n");
-        assert_eq!(r["stderr"], "err\n");
+        assert_eq!(r.status, Some(3));
+        assert_eq!(r.stdout, "hi\n");
+        assert_eq!(r.stderr, "err\n");
         assert!(run(&[]).is_err());
         let r = run(&["cat".into(), "/proc/self/oom_score_adj".into()]).unwrap();
         let own: i32 = fs::read_to_string("/proc/self/oom_score_adj")
@@ -237,7 +223,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let child: i32 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+        let child: i32 = r.stdout.trim().parse().unwrap();
         // Raised to 0 always; lowered to 0 only with CAP_SYS_RESOURCE.
         assert!(child == 0 || (own > 0 && child == own), "{own} -> {child}");
     }

@@ -1,59 +1,44 @@
 //! virtio-gpu driver ioctls (include/uapi/drm/virtgpu_drm.h), with the 6.12
 //! semantics of drivers/gpu/drm/virtio/virtgpu_ioctl.c noted where they matter.
 
-use serde::Serialize;
+use gpuswap_api::agent::DeviceParams;
 
 use crate::drm::Card;
 use crate::error::{Error, Result};
 use crate::uapi;
 
-/// The answers of DRM_IOCTL_VIRTGPU_GETPARAM; `None` when the query failed
-/// (an older kernel answers EINVAL for parameters it does not know).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Params {
-    #[serde(rename = "3d_features")]
-    pub three_d_features: Option<bool>,
-    pub capset_query_fix: Option<bool>,
-    pub resource_blob: Option<bool>,
-    pub host_visible: Option<bool>,
-    pub cross_device: Option<bool>,
-    pub context_init: Option<bool>,
-    /// Bitmask of capset ids (VIRTGPU_PARAM_SUPPORTED_CAPSET_IDs).
-    pub supported_capset_ids: Option<u64>,
+/// The answers of DRM_IOCTL_VIRTGPU_GETPARAM for `card`, each `None` when
+/// the query failed (an older kernel answers EINVAL for parameters it does
+/// not know).
+pub fn query_params(card: &Card) -> DeviceParams {
+    let flag = |p| getparam(card, p).ok().map(|v| v != 0);
+    DeviceParams {
+        three_d_features: flag(uapi::VIRTGPU_PARAM_3D_FEATURES),
+        capset_query_fix: flag(uapi::VIRTGPU_PARAM_CAPSET_QUERY_FIX),
+        resource_blob: flag(uapi::VIRTGPU_PARAM_RESOURCE_BLOB),
+        host_visible: flag(uapi::VIRTGPU_PARAM_HOST_VISIBLE),
+        cross_device: flag(uapi::VIRTGPU_PARAM_CROSS_DEVICE),
+        context_init: flag(uapi::VIRTGPU_PARAM_CONTEXT_INIT),
+        supported_capset_ids: getparam(card, uapi::VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS)
+            .ok()
+            .map(|v| u64::from(v as u32)),
+    }
 }
 
-impl Params {
-    /// Query every parameter; individual failures become `None`.
-    pub fn query(card: &Card) -> Params {
-        let flag = |p| getparam(card, p).ok().map(|v| v != 0);
-        Params {
-            three_d_features: flag(uapi::VIRTGPU_PARAM_3D_FEATURES),
-            capset_query_fix: flag(uapi::VIRTGPU_PARAM_CAPSET_QUERY_FIX),
-            resource_blob: flag(uapi::VIRTGPU_PARAM_RESOURCE_BLOB),
-            host_visible: flag(uapi::VIRTGPU_PARAM_HOST_VISIBLE),
-            cross_device: flag(uapi::VIRTGPU_PARAM_CROSS_DEVICE),
-            context_init: flag(uapi::VIRTGPU_PARAM_CONTEXT_INIT),
-            supported_capset_ids: getparam(card, uapi::VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS)
-                .ok()
-                .map(|v| u64::from(v as u32)),
-        }
-    }
-
-    /// Names of the boolean parameters that are set, e.g. `["capset_query_fix"]`.
-    pub fn set_names(&self) -> Vec<&'static str> {
-        [
-            ("3d_features", self.three_d_features),
-            ("capset_query_fix", self.capset_query_fix),
-            ("resource_blob", self.resource_blob),
-            ("host_visible", self.host_visible),
-            ("cross_device", self.cross_device),
-            ("context_init", self.context_init),
-        ]
-        .into_iter()
-        .filter(|(_, v)| *v == Some(true))
-        .map(|(n, _)| n)
-        .collect()
-    }
+/// Names of the boolean parameters that are set, e.g. `["capset_query_fix"]`.
+pub fn set_param_names(params: &DeviceParams) -> Vec<&'static str> {
+    [
+        ("3d_features", params.three_d_features),
+        ("capset_query_fix", params.capset_query_fix),
+        ("resource_blob", params.resource_blob),
+        ("host_visible", params.host_visible),
+        ("cross_device", params.cross_device),
+        ("context_init", params.context_init),
+    ]
+    .into_iter()
+    .filter(|(_, v)| *v == Some(true))
+    .map(|(n, _)| n)
+    .collect()
 }
 
 /// DRM_IOCTL_VIRTGPU_GETPARAM. The kernel writes an `int` through the user
@@ -332,13 +317,13 @@ mod tests {
 
     #[test]
     fn param_names() {
-        let p = Params {
+        let p = DeviceParams {
             capset_query_fix: Some(true),
             resource_blob: Some(false),
             ..Default::default()
         };
-        assert_eq!(p.set_names(), vec!["capset_query_fix"]);
-        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(set_param_names(&p), vec!["capset_query_fix"]);
+        let v = serde_json::to_value(p).unwrap();
         assert_eq!(v["3d_features"], serde_json::Value::Null);
         assert_eq!(v["capset_query_fix"], true);
     }

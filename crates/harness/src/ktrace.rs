@@ -17,6 +17,7 @@
 //! which `qemu-scripts/gpuswap-vm` sees to; with refined-jiffies its clock
 //! lags in 4 ms steps and catches up, and no offset model holds.)
 
+use gpuswap_api::agent::KernelEvents;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -232,33 +233,28 @@ impl KernelTrace {
     /// Takes one `trace_read` reply, sent at `sent_us` and received at
     /// `received_us` (host µs since the Unix epoch). Returns how many events
     /// the guest still holds.
-    pub fn absorb(&mut self, reply: &Value, sent_us: u64, received_us: u64) -> u64 {
-        if let Some(mono) = reply["mono_ns"].as_u64() {
-            self.clock.push(sent_us, received_us, mono);
-        }
-        for e in reply["events"].as_array().into_iter().flatten() {
-            let (Some(guest_ns), Some(name)) = (e["t_ns"].as_u64(), e["name"].as_str()) else {
-                continue;
-            };
+    pub fn absorb(&mut self, reply: &KernelEvents, sent_us: u64, received_us: u64) -> u64 {
+        self.clock.push(sent_us, received_us, reply.mono_ns);
+        for e in &reply.events {
             if self.raw.len() >= CAPACITY {
                 self.host_dropped += 1;
                 continue;
             }
+            let name = e.name.strip_prefix("virtio_gpu_").unwrap_or(&e.name);
             self.raw.push(Raw {
-                guest_ns,
-                cpu: e["cpu"].as_u64().unwrap_or(0),
-                name: name.strip_prefix("virtio_gpu_").unwrap_or(name).to_string(),
-                args: e["args"].as_object().cloned().unwrap_or_default(),
+                guest_ns: e.t_ns,
+                cpu: u64::from(e.cpu),
+                name: name.to_string(),
+                args: e.args.clone(),
             });
         }
-        let n = |k: &str| reply[k].as_u64().unwrap_or(0);
-        self.guest_dropped = n("dropped");
-        self.guest_unparsed = n("unparsed");
-        self.kernel_overrun = n("kernel_overrun");
-        if let Some(e) = reply["reader_error"].as_str() {
-            self.reader_error = Some(e.to_string());
+        self.guest_dropped = reply.dropped;
+        self.guest_unparsed = reply.unparsed;
+        self.kernel_overrun = reply.kernel_overrun;
+        if let Some(e) = &reply.reader_error {
+            self.reader_error = Some(e.clone());
         }
-        n("pending")
+        reply.pending as u64
     }
 
     /// Every event on the host clock, in time order (none without a clock
@@ -426,18 +422,17 @@ mod tests {
     #[test]
     fn reads_are_absorbed_and_losses_kept() {
         let mut t = KernelTrace::default();
-        let reply = json!({
-            "ok": true,
+        let reply: KernelEvents = serde_json::from_value(json!({
             "events": [
                 {"t_ns": 5_000_000_000u64, "cpu": 1, "name": "virtio_gpu_bo_detach",
                  "args": {"res": 7, "size": 4096, "gen": 2, "purge": 0}},
                 {"t_ns": 4_000_000_000u64, "cpu": 0, "name": "virtio_gpu_bo_attach",
                  "args": {"res": 7, "size": 4096, "gen": 2, "entries": 1, "use": "transfer"}},
-                {"cpu": 0, "name": "no time"},
             ],
             "pending": 3, "dropped": 2, "unparsed": 1, "kernel_overrun": 4,
             "mono_ns": 6_000_000_000u64,
-        });
+        }))
+        .unwrap();
         assert_eq!(t.absorb(&reply, 10_000_000, 10_000_100), 3);
         let events = t.events();
         assert_eq!(events.len(), 2);

@@ -1,6 +1,8 @@
 //! gpuswap's harness: the real daemon, a real guest under QEMU (via
-//! `qemu-scripts/gpuswap-vm`), and clients for the daemon's control socket
-//! and the guest agent channel; the stress runs of the `gpuswap-run` main
+//! `qemu-scripts/gpuswap-vm`), the typed client of the guest agent channel
+//! ([`Agent`], with the requests of `gpuswap_api::agent`) and, from the
+//! test-support crate, the typed control-socket client
+//! ([`ControlClient`]), processes and waits; the stress runs of the `gpuswap-run` main
 //! job ([`stress`]) with their QMP client, timeline, guest kernel trace and
 //! trace file. The binaries `gpuswap-run`, `gpuswap-boot-loop` and
 //! `gpuswap-guest-bench` are built on it, and so are the end-to-end tests
@@ -9,11 +11,19 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use gpuswap_api::agent;
+use nix::sys::signal::Signal;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+
+pub use gpuswap_api::agent::AgentRequest;
+pub use gpuswap_testkit::{
+    poll_every, poll_until, wait_for_path, ControlClient, ControlError, Process, ScratchDir,
+};
 
 pub mod ktrace;
 pub mod qmp;
@@ -94,52 +104,35 @@ impl Images {
     }
 }
 
-/// A scratch directory for one run's sockets and logs, kept on failure.
-pub struct RunDir(pub PathBuf);
-
-impl RunDir {
-    pub fn new(name: &str) -> RunDir {
-        let dir = std::env::temp_dir().join(format!("gpuswap-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        RunDir(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
+/// The directory of one run's sockets and logs,
+/// `$TMPDIR/gpuswap-{name}-{pid}`, created empty; it stays when dropped
+/// (the report names it, and a failed run is read from it).
+pub fn run_dir(name: &str) -> ScratchDir {
+    let path = std::env::temp_dir().join(format!("gpuswap-{name}-{}", std::process::id()));
+    let mut dir = ScratchDir::at(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    dir.keep();
+    dir
 }
 
-/// Waits until `path` exists.
-pub fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{} did not appear within {timeout:?}",
-                path.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
+/// How long the daemon may take to bind its sockets.
+const DAEMON_START: Duration = Duration::from_secs(10);
+/// How long a SIGTERMed daemon may take to exit.
+const DAEMON_EXIT: Duration = Duration::from_secs(10);
 
-/// A running gpuswap daemon, killed on drop.
+/// A running gpuswap daemon (log `daemon.log` in its run directory),
+/// killed on drop.
 pub struct Daemon {
-    child: Child,
+    process: Process,
     pub socket: PathBuf,
     pub control: PathBuf,
-    pub log: PathBuf,
 }
 
 impl Daemon {
-    pub fn start(binary: &Path, dir: &RunDir, extra: &[&str]) -> Result<Daemon> {
-        let socket = dir.path("gpu.sock");
-        let control = dir.path("control.sock");
-        let log = dir.path("daemon.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
+    pub fn start(binary: &Path, dir: &ScratchDir, extra: &[&str]) -> Result<Daemon> {
+        let socket = dir.join("gpu.sock");
+        let control = dir.join("control.sock");
+        let mut command = Command::new(binary);
+        command
             .arg("--socket-path")
             .arg(&socket)
             .arg("--control-socket")
@@ -148,28 +141,37 @@ impl Daemon {
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log_file)
-            .spawn()
+            );
+        let process = Process::spawn(&mut command, &dir.join("daemon.log"))
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let daemon = Daemon {
-            child,
+        let mut daemon = Daemon {
+            process,
             socket,
             control,
-            log,
         };
-        wait_for_path(&daemon.socket, Duration::from_secs(10))?;
-        wait_for_path(&daemon.control, Duration::from_secs(10))?;
+        for path in [&daemon.socket, &daemon.control] {
+            let process = &mut daemon.process;
+            wait_for_path(path, DAEMON_START, || {
+                process
+                    .try_reap()
+                    .map(|status| format!("the daemon exited ({status})"))
+            })?;
+        }
         Ok(daemon)
     }
 
-    pub fn control(&self) -> Result<Control> {
-        Control::connect(&self.control)
+    /// A new connection to the daemon's control socket.
+    pub fn control(&self) -> Result<ControlClient> {
+        Ok(ControlClient::connect(&self.control)?)
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
+    }
+
+    /// The daemon's log (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
     }
 
     /// The daemon's resident memory (VmRSS), KiB.
@@ -179,111 +181,17 @@ impl Daemon {
 
     /// Whether the daemon is still running.
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.is_running()
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> Result<ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        self.process
+            .signal(Signal::SIGTERM)
             .map_err(|e| e.to_string())?;
-        wait_timeout(&mut self.child, Duration::from_secs(10))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(format!("process did not exit within {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A JSON-lines client for the daemon's control socket.
-pub struct Control {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Control {
-    pub fn connect(path: &Path) -> Result<Control> {
-        let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(Control {
-            reader: BufReader::new(stream),
-            writer,
-        })
-    }
-
-    /// Sends one request and returns its response; `ok: false` is an error.
-    pub fn request(&mut self, request: Value) -> Result<Value> {
-        writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let value: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
-        if value["ok"] != json!(true) {
-            return Err(format!("control request {request} failed: {value}"));
-        }
-        Ok(value)
-    }
-
-    pub fn resources(&mut self) -> Result<Vec<Value>> {
-        let v = self.request(json!({"cmd": "resources"}))?;
-        Ok(v["resources"].as_array().cloned().unwrap_or_default())
-    }
-
-    pub fn resource(&mut self, id: u64) -> Result<Option<Value>> {
-        let v = self.request(json!({"cmd": "resources", "id": id}))?;
-        Ok(v["resources"].as_array().and_then(|r| r.first().cloned()))
-    }
-
-    pub fn counters(&mut self) -> Result<Value> {
-        self.request(json!({"cmd": "counters"}))
-    }
-
-    pub fn trace(&mut self, after: u64, resource: Option<u64>) -> Result<Vec<Value>> {
-        let v = self.request(json!({"cmd": "trace", "after": after, "resource": resource}))?;
-        Ok(v["events"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// Waits up to `timeout` for the daemon to hold no resource (the guest
-    /// frees them asynchronously after a close) and returns what is left.
-    pub fn resources_left(&mut self, timeout: Duration) -> Result<Vec<Value>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = self.resources()?;
-            if left.is_empty() || Instant::now() >= deadline {
-                return Ok(left);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Every violation event in the retained trace.
-    pub fn violations(&mut self) -> Result<Vec<Value>> {
-        Ok(self
-            .trace(0, None)?
-            .into_iter()
-            .filter(|e| e["event"] == "violation")
-            .collect())
+        self.process
+            .wait_exit(DAEMON_EXIT)
+            .ok_or_else(|| format!("process did not exit within {DAEMON_EXIT:?}"))
     }
 }
 
@@ -312,9 +220,10 @@ impl Default for VmConfig {
     }
 }
 
-/// A guest running under QEMU, launched by `qemu-scripts/gpuswap-vm`.
+/// A guest running under QEMU, launched by `qemu-scripts/gpuswap-vm`
+/// (log `qemu.log` in its run directory), killed on drop.
 pub struct Vm {
-    child: Child,
+    process: Process,
     pub serial_log: PathBuf,
     pub agent_socket: PathBuf,
     /// The guest sampler's read-only channel (`gpuswap-guest sampler`).
@@ -326,13 +235,13 @@ impl Vm {
     pub fn start(
         images: &Images,
         gpu_socket: &Path,
-        dir: &RunDir,
+        dir: &ScratchDir,
         config: &VmConfig,
     ) -> Result<Vm> {
-        let serial_log = dir.path("serial.log");
-        let agent_socket = dir.path("agent.sock");
-        let sampler_socket = dir.path("sampler.sock");
-        let qmp_socket = dir.path("qmp.sock");
+        let serial_log = dir.join("serial.log");
+        let agent_socket = dir.join("agent.sock");
+        let sampler_socket = dir.join("sampler.sock");
+        let qmp_socket = dir.join("qmp.sock");
         let mut cmd = Command::new(root().join("qemu-scripts/gpuswap-vm"));
         cmd.arg("--kernel")
             .arg(&images.kernel)
@@ -357,15 +266,10 @@ impl Vm {
         if config.reboot {
             cmd.arg("--reboot");
         }
-        let qemu_log = std::fs::File::create(dir.path("qemu.log")).map_err(|e| e.to_string())?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(qemu_log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(qemu_log)
-            .spawn()
+        let process = Process::spawn(&mut cmd, &dir.join("qemu.log"))
             .map_err(|e| format!("cannot start the VM launcher: {e}"))?;
         Ok(Vm {
-            child,
+            process,
             serial_log,
             agent_socket,
             sampler_socket,
@@ -381,43 +285,35 @@ impl Vm {
     /// The agent of the boot whose serial log starts at byte `from` (for a
     /// guest that rebooted: [`VmConfig::reboot`]).
     pub fn agent_after(&mut self, from: usize, timeout: Duration) -> Result<Agent> {
-        let child = &mut self.child;
-        wait_for_agent_after(
-            &self.agent_socket,
-            &self.serial_log,
-            from,
-            timeout,
-            || match child.try_wait() {
-                Ok(Some(status)) => Some(format!("QEMU exited ({status})")),
-                _ => None,
-            },
-        )
+        let process = &mut self.process;
+        wait_for_agent_after(&self.agent_socket, &self.serial_log, from, timeout, || {
+            process
+                .try_reap()
+                .map(|status| format!("QEMU exited ({status})"))
+        })
     }
 
     /// Waits for QEMU to exit (the guest reboots, QEMU runs -no-reboot).
     pub fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
-        wait_timeout(&mut self.child, timeout)
+        self.process
+            .wait_exit(timeout)
+            .ok_or_else(|| format!("process did not exit within {timeout:?}"))
     }
 
     /// QEMU's process id (the launcher execs it).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Kills QEMU with SIGKILL, as the OOM killer or a crash would, and
     /// reaps it.
     pub fn kill(mut self) -> Result<ExitStatus> {
-        self.child.kill().map_err(|e| format!("kill QEMU: {e}"))?;
-        self.child.wait().map_err(|e| format!("wait for QEMU: {e}"))
+        self.process.kill().map_err(|e| format!("kill QEMU: {e}"))
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How often a booting guest's agent is looked for.
+const AGENT_RETRY: Duration = Duration::from_millis(250);
 
 /// How much of the serial log a failed boot's error carries: room for the
 /// init's port report (`GPUSWAP-PORTS` lines) and what came before it.
@@ -444,38 +340,34 @@ pub fn wait_for_agent_after(
     timeout: Duration,
     mut gone: impl FnMut() -> Option<String>,
 ) -> Result<Agent> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let outcome = poll_every(AGENT_RETRY, timeout, || {
         if let Some(why) = gone() {
-            return Err(format!(
+            return Some(Err(format!(
                 "{why} before the agent answered; serial log:\n{}",
                 tail(serial, BOOT_LOG_LINES)
-            ));
+            )));
         }
         // /init prints this when the workload ended: no agent is coming.
         let log = std::fs::read(serial).unwrap_or_default();
         let this_boot = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
         if this_boot.contains("GPUSWAP-INIT-EXIT") {
-            return Err(format!(
+            return Some(Err(format!(
                 "the guest workload exited before the agent answered; serial log:\n{}",
                 tail(serial, BOOT_LOG_LINES)
-            ));
+            )));
         }
-        if let Ok(mut agent) = Agent::connect(socket) {
-            // The chardev accepts before the guest opens its port: only
-            // a hello answered proves the agent is there.
-            if agent.request(json!({"op": "hello"})).is_ok() {
-                return Ok(agent);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "no guest agent within {timeout:?}; serial log:\n{}",
-                tail(serial, BOOT_LOG_LINES)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        let mut agent = Agent::connect(socket).ok()?;
+        // The chardev accepts before the guest opens its port: only a
+        // hello answered proves the agent is there.
+        agent.request(agent::Hello {}).ok()?;
+        Some(Ok(agent))
+    });
+    outcome.unwrap_or_else(|| {
+        Err(format!(
+            "no guest agent within {timeout:?}; serial log:\n{}",
+            tail(serial, BOOT_LOG_LINES)
+        ))
+    })
 }
 
 /// Host time in µs since the Unix epoch: the clock of the daemon's trace.
@@ -520,8 +412,10 @@ pub struct InFlight {
 /// Where an [`Agent`] publishes its request in flight.
 pub type InFlightSlot = Arc<Mutex<Option<InFlight>>>;
 
-/// A JSON-lines client for the guest agent (`gpuswap-guest agent`) or the
-/// guest sampler (`gpuswap-guest sampler`).
+/// The typed client of the guest agent (`gpuswap-guest agent`) or the
+/// guest sampler (`gpuswap-guest sampler`): it sends the requests of
+/// `gpuswap_api::agent` and decodes each reply as the request's reply
+/// type.
 pub struct Agent {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -565,35 +459,47 @@ impl Agent {
         self.steps = Some(log);
     }
 
-    /// Sends `request` (an object with `op`) and returns the response;
-    /// `ok: false` is an error.
-    pub fn request(&mut self, request: Value) -> Result<Value> {
-        let shown = request.to_string();
-        let value = self.call(request)?;
-        if value["ok"] != json!(true) {
-            return Err(format!("agent request {shown} failed: {value}"));
+    /// Sends `request` and returns its reply; `ok: false` is an error.
+    pub fn request<R: AgentRequest>(&mut self, request: R) -> Result<R::Reply> {
+        Ok(self.request_with_line(request)?.0)
+    }
+
+    /// [`Agent::request`], and the reply line as it came (`id` and `ok`
+    /// included), for a record of what the guest answered.
+    pub fn request_with_line<R: AgentRequest>(&mut self, request: R) -> Result<(R::Reply, Value)> {
+        let request = request.into_object();
+        let shown = Value::Object(request.clone()).to_string();
+        let line = self.call(request)?;
+        if line["ok"] != json!(true) {
+            return Err(format!("agent request {shown} failed: {line}"));
         }
-        Ok(value)
+        let reply = reply_fields(&line)
+            .map_err(|e| format!("agent request {shown}: unexpected reply {line}: {e}"))?;
+        Ok((reply, line))
     }
 
     /// For requests expected to fail: `None` if it worked, else the errno
     /// the guest reported (-1 for a failure without one). Only a broken
     /// channel is an error.
-    pub fn request_errno(&mut self, request: Value) -> Result<Option<i64>> {
-        let value = self.call(request)?;
-        if value["ok"] == json!(true) {
+    pub fn request_errno<R: AgentRequest>(&mut self, request: R) -> Result<Option<i64>> {
+        let line = self.call(request.into_object())?;
+        if line["ok"] == json!(true) {
             return Ok(None);
         }
-        Ok(Some(value["errno"].as_i64().unwrap_or(-1)))
+        Ok(Some(line["errno"].as_i64().unwrap_or(-1)))
     }
 
     /// Sends `request` without waiting; returns its id for
     /// [`Agent::poll_reply`].
-    pub fn send(&mut self, mut request: Value) -> Result<u64> {
+    pub fn send<R: AgentRequest>(&mut self, request: R) -> Result<u64> {
+        self.send_object(request.into_object())
+    }
+
+    fn send_object(&mut self, mut request: Map<String, Value>) -> Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
-        request["id"] = json!(id);
-        writeln!(self.writer, "{request}").map_err(|e| e.to_string())?;
+        request.insert("id".into(), json!(id));
+        writeln!(self.writer, "{}", Value::Object(request)).map_err(|e| e.to_string())?;
         Ok(id)
     }
 
@@ -627,9 +533,13 @@ impl Agent {
         }
     }
 
-    /// Sends `request` and returns its response line, whatever it says.
-    fn call(&mut self, request: Value) -> Result<Value> {
-        let op = request["op"].as_str().unwrap_or("?").to_string();
+    /// Sends `request` and returns its reply line, whatever it says.
+    fn call(&mut self, request: Map<String, Value>) -> Result<Value> {
+        let op = request
+            .get("op")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
         if let Some(slot) = &self.in_flight {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(InFlight {
                 op: op.clone(),
@@ -639,12 +549,10 @@ impl Agent {
         let start_us = unix_us();
         let args = self.steps.is_some().then(|| {
             let mut args = request.clone();
-            if let Some(m) = args.as_object_mut() {
-                m.remove("op");
-            }
-            args
+            args.remove("op");
+            Value::Object(args)
         });
-        let result = self.send(request).and_then(|id| loop {
+        let result = self.send_object(request).and_then(|id| loop {
             let mut line = String::new();
             let n = self
                 .reader
@@ -682,9 +590,18 @@ impl Agent {
     }
 }
 
+/// The fields of a successful agent reply line (`id` and `ok` left out) as
+/// `T`, one of the reply types of `gpuswap_api::agent`.
+pub fn reply_fields<T: DeserializeOwned>(line: &Value) -> std::result::Result<T, String> {
+    let mut fields = line.as_object().cloned().unwrap_or_default();
+    fields.remove("id");
+    fields.remove("ok");
+    serde_json::from_value(Value::Object(fields)).map_err(|e| e.to_string())
+}
+
 /// A daemon with a guest booted on it whose agent answers.
 pub struct Booted {
-    pub dir: RunDir,
+    pub dir: ScratchDir,
     pub daemon: Daemon,
     pub vm: Vm,
     pub agent: Agent,
@@ -705,7 +622,7 @@ pub fn boot_guest(
     config: &VmConfig,
     daemon_args: &[&str],
 ) -> Result<Booted> {
-    let dir = RunDir::new(name);
+    let dir = run_dir(name);
     let daemon = Daemon::start(&images.daemon, &dir, daemon_args)?;
     let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
     let agent = vm.agent(BOOT_TIMEOUT)?;
@@ -724,8 +641,8 @@ pub fn boot_guest_on(
     daemon: &Daemon,
     name: &str,
     config: &VmConfig,
-) -> Result<(RunDir, Vm, Agent)> {
-    let dir = RunDir::new(name);
+) -> Result<(ScratchDir, Vm, Agent)> {
+    let dir = run_dir(name);
     let mut vm = Vm::start(images, &daemon.socket, &dir, config)?;
     let agent = vm.agent(BOOT_TIMEOUT)?;
     Ok((dir, vm, agent))

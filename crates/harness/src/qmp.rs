@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::Result;
+use crate::{poll_every, Result};
 
 /// One asynchronous QMP event.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -79,21 +79,17 @@ impl Qmp {
     /// accepts (QEMU creates it during start-up) for up to `timeout`, reads
     /// the greeting and leaves capabilities negotiation.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) => {
-                    if Instant::now() >= deadline {
-                        return Err(format!(
-                            "QMP socket {} not connectable within {timeout:?}: {e}",
-                            path.display()
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
+        let mut last = None;
+        let stream = poll_every(Duration::from_millis(20), timeout, || {
+            UnixStream::connect(path).map_err(|e| last = Some(e)).ok()
+        })
+        .ok_or_else(|| {
+            format!(
+                "QMP socket {} not connectable within {timeout:?}: {}",
+                path.display(),
+                last.map_or_else(String::new, |e| e.to_string())
+            )
+        })?;
         let writer = stream
             .try_clone()
             .map_err(|e| format!("QMP {}: {e}", path.display()))?;
@@ -294,8 +290,9 @@ const CLOSED: &str = "QEMU closed the QMP connection";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Process, ScratchDir};
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
 
     const MIB: u64 = 1024 * 1024;
 
@@ -314,49 +311,15 @@ mod tests {
         })
     }
 
-    struct Qemu {
-        child: Child,
-        dir: PathBuf,
-    }
-
-    impl Qemu {
-        fn log(&self) -> String {
-            std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default()
-        }
-
-        fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-            let deadline = Instant::now() + timeout;
-            loop {
-                if let Ok(Some(s)) = self.child.try_wait() {
-                    return Some(s);
-                }
-                if Instant::now() > deadline {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    impl Drop for Qemu {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     #[test]
     fn qmp_against_real_qemu() {
         let qemu_bin = find_qemu()
             .expect("no GPUSWAP_QEMU and no qemu-system-x86_64 in PATH: run `cargo xtask setup`");
         let started = Instant::now();
-        let dir = std::env::temp_dir().join(format!("gpuswap-qmp-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = ScratchDir::new("gpuswap-qmp", "test").expect("temp dir");
         let sock = dir.join("qmp.sock");
-        let log = std::fs::File::create(dir.join("qemu.log")).expect("log file");
-        let child = Command::new(&qemu_bin)
+        let mut command = Command::new(&qemu_bin);
+        command
             // Firmware paths for a QEMU built from source (harmless for
             // Debian's, which has them built in).
             .args(["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"])
@@ -379,13 +342,9 @@ mod tests {
                 "socket,id=qmp,path={},server=on,wait=off",
                 sock.display()
             ))
-            .args(["-mon", "chardev=qmp,mode=control"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
+            .args(["-mon", "chardev=qmp,mode=control"]);
+        let mut qemu = Process::spawn(&mut command, &dir.join("qemu.log"))
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", qemu_bin.display()));
-        let mut qemu = Qemu { child, dir };
 
         let mut qmp = Qmp::connect(&sock, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{e}\nQEMU log:\n{}", qemu.log()));
@@ -416,7 +375,7 @@ mod tests {
 
         qmp.quit().expect("quit");
         let status = qemu
-            .wait(Duration::from_secs(3))
+            .wait_exit(Duration::from_secs(3))
             .unwrap_or_else(|| panic!("QEMU did not exit after quit\n{}", qemu.log()));
         assert!(status.success(), "QEMU exit {status}\n{}", qemu.log());
         // quit emits SHUTDOWN; it was kept (or is still on the socket).
@@ -449,9 +408,7 @@ mod tests {
     #[test]
     fn hung_peer_times_out_and_events_are_bounded() {
         use std::os::unix::net::UnixListener;
-        let dir = std::env::temp_dir().join(format!("gpuswap-qmp-fake-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = ScratchDir::new("gpuswap-qmp", "fake").expect("temp dir");
         let path = dir.join("qmp.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         // A fake QEMU: greets, answers qmp_capabilities after a flood of
@@ -486,6 +443,5 @@ mod tests {
         assert!(err.contains("timed out"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(2));
         server.join().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,7 @@
 //! through the control socket. Each implements [`DeviceUnderTest`] for its
 //! layer and calls [`run`]; the rules live here once.
 //!
-//! What the model knows (the rules of `crates/device/src/device.rs`):
+//! What the model knows (the rules of `crates/device/src/gpu_device/`):
 //!
 //! - 2D resources start detached; guest blobs start attached to their
 //!   CREATE_BLOB entries, or detached when created with none.
@@ -385,7 +385,8 @@ pub enum Shown {
 }
 
 /// A live resource as the device reports it (`resources` on the control
-/// socket, `GpuDevice::resources` in process), hashes by the test's hash.
+/// socket; in process, the device's snapshot read whole), hashes by the
+/// test's hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub id: u32,

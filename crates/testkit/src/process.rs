@@ -16,7 +16,17 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Calls `probe` every few milliseconds until it returns `Some`, for at
 /// most `timeout` (at least once): its value, or `None` at the deadline.
-pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(timeout: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL, timeout, probe)
+}
+
+/// [`poll_until`] with `period` between two calls, for probes that cost
+/// more than a look (a connection attempt, reading a log).
+pub fn poll_every<T>(
+    period: Duration,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
@@ -25,7 +35,7 @@ pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) ->
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(period);
     }
 }
 
@@ -165,6 +175,13 @@ impl ScratchDir {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
+        ScratchDir::at(path)
+    }
+
+    /// Creates the directory `path` (removing a stale one), for callers
+    /// whose directory name is fixed (the harness's run directories).
+    pub fn at(path: impl Into<PathBuf>) -> io::Result<ScratchDir> {
+        let path = path.into();
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)?;
         Ok(ScratchDir { path, keep: false })
@@ -292,5 +309,30 @@ mod tests {
         drop(b);
         assert!(pb.exists());
         std::fs::remove_dir_all(pb).unwrap();
+    }
+
+    #[test]
+    fn a_scratch_dir_at_a_fixed_path_starts_empty() {
+        let outer = ScratchDir::new("gpuswap-testkit", "at").unwrap();
+        let path = outer.join("fixed");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("stale"), "x").unwrap();
+        let dir = ScratchDir::at(&path).unwrap();
+        assert_eq!(dir.path(), path);
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn poll_every_waits_its_period_between_tries() {
+        let mut tries = 0;
+        let started = Instant::now();
+        let got = poll_every(Duration::from_millis(20), Duration::from_secs(10), || {
+            tries += 1;
+            (tries == 3).then_some(tries)
+        });
+        assert_eq!(got, Some(3));
+        assert!(started.elapsed() >= Duration::from_millis(40));
     }
 }

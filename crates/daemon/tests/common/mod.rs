@@ -1,6 +1,7 @@
 //! Shared helpers for the daemon's integration tests: spawning the real
-//! `gpuswap-daemon` binary on temp sockets, a control-socket client, and
-//! upload, pixel and hash helpers matching the daemon's `host_hash` and
+//! `gpuswap-daemon` binary on temp sockets, connecting the typed
+//! control-socket client (`gpuswap_testkit::ControlClient`), and upload,
+//! pixel and hash helpers matching the daemon's `host_hash` and
 //! `backing_hash` strings. Test data comes from `gpuswap_testkit::pattern`.
 
 // Each test file uses a different subset of these helpers; helpers only
@@ -8,21 +9,19 @@
 // by building with this allow turned into a warning).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use gpuswap_api::control::{Event, Resource, Status};
 use gpuswap_frontend::{
     DisplayEvent, DisplayHandle, Error, FrontendConfig, GpuFrontend, Pages, Placement,
 };
 use gpuswap_protocol::wire::Rect;
 use gpuswap_protocol::{format, ErrorCode};
-use gpuswap_testkit::{poll_until, wait_for_path, Process, ScratchDir};
-use serde_json::{json, Value};
+use gpuswap_testkit::{poll_until, wait_for_path, ControlClient, Process, ScratchDir};
 
 /// How long anything in these tests may take before it counts as hung.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -118,8 +117,8 @@ impl Daemon {
     }
 
     /// A new control-socket connection.
-    pub fn ctl(&self) -> Control {
-        Control::connect(&self.control)
+    pub fn ctl(&self) -> ControlClient {
+        control_at(&self.control)
     }
 
     /// The daemon's stdout and stderr so far.
@@ -152,14 +151,16 @@ impl Daemon {
     }
 
     /// Polls the control socket until `pred(status)` holds.
-    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
         let mut ctl = self.ctl();
-        let mut last = Value::Null;
+        let mut last = None;
         poll_until(WAIT, || {
-            last = ctl.status();
-            pred(&last).then(|| last.clone())
+            let status = ctl.status().expect("status");
+            let done = pred(&status).then(|| status.clone());
+            last = Some(status);
+            done
         })
-        .unwrap_or_else(|| panic!("{what}: last status {last}"))
+        .unwrap_or_else(|| panic!("{what}: last status {last:?}"))
     }
 }
 
@@ -195,112 +196,38 @@ pub fn command_with_fd(binary: &Path, fd: &OwnedFd) -> Command {
     cmd
 }
 
-/// A control-socket client: one JSON request line, one response line.
-pub struct Control {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+/// A connection to the control socket at `path`, retried for up to
+/// [`WAIT`]; replies must come within [`WAIT`] too.
+pub fn control_at(path: &Path) -> ControlClient {
+    let mut last = None;
+    let mut ctl = poll_until(WAIT, || {
+        ControlClient::connect(path)
+            .map_err(|e| last = Some(e))
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("control socket {}: {last:?}", path.display()));
+    ctl.set_timeout(WAIT).expect("timeout");
+    ctl
 }
 
-impl Control {
-    pub fn connect(path: &Path) -> Control {
-        let mut last = None;
-        let stream = poll_until(WAIT, || match UnixStream::connect(path) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                last = Some(e);
-                None
-            }
-        })
-        .unwrap_or_else(|| panic!("control socket {}: {last:?}", path.display()));
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let writer = stream.try_clone().expect("dup");
-        Control {
-            reader: BufReader::new(stream),
-            writer,
-        }
-    }
+/// What the tests ask of the control socket beyond the client's requests.
+pub trait ControlExt {
+    /// Resource `id`, which must be live.
+    fn live(&mut self, id: u32) -> Resource;
+    /// The sequence number of the last event recorded.
+    fn last_seq(&mut self) -> u64;
+}
 
-    /// Sends one raw line and parses the response line.
-    pub fn raw(&mut self, line: &str) -> Value {
-        writeln!(self.writer, "{line}").expect("control write");
-        self.read_line().expect("control response")
-    }
-
-    /// The next line from the daemon, parsed; None on EOF.
-    pub fn read_line(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("control read");
-        if n == 0 {
-            return None;
-        }
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}")))
-    }
-
-    /// Sends a request and returns the response, whatever it says.
-    pub fn request(&mut self, req: Value) -> Value {
-        self.raw(&req.to_string())
-    }
-
-    /// Sends a request that must succeed.
-    pub fn ok(&mut self, req: Value) -> Value {
-        let resp = self.request(req.clone());
-        assert_eq!(resp["ok"], true, "{req} -> {resp}");
-        resp
-    }
-
-    pub fn status(&mut self) -> Value {
-        self.ok(json!({"cmd": "status"}))
-    }
-
-    pub fn resources(&mut self) -> Vec<Value> {
-        let r = self.ok(json!({"cmd": "resources"}));
-        r["resources"].as_array().expect("resources array").clone()
-    }
-
-    pub fn resource(&mut self, id: u32) -> Option<Value> {
-        let r = self.ok(json!({"cmd": "resources", "id": id}));
-        r["resources"]
-            .as_array()
-            .expect("resources array")
-            .first()
-            .cloned()
-    }
-
-    /// The resource, which must be live.
-    pub fn live(&mut self, id: u32) -> Value {
+impl ControlExt for ControlClient {
+    fn live(&mut self, id: u32) -> Resource {
         self.resource(id)
+            .expect("resources")
             .unwrap_or_else(|| panic!("resource {id} is not live"))
     }
 
-    /// The whole `counters` response (counters plus resources,
-    /// host_memory_used and last_seq).
-    pub fn counters(&mut self) -> Value {
-        self.ok(json!({"cmd": "counters"}))
+    fn last_seq(&mut self) -> u64 {
+        self.counters().expect("counters").last_seq
     }
-
-    pub fn last_seq(&mut self) -> u64 {
-        self.counters()["last_seq"].as_u64().expect("last_seq")
-    }
-
-    pub fn trace(&mut self, after: u64, resource: Option<u32>) -> Vec<Value> {
-        let req = match resource {
-            Some(id) => json!({"cmd": "trace", "after": after, "resource": id}),
-            None => json!({"cmd": "trace", "after": after}),
-        };
-        self.ok(req)["events"].as_array().expect("events").clone()
-    }
-
-    pub fn fault(&mut self, req: Value) -> Value {
-        let mut req = req;
-        req["cmd"] = json!("fault");
-        self.ok(req)
-    }
-}
-
-/// Acked features from a status response.
-pub fn acked_features(status: &Value) -> u64 {
-    let s = status["acked_features"].as_str().expect("acked_features");
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
 }
 
 /// The error code of a device error response; panics on anything else.
@@ -332,7 +259,12 @@ pub fn upload_2d(gpu: &mut GpuFrontend, id: u32, (w, h): (u32, u32), pixels: &[u
 
 /// xxh3-64 as the daemon prints it (`host_hash`, `backing_hash`).
 pub fn hash_hex(bytes: &[u8]) -> String {
-    gpuswap_device::hex(xxhash_rust::xxh3::xxh3_64(bytes))
+    gpuswap_api::hex(xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// [`hash_hex`] as a resource's hash fields hold it.
+pub fn some_hash(bytes: &[u8]) -> Option<String> {
+    Some(hash_hex(bytes))
 }
 
 pub fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
@@ -373,7 +305,7 @@ pub fn next_update(display: &DisplayHandle, mark: usize) -> (Rect, Vec<u8>) {
     }
 }
 
-/// Events of one kind (`"event"` field) from a trace.
-pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == kind).collect()
+/// Events of one kind (their `event` tag) from a trace.
+pub fn events_of<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
+    events.iter().filter(|e| e.name() == kind).collect()
 }

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use gpuswap_device::trace::{DetachReason, Event, EventKind, Violation};
 use gpuswap_device::{
-    hex, DeviceConfig, Display, DisplayMode, GpuDevice, Rect2d, ResourceInfo, RutabagaRenderer,
+    DeviceConfig, Display, DisplayMode, GpuDevice, Rect2d, Renderer, ResourceKind, RutabagaRenderer,
 };
 use gpuswap_protocol::ctrl_type as t;
 use gpuswap_protocol::wire::*;
 use gpuswap_protocol::{DecodeError, Request, Response};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use gpuswap_testkit::model::View;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use xxhash_rust::xxh3::xxh3_64;
 
 pub type Mem = GuestMemoryMmap<()>;
@@ -32,9 +33,64 @@ pub fn guest_memory(ranges: &[(u64, usize)]) -> Arc<Mem> {
     Arc::new(GuestMemoryMmap::from_ranges(&ranges).expect("test guest memory"))
 }
 
-/// The hash `resource_info` reports for `bytes`.
+/// The hash [`inspect`] reports for `bytes` (16 hex digits of xxh3-64, as
+/// the control socket prints them).
 pub fn hash(bytes: &[u8]) -> String {
-    hex(xxh3_64(bytes))
+    format!("{:016x}", xxh3_64(bytes))
+}
+
+/// A resource as these tests look at it: the model's [`View`] of the
+/// device's snapshot, with its host copy and the first `size` bytes of its
+/// backing read whole and hashed by [`hash`] (the daemon's control socket
+/// shows the same, read in bands).
+/// Resource `id` of `dev`, if it is live (see above).
+pub fn inspect<R: Renderer, M: GuestMemoryBackend>(
+    dev: &mut GpuDevice<R, M>,
+    id: u32,
+) -> Option<View> {
+    let s = dev.snapshot(id)?;
+    let size = s.kind.content_len();
+    let (kind, width, height) = match s.kind {
+        ResourceKind::TwoD { width, height, .. } => ("2d", Some(width), Some(height)),
+        ResourceKind::GuestBlob { .. } => ("blob", None, None),
+    };
+    let host_hash = height.map(|rows| {
+        let mut copy = vec![0; size as usize];
+        assert!(
+            dev.read_host_band(id, s.host_version, 0..rows, &mut copy),
+            "resource {id}: host copy unreadable"
+        );
+        hash(&copy)
+    });
+    let mut backing = Vec::new();
+    let read = s.read_backing(size, |bytes| backing.extend_from_slice(bytes));
+    Some(View {
+        id,
+        kind: kind.into(),
+        width,
+        height,
+        size,
+        backing: if s.is_attached() {
+            "attached"
+        } else {
+            "detached"
+        }
+        .into(),
+        generation: s.generation,
+        entries: s.entries(),
+        backing_bytes: s.backing_len(),
+        host_hash,
+        backing_hash: read.and_then(Result::ok).map(|()| hash(&backing)),
+        scanouts: s.scanouts.clone(),
+    })
+}
+
+/// Every live resource of `dev`, in id order.
+pub fn inspect_all<R: Renderer, M: GuestMemoryBackend>(dev: &mut GpuDevice<R, M>) -> Vec<View> {
+    dev.resource_ids()
+        .into_iter()
+        .filter_map(|id| inspect(dev, id))
+        .collect()
 }
 
 pub fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
@@ -345,10 +401,8 @@ impl Bench {
         violations_of(&self.events())
     }
 
-    pub fn info(&mut self, id: u32) -> ResourceInfo {
-        self.dev
-            .resource_info(id)
-            .unwrap_or_else(|| panic!("resource {id} is not live"))
+    pub fn info(&mut self, id: u32) -> View {
+        inspect(&mut self.dev, id).unwrap_or_else(|| panic!("resource {id} is not live"))
     }
 
     /// Writes `data` across `extents` in order (scatter, as a driver's

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use gpuswap_harness::{kernel_problems, tail, Daemon, Images, RunDir, Vm, VmConfig};
+use gpuswap_api::agent;
+use gpuswap_harness::{kernel_problems, run_dir, tail, Daemon, Images, Vm, VmConfig};
 use serde_json::json;
 
 /// How long one boot may take to answer (TCG, debug kernel).
@@ -46,22 +47,35 @@ fn signature(error: &str) -> String {
 
 /// One boot: up, agent exchange, clean exit.
 fn boot(images: &Images, daemon: &mut Daemon, i: usize) -> Result<(), String> {
-    let dir = RunDir::new(&format!("boot-loop-{i}"));
+    let dir = run_dir(&format!("boot-loop-{i}"));
     let mut vm = Vm::start(images, &daemon.socket, &dir, &VmConfig::default())?;
     let mut agent = vm.agent(BOOT)?;
     let mut control = daemon.control()?;
-    let v = agent.request(json!({"op": "create_2d", "width": 64, "height": 64}))?;
-    let h = v["handle"].clone();
-    let w = agent.request(json!({"op": "write", "handle": h, "seed": i, "bo": 0, "version": 1}))?;
-    agent.request(json!({"op": "transfer_to_host", "handle": h}))?;
+    let created = agent.request(agent::Create2d {
+        width: 64,
+        height: 64,
+        format: None,
+    })?;
+    let handle = created.handle;
+    let written = agent.request(agent::Write {
+        handle,
+        seed: i as u64,
+        bo: 0,
+        version: 1,
+        pattern: None,
+    })?;
+    agent.request(agent::TransferToHost {
+        handle,
+        ..Default::default()
+    })?;
     let res = control
-        .resource(v["res_id"].as_u64().unwrap_or(0))?
+        .resource(created.res_id)?
         .ok_or("the resource is not on the host")?;
-    if res["host_hash"] != w["hash"] {
-        return Err(format!("host copy differs: {res}"));
+    if res.host_hash.as_ref() != Some(&written.hash) {
+        return Err(format!("host copy differs: {}", json!(res)));
     }
-    agent.request(json!({"op": "close", "handle": h}))?;
-    let _ = agent.request(json!({"op": "exit", "status": 0}));
+    agent.request(agent::Close { handle })?;
+    let _ = agent.request(agent::Exit { status: Some(0) });
     let serial = vm.serial_log.clone();
     let status = vm
         .wait(Duration::from_secs(60))
@@ -75,7 +89,7 @@ fn boot(images: &Images, daemon: &mut Daemon, i: usize) -> Result<(), String> {
         return Err(format!("QEMU exited with {status}: {}", tail(&serial, 10)));
     }
     // Kept only for failures.
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let _ = std::fs::remove_dir_all(dir.path());
     Ok(())
 }
 
@@ -88,7 +102,7 @@ fn main() -> ExitCode {
         }
     };
     let images = Images::get();
-    let dir = RunDir::new("boot-loop");
+    let dir = run_dir("boot-loop");
     let mut daemon = match Daemon::start(&images.daemon, &dir, &[]) {
         Ok(d) => d,
         Err(e) => {
@@ -114,7 +128,7 @@ fn main() -> ExitCode {
         if !daemon.alive() {
             eprintln!(
                 "gpuswap-boot-loop: the daemon died; see {}",
-                daemon.log.display()
+                daemon.log_path().display()
             );
             return ExitCode::from(1);
         }

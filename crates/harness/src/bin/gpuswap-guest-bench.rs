@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use gpuswap_api::agent;
 use gpuswap_harness::{boot_guest, Images, VmConfig};
 use serde_json::{json, Value};
 
@@ -55,7 +56,7 @@ fn run(a: &Args) -> Result<Value, String> {
     };
     let mut booted = boot_guest(&images, "bench-guest", &config, &[])?;
     booted.agent.set_timeout(Duration::from_secs(600));
-    let hello = booted.agent.request(json!({"op": "hello"}))?;
+    let hello = booted.agent.request(agent::Hello {})?;
     let argv = [
         "/bin/gpuswap-guest".to_string(),
         "reclaim-bench".into(),
@@ -64,16 +65,18 @@ fn run(a: &Args) -> Result<Value, String> {
         "--rounds".into(),
         a.rounds.to_string(),
     ];
-    let run = booted.agent.request(json!({"op": "run", "argv": argv}))?;
-    let _ = booted.agent.request(json!({"op": "exit", "status": 0}));
+    let (run, line) = booted.agent.request_with_line(agent::Run {
+        argv: argv.to_vec(),
+    })?;
+    let _ = booted.agent.request(agent::Exit { status: Some(0) });
     let _ = booted.vm.wait(Duration::from_secs(60));
-    if run["status"] != json!(0) {
-        return Err(format!("reclaim-bench failed: {run}"));
+    if run.status != Some(0) {
+        return Err(format!("reclaim-bench failed: {line}"));
     }
-    let result: Value = serde_json::from_str(run["stdout"].as_str().unwrap_or(""))
-        .map_err(|e| format!("reclaim-bench printed no JSON ({e}): {run}"))?;
+    let result: Value = serde_json::from_str(&run.stdout)
+        .map_err(|e| format!("reclaim-bench printed no JSON ({e}): {line}"))?;
     Ok(json!({
-        "guest": {"kernel": hello["kernel"], "clocksource": hello["clocksource"],
+        "guest": {"kernel": hello.kernel, "clocksource": hello.clocksource,
                   "memory_mib": a.memory_mib},
         "bench": result,
     }))

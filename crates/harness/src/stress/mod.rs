@@ -11,7 +11,6 @@ pub mod junit;
 mod options;
 mod pressure;
 mod report;
-mod rng;
 mod sampler;
 mod scenario;
 mod workload;
@@ -20,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use gpuswap_api::{agent, control};
 use serde_json::{json, Value};
 
 pub use checks::{Check, Checks};
@@ -30,11 +30,11 @@ use crate::ktrace::KernelTrace;
 use crate::qmp::Qmp;
 use crate::timeline::Timeline;
 use crate::{
-    boot_guest, kernel_problems, tail, unix_us, wait_for_agent, Agent, Control, Images,
+    boot_guest, kernel_problems, tail, unix_us, wait_for_agent, Agent, ControlClient, Images,
     InFlightSlot, StepLog, VmConfig,
 };
+use gpuswap_testkit::Rng;
 use pressure::{Pressure, ShrinkerCounts};
-use rng::Rng;
 use sampler::{Channels, Sampler};
 use workload::{Bo, Totals};
 
@@ -58,7 +58,7 @@ pub struct Outcome {
 struct Run {
     o: Options,
     agent: Agent,
-    control: Control,
+    control: ControlClient,
     /// Shared with the sampler, which reads the balloon's size.
     qmp: Arc<Mutex<Qmp>>,
     /// The sampler's connections until the workload starts it.
@@ -129,8 +129,8 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
     } = booted;
     agent.set_timeout(REQUEST_TIMEOUT);
     let control = daemon.control()?;
-    let guest = agent.request(json!({"op": "hello"}))?;
-    let blob = guest["device"]["resource_blob"] == json!(true);
+    let (hello, guest) = agent.request_with_line(agent::Hello {})?;
+    let blob = hello.device.and_then(|d| d.resource_blob) == Some(true);
     let qmp = Qmp::connect(&vm.qmp_socket, Duration::from_secs(10))?;
     let workload_in_flight = InFlightSlot::default();
     agent.watch_in_flight(workload_in_flight.clone());
@@ -261,12 +261,16 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         violations.is_empty(),
         || json!({"violations": violations.iter().take(20).collect::<Vec<_>>()}),
     );
+    // The replies as they came, for the report.
     let status = run
         .control
-        .request(json!({"cmd": "status"}))
+        .request(&control::Request::Status)
         .unwrap_or(Value::Null);
-    let counters = run.control.counters().unwrap_or(Value::Null);
-    let daemon_log = daemon.log.clone();
+    let counters = run
+        .control
+        .request(&control::Request::Counters)
+        .unwrap_or(Value::Null);
+    let daemon_log = daemon.log_path().to_path_buf();
     let alive = daemon.alive();
     let exit = daemon.terminate();
     run.checks.record(
@@ -290,7 +294,7 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         run.checks.optional("host_copy_matches_guest");
     }
     run.checks.finish();
-    run.report(guest, status, counters, shrinker, dir.0.clone())
+    run.report(guest, status, counters, shrinker, dir.path().to_path_buf())
 }
 
 impl Run {
@@ -416,10 +420,9 @@ impl Run {
     /// Returns the guest's last shrinker counters.
     fn finish_guest(&mut self, workload_ok: bool) -> crate::Result<Value> {
         if workload_ok {
-            let _ = self.agent.request(json!({"op": "scanout_off"}));
+            let _ = self.agent.request(agent::ScanoutOff {});
             for bo in std::mem::take(&mut self.bos) {
-                self.agent
-                    .request(json!({"op": "close", "handle": bo.handle}))?;
+                self.agent.request(agent::Close { handle: bo.handle })?;
             }
             let left = self.control.resources_left(Duration::from_secs(5))?;
             self.checks.record(
@@ -428,17 +431,72 @@ impl Run {
                 || json!({"left": left.iter().take(10).collect::<Vec<_>>(), "count": left.len()}),
             );
         }
-        let stats = self.agent.request(json!({"op": "shrinker_stats"}));
+        let stats = self.agent.request_with_line(agent::ShrinkerStats {});
         self.stop_sampler();
-        let stats = stats?;
-        let (evictions, restores) = (
-            stats["evictions"].as_u64().unwrap_or(0),
-            stats["restores"].as_u64().unwrap_or(0),
-        );
-        self.checks.record("pressure_bit", evictions > 0 && restores > 0, || {
+        let (counters, stats) = stats?;
+        self.checks.record("pressure_bit", counters.evictions > 0 && counters.restores > 0, || {
             json!({"error": "a run where nothing was evicted and restored proves nothing: raise --squeeze or lower --memory", "shrinker": stats})
         });
-        let _ = self.agent.request(json!({"op": "exit", "status": 0}));
+        let _ = self.agent.request(agent::Exit { status: Some(0) });
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run's randomness is the testkit's SplitMix64; these are the
+    /// outputs of the generator the harness had before it (its own copy,
+    /// recorded before that was deleted), so recorded seeds replay the same
+    /// buffers, contents and workload choices.
+    #[test]
+    fn recorded_seeds_replay_the_same_choices() {
+        /// Seed; first words; then `below(100)`; then `chance(0.25)`.
+        type Recorded = (u64, [u64; 3], [u64; 4], [bool; 4]);
+        let recorded: [Recorded; 6] = [
+            (
+                0,
+                [0x6a3e4ec3840f3e73, 0xe64f19e496265c51, 0x2e5d93edf37578e5],
+                [9, 55, 21, 55],
+                [true, false, true, true],
+            ),
+            (
+                1,
+                [0x9c57cc14cfa2947b, 0x7f26e5161fb8cc29, 0x30d0f35e65f423dc],
+                [5, 14, 18, 18],
+                [false, true, true, true],
+            ),
+            (
+                7,
+                [0xd1d39493842a0ed3, 0x523d24660fb281fc, 0xe8c7d86d53d0f252],
+                [23, 85, 38, 52],
+                [true, false, false, false],
+            ),
+            (
+                42,
+                [0xb1fbdec0234faa18, 0x8be8c92112def182, 0x2d239af8a93c04ba],
+                [90, 29, 36, 54],
+                [false, false, true, false],
+            ),
+            (
+                0x5eed,
+                [0x0bb56cd4f3fcc1cd, 0xddb343f2b5bda162, 0x75557bd9933a2308],
+                [40, 99, 82, 93],
+                [false, false, false, false],
+            ),
+            (
+                u64::MAX,
+                [0xe4647fd6d5e1cd0e, 0xbd0b0936d9c56bfa, 0xa2713aa46b22825d],
+                [56, 81, 1, 57],
+                [true, true, false, true],
+            ),
+        ];
+        for (seed, words, below, chance) in recorded {
+            let mut rng = Rng::new(seed);
+            assert_eq!(words.map(|_| rng.next_u64()), words, "seed {seed:#x}");
+            assert_eq!(below.map(|_| rng.below(100)), below, "seed {seed:#x}");
+            assert_eq!(chance.map(|_| rng.chance(0.25)), chance, "seed {seed:#x}");
+        }
     }
 }

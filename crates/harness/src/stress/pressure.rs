@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use gpuswap_api::agent::{self, ScanMode};
 
 use super::Run;
 use crate::Result;
@@ -72,8 +72,8 @@ impl Run {
             let target = (level * hog_share as f64) as u64;
             let current = self.pressure.hog_mib;
             if current.abs_diff(target) >= HOG_STEP_MIB || (target == 0 && current != 0) {
-                let r = self.agent.request(json!({"op": "hog", "mib": target}))?;
-                if r["oom_killed"] == json!(true) {
+                let r = self.agent.request(agent::Hog { mib: target })?;
+                if r.oom_killed {
                     self.hog_oom_kills += 1;
                 }
                 self.pressure.hog_mib = target;
@@ -89,14 +89,14 @@ impl Run {
     pub(super) fn periodic_pressure(&mut self) -> Result<()> {
         let now = Instant::now();
         if self.o.pressure.drop_caches && now >= self.next_drop_caches {
-            self.agent
-                .request(json!({"op": "drop_caches", "level": 3}))?;
+            self.agent.request(agent::DropCaches { level: Some(3) })?;
             self.next_drop_caches = now + DROP_CACHES_EVERY;
         }
         if self.o.pressure.forced_scan && now >= self.next_forced_scan {
-            self.agent.request(
-                json!({"op": "shrinker_scan", "pages": FORCED_SCAN_PAGES, "mode": "evict"}),
-            )?;
+            self.agent.request(agent::ShrinkerScan {
+                pages: FORCED_SCAN_PAGES,
+                mode: Some(ScanMode::Evict),
+            })?;
             self.next_forced_scan = now + FORCED_SCAN_EVERY;
         }
         Ok(())

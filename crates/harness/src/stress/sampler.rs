@@ -34,7 +34,8 @@ use super::pressure::{Pressure, ShrinkerCounts};
 use crate::ktrace::KernelTrace;
 use crate::qmp::Qmp;
 use crate::timeline::{DaemonSample, Sample, Timeline};
-use crate::{Agent, Control, InFlightSlot};
+use crate::{reply_fields, Agent, ControlClient, InFlightSlot};
+use gpuswap_api::agent::{self, GuestSample, KernelEvents};
 
 const MIB: f64 = (1u64 << 20) as f64;
 /// How often a waiting thread looks up from its read.
@@ -101,8 +102,8 @@ pub struct Sampler {
 pub struct Channels {
     pub guest: Agent,
     /// For a stall's daemon events.
-    pub guest_side_control: Control,
-    pub host_side_control: Control,
+    pub guest_side_control: ControlClient,
+    pub host_side_control: ControlClient,
     /// For the balloon's size; `None` without a balloon.
     pub qmp: Option<Arc<Mutex<Qmp>>>,
     pub workload_in_flight: InFlightSlot,
@@ -124,13 +125,13 @@ const FIRST_ESTIMATES: usize = 5;
 /// `trace_start`'s).
 pub fn start_kernel_trace(guest: &mut Agent) -> KernelTrace {
     let mut trace = KernelTrace::default();
-    if let Err(e) = guest.request(json!({"op": "trace_start"})) {
+    if let Err(e) = guest.request(agent::TraceStart {}) {
         trace.unavailable = Some(e);
         return trace;
     }
     for _ in 0..FIRST_ESTIMATES {
         let sent = crate::unix_us();
-        match guest.request(json!({"op": "trace_read", "max": 0})) {
+        match guest.request(agent::TraceRead { max: Some(0) }) {
             Ok(r) => {
                 trace.absorb(&r, sent, crate::unix_us());
             }
@@ -272,7 +273,7 @@ struct GuestThread {
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     agent: Agent,
-    control: Control,
+    control: ControlClient,
     in_flight: InFlightSlot,
     period: Duration,
     max_stall: Duration,
@@ -287,7 +288,7 @@ impl GuestThread {
         let mut next = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let sent = Instant::now();
-            let id = match self.agent.send(json!({"op": "sample"})) {
+            let id = match self.agent.send(agent::Sample {}) {
                 Ok(id) => id,
                 Err(e) => return self.fail(format!("guest sampler: {e}")),
             };
@@ -307,13 +308,16 @@ impl GuestThread {
                 }
             };
             let latency = sent.elapsed();
-            let shrinker = reply
-                .as_ref()
-                .map_or(Value::Null, |r| r["shrinker"].clone());
+            let sample = match reply.as_ref().map(reply_fields::<GuestSample>) {
+                Some(Err(e)) => return self.fail(format!("guest sampler: bad sample: {e}")),
+                Some(Ok(sample)) => Some(sample),
+                None => None,
+            };
+            let shrinker = sample.as_ref().map_or(Value::Null, |s| json!(s.shrinker));
             if let Some(stall) = sampler_stall {
-                self.close(stall, &shrinker, reply.is_none());
+                self.close(stall, &shrinker, sample.is_none());
             }
-            let Some(reply) = reply else {
+            let Some(sample) = sample else {
                 break;
             };
             {
@@ -323,7 +327,7 @@ impl GuestThread {
                     s.answered += 1;
                 }
             }
-            self.record(&reply);
+            self.record(&sample);
             last_shrinker = shrinker;
             if self.kernel_trace && !self.read_kernel_trace(false) {
                 return;
@@ -353,7 +357,11 @@ impl GuestThread {
     /// the sampler stops meanwhile: a trace read's reply holds events the
     /// guest no longer has): `Ok(None)` if none came by then (a late reply
     /// is skipped by the next wait), `Err` if the channel broke.
-    fn ask(&mut self, request: Value, deadline: Instant) -> crate::Result<Option<Value>> {
+    fn ask(
+        &mut self,
+        request: impl agent::AgentRequest,
+        deadline: Instant,
+    ) -> crate::Result<Option<Value>> {
         let id = self.agent.send(request)?;
         loop {
             if let Some(reply) = self.agent.poll_reply(id, POLL)? {
@@ -371,7 +379,7 @@ impl GuestThread {
         let deadline = Instant::now() + if last { LAST_READ } else { self.max_stall };
         for _ in 0..TRACE_READS {
             let sent = crate::unix_us();
-            let reply = match self.ask(json!({"op": "trace_read"}), deadline) {
+            let reply = match self.ask(agent::TraceRead { max: None }, deadline) {
                 Ok(Some(reply)) => reply,
                 Ok(None) => {
                     // Its events left the guest's buffer and will not be seen.
@@ -384,12 +392,20 @@ impl GuestThread {
                 }
             };
             let received = crate::unix_us();
-            if reply["ok"] != json!(true) {
-                self.fail(format!("guest kernel trace: {}", reply["error"]));
-                self.kernel_trace = false;
-                return true;
-            }
-            if lock(&self.shared).kernel.absorb(&reply, sent, received) == 0 {
+            let read = if reply["ok"] == json!(true) {
+                reply_fields::<KernelEvents>(&reply).map_err(|e| format!("bad reply {reply}: {e}"))
+            } else {
+                Err(reply["error"].to_string())
+            };
+            let read = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    self.fail(format!("guest kernel trace: {e}"));
+                    self.kernel_trace = false;
+                    return true;
+                }
+            };
+            if lock(&self.shared).kernel.absorb(&read, sent, received) == 0 {
                 break;
             }
         }
@@ -479,17 +495,15 @@ impl GuestThread {
     }
 
     /// A guest sample into the timeline.
-    fn record(&mut self, reply: &Value) {
+    fn record(&mut self, sample: &GuestSample) {
         let t_s = self.t(Instant::now());
-        let mem = &reply["meminfo"];
-        let kib = |name: &str| mem[name].as_f64().unwrap_or(0.0);
-        let stats = &reply["shrinker"];
-        let pages = |name: &str| stats[name].as_f64().unwrap_or(0.0);
+        let kib = |name: &str| sample.meminfo.get(name).map_or(0.0, |&k| k as f64);
+        let stats = sample.shrinker.clone().unwrap_or_default();
         let page_mib = 4096.0 / MIB;
         let counts = ShrinkerCounts {
-            evictions: stats["evictions"].as_u64().unwrap_or(0),
-            restores: stats["restores"].as_u64().unwrap_or(0),
-            purges: stats["purges"].as_u64().unwrap_or(0),
+            evictions: stats.evictions,
+            restores: stats.restores,
+            purges: stats.purges,
         };
         let mut s = lock(&self.shared);
         let sample = Sample {
@@ -498,11 +512,10 @@ impl GuestThread {
             balloon_target_mib: s.pressure.balloon_target_mib.map(|m| m as f64),
             balloon_actual_mib: s.balloon_actual_mib,
             hog_mib: s.pressure.hog_mib as f64,
-            resident_mib: (pages("evictable_pages")
-                + pages("purgeable_pages")
-                + pages("pinned_pages"))
+            resident_mib: (stats.evictable_pages + stats.purgeable_pages + stats.pinned_pages)
+                as f64
                 * page_mib,
-            evicted_mib: pages("evicted_pages") * page_mib,
+            evicted_mib: stats.evicted_pages as f64 * page_mib,
             swap_used_mib: (kib("SwapTotal") - kib("SwapFree")) / 1024.0,
         };
         let last = s.counts;
@@ -528,7 +541,7 @@ impl GuestThread {
 /// What the host-side sampler reads: the daemon's control socket and
 /// process, and the balloon through QMP. None of it waits on the guest.
 struct HostSide<'a> {
-    control: &'a mut Control,
+    control: &'a mut ControlClient,
     qmp: Option<&'a Mutex<Qmp>>,
     daemon_pid: Option<u32>,
 }
@@ -568,18 +581,17 @@ fn host_loop(
                 .ok()
                 .map(|b| b as f64 / MIB)
         });
-        let c = &counters["counters"];
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let c = &counters.counters;
         let mut s = lock(shared);
-        s.daemon_seq = n(&counters["last_seq"]);
+        s.daemon_seq = counters.last_seq;
         s.balloon_actual_mib = actual;
         s.timeline.daemon.push(DaemonSample {
             t_s: epoch.elapsed().as_secs_f64(),
-            resources: n(&counters["resources"]),
-            host_memory_mib: n(&counters["host_memory_used"]) as f64 / MIB,
-            attaches: n(&c["attaches"]),
-            detaches: n(&c["detaches"]),
-            transfers: n(&c["transfers"]),
+            resources: counters.resources,
+            host_memory_mib: counters.host_memory_used as f64 / MIB,
+            attaches: c.attaches,
+            detaches: c.detaches,
+            transfers: c.transfers,
             rss_mib: memory.map(|m| m.rss_kib as f64 / 1024.0),
             anon_mib: memory.map(|m| m.anon_kib as f64 / 1024.0),
             open_fds: fds,
@@ -598,19 +610,20 @@ fn host_loop(
 /// sequence numbers counts as lost events.
 fn collect_daemon_events(
     shared: &Mutex<Shared>,
-    control: &mut Control,
+    control: &mut ControlClient,
     seq: &mut u64,
 ) -> crate::Result<()> {
     let events = control.trace(*seq, None)?;
     let mut s = lock(shared);
     for e in events {
-        let Some(n) = e["seq"].as_u64().filter(|&n| n > *seq) else {
+        let n = e.seq;
+        if n <= *seq {
             continue;
-        };
+        }
         s.daemon_events_lost += n.saturating_sub(*seq + 1);
         *seq = n;
         if s.daemon_events.len() < DAEMON_EVENTS {
-            s.daemon_events.push(e);
+            s.daemon_events.push(json!(e));
         } else {
             s.daemon_events_lost += 1;
         }
@@ -627,18 +640,14 @@ mod tests {
 
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::sync::atomic::AtomicU32;
 
     use super::*;
-    use crate::InFlight;
+    use crate::{InFlight, ScratchDir};
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("gpuswap-sampler-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> ScratchDir {
+        ScratchDir::new("gpuswap-sampler", name).unwrap()
     }
 
     /// Answers each request line on `path` with `answer(request)`.
@@ -663,12 +672,26 @@ mod tests {
     }
 
     fn fake_daemon(path: &Path) {
+        use gpuswap_api::control::{Counters, DeviceCounters};
         serve(path, |r| match r["cmd"].as_str() {
-            Some("counters") => json!({"ok": true, "last_seq": 7, "resources": 3,
-                "host_memory_used": 1 << 20,
-                "counters": {"attaches": 4, "detaches": 2, "transfers": 9}}),
-            Some("trace") => json!({"ok": true, "events": [{"seq": 8, "event": "detach",
-                "resource_id": 5, "generation": 1, "reason": "command"}]}),
+            Some("counters") => {
+                let mut reply = json!(Counters {
+                    counters: DeviceCounters {
+                        attaches: 4,
+                        detaches: 2,
+                        transfers: 9,
+                        ..DeviceCounters::default()
+                    },
+                    ring_errors: 0,
+                    resources: 3,
+                    host_memory_used: 1 << 20,
+                    last_seq: 7,
+                });
+                reply["ok"] = json!(true);
+                reply
+            }
+            Some("trace") => json!({"ok": true, "events": [{"seq": 8, "time_us": 1,
+                "event": "detach", "resource_id": 5, "generation": 1, "reason": "command"}]}),
             _ => json!({"ok": false, "error": "unexpected"}),
         });
     }
@@ -683,7 +706,9 @@ mod tests {
             // the first read hands over one event of two, the next the other.
             let guest_ns = (crate::unix_us() - 1_000_000_000) * 1000;
             match r["op"].as_str() {
-                Some("trace_start") => return json!({"ok": true, "mono_ns": guest_ns}),
+                Some("trace_start") => {
+                    return json!({"ok": true, "events": ["virtio_gpu_bo_evict"], "mono_ns": guest_ns})
+                }
                 Some("trace_read") => {
                     let n = reads.fetch_add(1, Ordering::Relaxed);
                     let events: Vec<Value> = (n..2.min(n + 1))
@@ -718,8 +743,8 @@ mod tests {
         Sampler::start(
             Channels {
                 guest,
-                guest_side_control: Control::connect(&daemon).unwrap(),
-                host_side_control: Control::connect(&daemon).unwrap(),
+                guest_side_control: ControlClient::connect(&daemon).unwrap(),
+                host_side_control: ControlClient::connect(&daemon).unwrap(),
                 qmp: None,
                 workload_in_flight: slot.clone(),
                 // The stand-in daemon lives in this process.
@@ -752,7 +777,7 @@ mod tests {
         fake_guest(&dir.join("guest.sock"), 3, Duration::from_millis(1600));
         fake_daemon(&dir.join("daemon.sock"));
         let slot = InFlightSlot::default();
-        let sampler = start(&dir, &slot, 100);
+        let sampler = start(dir.path(), &slot, 100);
         std::thread::sleep(Duration::from_millis(2500));
         hold_request(&slot, "hog", Duration::from_millis(1200));
         std::thread::sleep(Duration::from_millis(400));
@@ -786,7 +811,6 @@ mod tests {
         let daemon = &sampled.timeline.daemon;
         assert!(daemon.len() >= 30, "{}", daemon.len());
         assert!(daemon.windows(2).all(|w| w[1].t_s - w[0].t_s < 0.5));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A guest that answers in time, and requests that finish in time, make
@@ -797,7 +821,7 @@ mod tests {
         fake_guest(&dir.join("guest.sock"), 0, Duration::ZERO);
         fake_daemon(&dir.join("daemon.sock"));
         let slot = InFlightSlot::default();
-        let sampler = start(&dir, &slot, 50);
+        let sampler = start(dir.path(), &slot, 50);
         for _ in 0..5 {
             hold_request(&slot, "write", Duration::from_millis(100));
         }
@@ -811,7 +835,6 @@ mod tests {
         assert!(daemon.iter().all(|d| d.rss_mib.is_some_and(|m| m > 0.0)
             && d.anon_mib.is_some()
             && d.open_fds.is_some_and(|n| n > 3)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The guest kernel's events and the daemon's come over with the
@@ -823,7 +846,7 @@ mod tests {
         fake_guest(&dir.join("guest.sock"), 0, Duration::ZERO);
         fake_daemon(&dir.join("daemon.sock"));
         let slot = InFlightSlot::default();
-        let sampler = start_with(&dir, &slot, 50, true);
+        let sampler = start_with(dir.path(), &slot, 50, true);
         std::thread::sleep(Duration::from_millis(400));
         let sampled = sampler.finish();
         assert!(sampled.errors.is_empty(), "{:?}", sampled.errors);
@@ -844,6 +867,5 @@ mod tests {
         // The stand-in daemon has one event (seq 8): seven missed before it.
         assert_eq!(sampled.daemon_events.len(), 1);
         assert_eq!(sampled.daemon_events_lost, 7);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

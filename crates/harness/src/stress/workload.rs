@@ -5,13 +5,14 @@
 //! from the guest side and through the daemon's control socket.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use gpuswap_api::agent::{self, Madv, Pattern};
+use gpuswap_testkit::Rng;
 use serde_json::{json, Value};
 
-use super::rng::Rng;
 use super::Run;
-use crate::Result;
+use crate::{poll_every, Result};
 
 /// Harness-side history kept per buffer for failure reports.
 const HISTORY: usize = 24;
@@ -23,7 +24,7 @@ const HOST_SETTLE: Duration = Duration::from_secs(3);
 const SCANOUT_SIZE: (u32, u32) = (1024, 768);
 
 const EINVAL: i64 = 22;
-const SIGBUS: i64 = 7;
+const SIGBUS: i32 = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoKind {
@@ -44,19 +45,19 @@ impl BoKind {
 pub struct Bo {
     /// Unique per created buffer: the pattern's `bo` key.
     pub serial: u64,
-    pub handle: u64,
-    pub res_id: u64,
+    pub handle: u32,
+    pub res_id: u32,
     pub kind: BoKind,
     pub width: u32,
     pub height: u32,
     pub bytes: u64,
     /// Incompressible content for some, compressible for the rest, so
     /// that eviction to zram really frees memory.
-    pub pattern: &'static str,
+    pub pattern: Pattern,
     /// Last version written (0: none yet).
     pub version: u64,
     /// The guest's hash of that version.
-    pub hash: Value,
+    pub hash: Option<String>,
     /// Takes part in madvise cycles.
     pub madvise: bool,
     /// Currently DONTNEED: must not be touched before WILLNEED.
@@ -77,8 +78,24 @@ impl Bo {
         }));
     }
 
-    fn pattern_args(&self, version: u64, seed: u64) -> Value {
-        json!({"handle": self.handle, "seed": seed, "bo": self.serial, "version": version, "pattern": self.pattern})
+    fn write(&self, version: u64, seed: u64) -> agent::Write {
+        agent::Write {
+            handle: self.handle,
+            seed,
+            bo: self.serial,
+            version,
+            pattern: Some(self.pattern),
+        }
+    }
+
+    fn verify(&self, seed: u64) -> agent::Verify {
+        agent::Verify {
+            handle: self.handle,
+            seed,
+            bo: self.serial,
+            version: self.version,
+            pattern: Some(self.pattern),
+        }
     }
 }
 
@@ -120,12 +137,15 @@ impl Run {
         };
         let bytes = u64::from(width) * u64::from(height) * 4;
         let created = match kind {
-            BoKind::TwoD => self
-                .agent
-                .request(json!({"op": "create_2d", "width": width, "height": height}))?,
-            BoKind::Blob => self
-                .agent
-                .request(json!({"op": "create_blob", "size": bytes}))?,
+            BoKind::TwoD => self.agent.request(agent::Create2d {
+                width,
+                height,
+                format: None,
+            })?,
+            BoKind::Blob => self.agent.request(agent::CreateBlob {
+                size: bytes,
+                blob_flags: None,
+            })?,
         };
         match kind {
             BoKind::TwoD => self.totals.created_2d += 1,
@@ -133,15 +153,19 @@ impl Run {
         }
         let mut bo = Bo {
             serial,
-            handle: created["handle"].as_u64().ok_or("create: no handle")?,
-            res_id: created["res_id"].as_u64().ok_or("create: no res_id")?,
+            handle: created.handle,
+            res_id: created.res_id,
             kind,
             width,
             height,
             bytes,
-            pattern: if rng.chance(0.25) { "random" } else { "sparse" },
+            pattern: if rng.chance(0.25) {
+                Pattern::Random
+            } else {
+                Pattern::Sparse
+            },
             version: 0,
-            hash: Value::Null,
+            hash: None,
             madvise: slot != 0 && rng.chance(self.o.madvise_share),
             dontneed: false,
             history: VecDeque::new(),
@@ -182,21 +206,22 @@ impl Run {
     /// then checks the host's view.
     pub(super) fn publish(&mut self, slot: usize) -> Result<()> {
         let version = self.bos[slot].version + 1;
-        let mut write = self.bos[slot].pattern_args(version, self.o.seed);
-        write["op"] = json!("write");
-        let written = self.agent.request(write)?;
+        let written = self
+            .agent
+            .request(self.bos[slot].write(version, self.o.seed))?;
         self.totals.writes += 1;
         self.totals.bytes_written += self.bos[slot].bytes;
         let bo = &mut self.bos[slot];
         bo.version = version;
-        bo.hash = written["hash"].clone();
+        bo.hash = Some(written.hash);
         bo.note("write", json!({"hash": bo.hash}));
         match bo.kind {
             BoKind::TwoD => {
                 let handle = bo.handle;
-                let transfer = self
-                    .agent
-                    .request(json!({"op": "transfer_to_host", "handle": handle}))?;
+                let (_, transfer) = self.agent.request_with_line(agent::TransferToHost {
+                    handle,
+                    ..Default::default()
+                })?;
                 self.totals.transfers += 1;
                 self.bos[slot].note("transfer_to_host", transfer);
                 self.check_host(slot, true)
@@ -210,46 +235,50 @@ impl Run {
     /// skipped when reclaim detached it meanwhile).
     fn check_host(&mut self, slot: usize, transferred: bool) -> Result<()> {
         let (res_id, hash) = (self.bos[slot].res_id, self.bos[slot].hash.clone());
-        let deadline = Instant::now() + HOST_SETTLE;
-        let host = loop {
-            let host = self.control.resource(res_id)?.unwrap_or(Value::Null);
-            let settled = host["backing"] == "attached" && host["backing_hash"] == hash;
+        let mut host = None;
+        let mut error = None;
+        poll_every(Duration::from_millis(20), HOST_SETTLE, || {
+            match self.control.resource(res_id) {
+                Err(e) => error = Some(e),
+                Ok(resource) => host = resource,
+            }
+            let settled = host
+                .as_ref()
+                .is_some_and(|h| h.is_attached() && h.backing_hash == hash);
             // The host copy changed while the daemon hashed it (the guest
             // restored it meanwhile): that reply has no hash to compare.
-            let torn = host["host_changed"] == true;
+            let torn = host.as_ref().is_some_and(|h| h.host_changed);
             // A 2D transfer is complete when the agent answers; a blob's
             // ATTACH may still be on its way.
-            if (transferred && !torn) || settled || Instant::now() > deadline {
-                break host;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+            (error.is_some() || (transferred && !torn) || settled).then_some(())
+        });
+        if let Some(e) = error {
+            return Err(e.into());
+        }
         if transferred {
-            let ok = host["host_hash"] == hash;
+            let host_hash = host.as_ref().and_then(|h| h.host_hash.clone());
             self.check(
                 "host_copy_matches_guest",
-                ok,
+                host_hash == hash,
                 Some(slot),
-                json!({"guest_hash": hash, "host_hash": host["host_hash"]}),
+                json!({"guest_hash": hash, "host_hash": host_hash}),
             )?;
         }
-        if host["backing"] == "attached" {
-            let ok = host["backing_hash"] == hash;
-            self.check(
-                "attached_backing_matches_guest",
-                ok,
-                Some(slot),
-                json!({"guest_hash": hash, "backing_hash": host["backing_hash"], "generation": host["generation"]}),
-            )?;
-        } else if self.bos[slot].kind == BoKind::Blob && host.is_null() {
-            self.check(
-                "attached_backing_matches_guest",
-                false,
-                Some(slot),
-                json!({"error": "the daemon does not know this resource"}),
-            )?;
-        } else {
-            self.checks.skip("attached_backing_matches_guest");
+        match &host {
+            Some(h) if h.is_attached() => {
+                let ok = h.backing_hash == hash;
+                let detail = json!({"guest_hash": hash, "backing_hash": h.backing_hash, "generation": h.generation});
+                self.check("attached_backing_matches_guest", ok, Some(slot), detail)?;
+            }
+            None if self.bos[slot].kind == BoKind::Blob => {
+                self.check(
+                    "attached_backing_matches_guest",
+                    false,
+                    Some(slot),
+                    json!({"error": "the daemon does not know this resource"}),
+                )?;
+            }
+            _ => self.checks.skip("attached_backing_matches_guest"),
         }
         Ok(())
     }
@@ -257,21 +286,19 @@ impl Run {
     /// Reads the buffer back through its mapping (restoring it if it was
     /// evicted) and compares with what was last written.
     pub(super) fn verify(&mut self, slot: usize, check: &'static str) -> Result<()> {
-        let bo = &self.bos[slot];
-        let mut verify = bo.pattern_args(bo.version, self.o.seed);
-        verify["op"] = json!("verify");
-        let verified = self.agent.request(verify)?;
+        let verify = self.bos[slot].verify(self.o.seed);
+        let (verified, line) = self.agent.request_with_line(verify)?;
         self.totals.verifies += 1;
-        let ok = verified["ok_content"] == json!(true);
-        self.bos[slot].note("verify", verified.clone());
-        self.check(check, ok, Some(slot), verified)
+        self.bos[slot].note("verify", line.clone());
+        self.check(check, verified.ok_content, Some(slot), line)
     }
 
     fn dontneed(&mut self, slot: usize) -> Result<()> {
         let handle = self.bos[slot].handle;
-        let r = self
-            .agent
-            .request(json!({"op": "madvise", "handle": handle, "madv": "dontneed"}))?;
+        let (_, r) = self.agent.request_with_line(agent::Madvise {
+            handle,
+            madv: Madv::Dontneed,
+        })?;
         self.totals.dontneed += 1;
         let bo = &mut self.bos[slot];
         bo.dontneed = true;
@@ -284,11 +311,12 @@ impl Run {
     /// for a transfer, SIGBUS for a touch) and it is replaced.
     fn willneed(&mut self, slot: usize) -> Result<()> {
         let handle = self.bos[slot].handle;
-        let r = self
-            .agent
-            .request(json!({"op": "madvise", "handle": handle, "madv": "willneed"}))?;
+        let (retained, r) = self.agent.request_with_line(agent::Madvise {
+            handle,
+            madv: Madv::Willneed,
+        })?;
         self.totals.willneed += 1;
-        let retained = r["retained"] == json!(true);
+        let retained = retained.retained;
         self.bos[slot].dontneed = false;
         self.bos[slot].note("madvise_willneed", r);
         if retained {
@@ -297,16 +325,18 @@ impl Run {
         self.totals.purged_seen += 1;
         let (ok, detail) = match self.bos[slot].kind {
             BoKind::TwoD => {
-                let errno = self
-                    .agent
-                    .request_errno(json!({"op": "transfer_to_host", "handle": handle}))?;
+                let errno = self.agent.request_errno(agent::TransferToHost {
+                    handle,
+                    ..Default::default()
+                })?;
                 (errno == Some(EINVAL), json!({"transfer_errno": errno}))
             }
             BoKind::Blob => {
-                let touched = self
-                    .agent
-                    .request(json!({"op": "touch", "handle": handle}))?;
-                (touched["signal"] == json!(SIGBUS), touched)
+                let (touched, line) = self.agent.request_with_line(agent::Touch {
+                    handle,
+                    offset: None,
+                })?;
+                (touched.signal == Some(SIGBUS), line)
             }
         };
         self.bos[slot].note("use_after_purge", detail.clone());
@@ -317,8 +347,7 @@ impl Run {
     /// Closes the buffer and creates a new one in its slot.
     pub(super) fn recreate(&mut self, slot: usize, why: &str) -> Result<()> {
         let handle = self.bos[slot].handle;
-        self.agent
-            .request(json!({"op": "close", "handle": handle}))?;
+        self.agent.request(agent::Close { handle })?;
         let old = self.bos[slot].res_id;
         self.bos[slot] = self.create_bo(slot)?;
         self.totals.recreated += 1;
@@ -332,12 +361,14 @@ impl Run {
     pub(super) fn flip_scanout(&mut self) -> Result<()> {
         self.publish(0)?;
         let bo = &self.bos[0];
-        let mut scanout = json!({"op": "scanout", "handle": bo.handle});
-        if bo.kind == BoKind::Blob {
-            scanout["width"] = json!(bo.width);
-            scanout["height"] = json!(bo.height);
-        }
-        let r = self.agent.request(scanout)?;
+        let blob = bo.kind == BoKind::Blob;
+        let scanout = agent::Scanout {
+            handle: bo.handle,
+            width: blob.then_some(bo.width),
+            height: blob.then_some(bo.height),
+            stride: None,
+        };
+        let (_, r) = self.agent.request_with_line(scanout)?;
         self.totals.scanout_flips += 1;
         self.bos[0].note("scanout", r);
         self.check_scanout()
@@ -348,12 +379,10 @@ impl Run {
         if self.bos[0].version == 0 {
             return Ok(());
         }
-        let host = self
-            .control
-            .resource(self.bos[0].res_id)?
-            .unwrap_or(Value::Null);
-        let shown = host["scanouts"].as_array().is_some_and(|s| !s.is_empty());
-        let ok = host["backing"] == "attached" && shown;
+        let host = self.control.resource(self.bos[0].res_id)?;
+        let ok = host
+            .as_ref()
+            .is_some_and(|h| h.is_attached() && !h.scanouts.is_empty());
         self.check("scanout_stays_attached", ok, Some(0), json!({"host": host}))
     }
 
@@ -384,10 +413,10 @@ impl Run {
         let (res_id, handle) = (bo.res_id, bo.handle);
         let guest_info = self
             .agent
-            .request(json!({"op": "info", "handle": handle}))
-            .unwrap_or_else(|e| json!({ "error": e }));
-        let trace = self.control.trace(0, Some(res_id)).unwrap_or_default();
-        let trace: Vec<Value> = trace.iter().rev().take(HISTORY).rev().cloned().collect();
+            .request_with_line(agent::Info { handle })
+            .map_or_else(|e| json!({ "error": e }), |(_, line)| line);
+        let mut trace = self.control.trace(0, Some(res_id)).unwrap_or_default();
+        let trace = trace.split_off(trace.len().saturating_sub(HISTORY));
         let bo = &self.bos[slot];
         json!({
             "res_id": res_id,
@@ -422,8 +451,10 @@ impl Run {
             // transfer (2D) or by the verify's fault (blob).
             if self.bos[slot].kind == BoKind::TwoD {
                 let handle = self.bos[slot].handle;
-                self.agent
-                    .request(json!({"op": "transfer_to_host", "handle": handle}))?;
+                self.agent.request(agent::TransferToHost {
+                    handle,
+                    ..Default::default()
+                })?;
                 self.totals.transfers += 1;
                 self.check_host(slot, true)?;
             } else {

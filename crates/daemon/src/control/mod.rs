@@ -1,6 +1,9 @@
-//! The control socket: line-delimited JSON requests and responses for the
-//! harness, tests and people debugging races. See the README for the
-//! protocol.
+//! The control socket: line-delimited JSON requests and replies for the
+//! harness, tests and people debugging races. The requests and replies
+//! are the types of `gpuswap_api::control` (the README documents them);
+//! this module serves them from the device behind the daemon's lock:
+//! `resources.rs` lists resources with their hashes, `records.rs` turns
+//! the device's trace events and counters into the protocol's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -9,57 +12,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use gpuswap_device::ResourceInfo;
+use gpuswap_api::control as api;
+pub use gpuswap_api::control::Request;
 use gpuswap_protocol::ctrl_type;
 use log::{info, warn};
 use nix::sys::stat::{umask, Mode};
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::backend::ControlHandle;
 
-/// One request line.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ControlRequest {
-    /// Daemon identity and what the frontend negotiated.
-    Status,
-    /// Live resources, with hashes unless `hashes` is false; `id` narrows
-    /// to one.
-    Resources {
-        id: Option<u32>,
-        #[serde(default = "yes")]
-        hashes: bool,
-    },
-    /// Running totals.
-    Counters,
-    /// Retained events after sequence number `after`, optionally for one
-    /// resource.
-    Trace {
-        #[serde(default)]
-        after: u64,
-        resource: Option<u32>,
-    },
-    /// Every event from now on, one per line, until the client hangs up.
-    Subscribe,
-    /// Set fault injection knobs; omitted ones are unchanged.
-    Fault {
-        fail_attaches: Option<u32>,
-        /// Corrupt the host copy after this many successful transfers.
-        corrupt_transfers: Option<u32>,
-        /// Request type name (e.g. "resource_detach_backing") to delay.
-        delay_command: Option<String>,
-        /// Delay in ms for `delay_command`; 0 removes the delay.
-        delay_ms: Option<u64>,
-        /// Clear every fault first.
-        #[serde(default)]
-        clear: bool,
-    },
-}
+mod records;
+mod resources;
 
-fn yes() -> bool {
-    true
-}
+use records::{device_counters, event};
+use resources::{resources_of, write_resources};
 
 /// The longest request line; a longer one ends the connection (requests
 /// are a few dozen bytes).
@@ -110,7 +77,7 @@ pub fn serve(path: &Path, backend: ControlHandle) -> std::io::Result<()> {
                         format_args!("turned a client away, {MAX_CLIENTS} are connected"),
                     );
                     let error = format!("too many control clients (at most {MAX_CLIENTS})");
-                    let _ = writeln!(stream, "{}", json!({"ok": false, "error": error}));
+                    let _ = writeln!(stream, "{}", error_reply(error));
                     continue;
                 }
                 let (backend, clients) = (backend.clone(), clients.clone());
@@ -158,18 +125,18 @@ fn client(stream: UnixStream, backend: ControlHandle) {
                 format_args!("request line over {MAX_LINE} bytes"),
             );
             let error = format!("request line longer than {MAX_LINE} bytes");
-            let _ = writeln!(out, "{}", json!({"ok": false, "error": error}));
+            let _ = writeln!(out, "{}", error_reply(error));
             return;
         };
         if line.trim().is_empty() {
             continue;
         }
         let reply = match parse(&line) {
-            Ok(ControlRequest::Subscribe) => {
+            Ok(Request::Subscribe) => {
                 subscribe(out, &backend);
                 return;
             }
-            Ok(ControlRequest::Resources { id, hashes }) => {
+            Ok(Request::Resources { id, hashes }) => {
                 if write_resources(&mut out, &backend, id, hashes).is_err() {
                     return;
                 }
@@ -185,79 +152,91 @@ fn client(stream: UnixStream, backend: ControlHandle) {
 }
 
 /// One request line parsed, or the error reply to send for it.
-pub fn parse(line: &str) -> Result<ControlRequest, Value> {
-    serde_json::from_str(line)
-        .map_err(|e| json!({"ok": false, "error": format!("bad request: {e}")}))
+pub fn parse(line: &str) -> Result<Request, Value> {
+    serde_json::from_str(line).map_err(|e| error_reply(format!("bad request: {e}")))
 }
 
-/// The reply to one request ([`ControlRequest::Subscribe`] excepted: it
-/// takes over the connection).
-pub fn handle(request: ControlRequest, backend: &ControlHandle) -> Value {
+/// `{"ok": true}` with the fields of `reply`.
+fn ok(reply: &impl Serialize) -> Value {
+    let mut value = serde_json::to_value(reply).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("ok".into(), Value::Bool(true));
+    }
+    value
+}
+
+/// `{"ok": false, "error": error}`.
+fn error_reply(error: impl Into<String>) -> Value {
+    json!({"ok": false, "error": error.into()})
+}
+
+/// The reply to one request ([`Request::Subscribe`] excepted: it takes
+/// over the connection).
+pub fn handle(request: Request, backend: &ControlHandle) -> Value {
     let acked = backend.acked_features();
     let mut device = backend.device();
     match request {
-        ControlRequest::Status => json!({
-            "ok": true,
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "acked_features": format!("{acked:#x}"),
-            "resources": device.resource_count(),
-            "host_memory_used": device.host_memory_used(),
-            "max_host_memory": device.config().max_host_memory,
-            "max_entries": device.config().max_entries,
+        Request::Status => ok(&api::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            acked_features: format!("{acked:#x}"),
+            resources: device.resource_count() as u64,
+            host_memory_used: device.host_memory_used(),
+            max_host_memory: device.config().max_host_memory,
+            max_entries: device.config().max_entries,
         }),
-        ControlRequest::Resources { id, hashes } => {
+        Request::Resources { id, hashes } => {
             drop(device);
-            let mut infos = Vec::new();
-            resources(backend, id, hashes, |info| {
-                infos.push(info);
+            let mut resources = Vec::new();
+            let listed = resources_of(backend, id, hashes, |resource| {
+                resources.push(resource);
                 Ok(())
-            })
-            .map_or_else(
-                |e| json!({"ok": false, "error": e.to_string()}),
-                |()| json!({"ok": true, "resources": infos}),
-            )
+            });
+            match listed {
+                Ok(()) => ok(&api::Resources { resources }),
+                Err(e) => error_reply(e.to_string()),
+            }
         }
-        ControlRequest::Counters => json!({
-            "ok": true,
-            "counters": device.counters(),
-            "ring_errors": backend.ring_errors(),
-            "resources": device.resource_count(),
-            "host_memory_used": device.host_memory_used(),
-            "last_seq": device.trace().last_seq(),
+        Request::Counters => ok(&api::Counters {
+            counters: device_counters(device.counters()),
+            ring_errors: backend.ring_errors(),
+            resources: device.resource_count() as u64,
+            host_memory_used: device.host_memory_used(),
+            last_seq: device.trace().last_seq(),
         }),
-        ControlRequest::Trace { after, resource } => {
-            json!({"ok": true, "events": device.events(after, resource)})
-        }
-        ControlRequest::Fault {
+        Request::Trace { after, resource } => ok(&api::Events {
+            events: device.events(after, resource).iter().map(event).collect(),
+        }),
+        Request::Fault(api::Fault {
             fail_attaches,
             corrupt_transfers,
             delay_command,
             delay_ms,
             clear,
-        } => {
+        }) => {
             if !backend.fault_injection() {
-                return json!({"ok": false, "error": "fault injection is off: start the daemon \
-                    with --allow-fault-injection (or a --fault-* option)"});
+                return error_reply(
+                    "fault injection is off: start the daemon \
+                    with --allow-fault-injection (or a --fault-* option)",
+                );
             }
             // Check everything before changing anything: a refused request
             // leaves the faults as they were.
             if let Some(ms) = delay_ms.filter(|&ms| ms > MAX_DELAY_MS) {
-                return json!({"ok": false,
-                    "error": format!("delay_ms {ms} is more than {MAX_DELAY_MS}")});
+                return error_reply(format!("delay_ms {ms} is more than {MAX_DELAY_MS}"));
             }
             let delay = match delay_command {
                 Some(name) => match ctrl_type::from_name(&name) {
                     Some(code) => Some((code, delay_ms.unwrap_or(0))),
-                    None => {
-                        return json!({"ok": false, "error": format!("unknown command {name:?}")})
-                    }
+                    None => return error_reply(format!("unknown command {name:?}")),
                 },
                 None => None,
             };
             let faults = device.faults_mut();
+            let mut delays = backend.delays();
             if clear {
                 *faults = Default::default();
+                delays.clear();
             }
             if let Some(n) = fail_attaches {
                 faults.fail_attaches = n;
@@ -267,81 +246,24 @@ pub fn handle(request: ControlRequest, backend: &ControlHandle) -> Value {
             }
             match delay {
                 Some((code, 0)) => {
-                    faults.delay_ms.remove(&code);
+                    delays.remove(&code);
                 }
                 Some((code, ms)) => {
-                    faults.delay_ms.insert(code, ms);
+                    delays.insert(code, ms);
                 }
                 None => {}
             }
-            let delays: serde_json::Map<String, Value> = faults
-                .delay_ms
-                .iter()
-                .map(|(code, ms)| (ctrl_type::name(*code).to_string(), json!(ms)))
-                .collect();
-            json!({
-                "ok": true,
-                "fail_attaches": faults.fail_attaches,
-                "corrupt_transfers": faults.corrupt_transfers,
-                "delay_ms": delays,
+            ok(&api::ArmedFaults {
+                fail_attaches: faults.fail_attaches,
+                corrupt_transfers: faults.corrupt_transfers,
+                delay_ms: delays
+                    .iter()
+                    .map(|(code, ms)| (ctrl_type::name(*code).to_string(), *ms))
+                    .collect(),
             })
         }
-        ControlRequest::Subscribe => {
-            json!({"ok": false, "error": "subscribe takes over the connection"})
-        }
+        Request::Subscribe => error_reply("subscribe takes over the connection"),
     }
-}
-
-/// Hands each live resource (or just `id`) to `emit`, in id order. The
-/// device lock is held only to take each one's snapshot and to read each
-/// band of its host copy, never across a whole hash, so that a client
-/// polling this does not hold up the queues.
-fn resources(
-    backend: &ControlHandle,
-    id: Option<u32>,
-    hashes: bool,
-    mut emit: impl FnMut(ResourceInfo) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let ids = match id {
-        Some(id) => vec![id],
-        None => backend.device().resource_ids(),
-    };
-    for id in ids {
-        let snapshot = backend.device().snapshot(id);
-        let Some(snapshot) = snapshot else {
-            // Gone since the ids were listed.
-            continue;
-        };
-        let info = if hashes {
-            snapshot.into_info(|id, version, rows, dst| {
-                backend.device().read_host_band(id, version, rows, dst)
-            })
-        } else {
-            snapshot.info
-        };
-        emit(info)?;
-    }
-    Ok(())
-}
-
-/// The `resources` reply, written one resource at a time.
-fn write_resources(
-    out: &mut UnixStream,
-    backend: &ControlHandle,
-    id: Option<u32>,
-    hashes: bool,
-) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(out);
-    out.write_all(br#"{"ok":true,"resources":["#)?;
-    let mut first = true;
-    resources(backend, id, hashes, |info| {
-        if !std::mem::take(&mut first) {
-            out.write_all(b",")?;
-        }
-        serde_json::to_writer(&mut out, &info).map_err(std::io::Error::from)
-    })?;
-    out.write_all(b"]}\n")?;
-    out.flush()
 }
 
 fn subscribe(mut out: UnixStream, backend: &ControlHandle) {
@@ -350,18 +272,16 @@ fn subscribe(mut out: UnixStream, backend: &ControlHandle) {
         let trace = device.trace_mut();
         (trace.subscribe(), trace.last_seq())
     };
-    if writeln!(
-        out,
-        "{}",
-        json!({"ok": true, "subscribed": true, "last_seq": last_seq})
-    )
-    .is_err()
-    {
+    let subscribed = api::Subscribed {
+        subscribed: true,
+        last_seq,
+    };
+    if writeln!(out, "{}", ok(&subscribed)).is_err() {
         return;
     }
     // Ends when the client hangs up (the write fails) or the trace goes.
-    for event in events {
-        let line = serde_json::to_string(&event).unwrap_or_default();
+    for e in events {
+        let line = serde_json::to_string(&event(&e)).unwrap_or_default();
         if writeln!(out, "{line}").is_err() {
             return;
         }
