@@ -4,17 +4,14 @@
 //! log, the checks every real-guest test ends with, one guest at a time,
 //! and libvirt.
 
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gpuswap_api::agent::{self, AgentRequest};
-use gpuswap_api::control::Request;
 use gpuswap_harness::{
     boot_guest, kernel_problems_but_oom_kills_of, tail, Agent, Booted, ControlClient, Daemon,
-    Images, Result, ScratchDir, Vm, VmConfig,
+    Images, ScratchDir, Vm, VmConfig,
 };
-use serde_json::{json, Value};
 
 pub mod libvirt;
 
@@ -38,10 +35,8 @@ pub struct GuestSession {
     pub daemon: Daemon,
     pub vm: Option<Vm>,
     pub agent: Agent,
-    /// The daemon's control socket: the typed [`ControlClient`] (through
-    /// `Deref`, or [`UntypedControl::typed`]), and JSON values for the
-    /// tests not converted yet.
-    pub control: UntypedControl,
+    /// The daemon's control socket.
+    pub control: ControlClient,
     pub serial: PathBuf,
     /// Processes the test expects the OOM killer to take (a memory hog):
     /// their OOM reports are not kernel problems.
@@ -71,7 +66,7 @@ impl GuestSession {
         } = boot_guest(&images, name, config, daemon_args)
             .unwrap_or_else(|e| panic!("guest agent: {e}"));
         agent.set_timeout(Self::REQUEST_TIMEOUT);
-        let control = UntypedControl(daemon.control().expect("control socket"));
+        let control = daemon.control().expect("control socket");
         let serial = vm.serial_log.clone();
         GuestSession {
             daemon,
@@ -149,60 +144,4 @@ pub fn assert_host_clean(control: &mut ControlClient) {
     let counters = control.counters().expect("counters");
     assert_eq!(counters.resources, 0, "{counters:?}");
     assert_eq!(counters.counters.violations, 0, "{counters:?}");
-}
-
-/// The control socket read as JSON values, for `tests/tests/evict.rs`,
-/// which is not converted to the typed client yet: `resource`, `trace`,
-/// `counters` and `violations` as the harness's untyped client had them.
-/// Everything else is the typed [`ControlClient`] behind it. Goes once
-/// evict.rs reads the typed replies.
-pub struct UntypedControl(ControlClient);
-
-impl UntypedControl {
-    /// The typed client (whose `resource`, `trace`, `counters` and
-    /// `violations` these shadow).
-    pub fn typed(&mut self) -> &mut ControlClient {
-        &mut self.0
-    }
-
-    /// Live resource `id` as JSON, `None` when not live.
-    pub fn resource(&mut self, id: u64) -> Result<Option<Value>> {
-        let id = u32::try_from(id).map_err(|e| e.to_string())?;
-        Ok(self.0.resource(id)?.map(|r| json!(r)))
-    }
-
-    /// Retained events after `after`, of every resource or of one, as JSON.
-    pub fn trace(&mut self, after: u64, resource: Option<u64>) -> Result<Vec<Value>> {
-        let resource = resource
-            .map(u32::try_from)
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        let events = self.0.trace(after, resource)?;
-        Ok(events.iter().map(|e| json!(e)).collect())
-    }
-
-    /// The `counters` reply line as it came.
-    pub fn counters(&mut self) -> Result<Value> {
-        Ok(self.0.request(&Request::Counters)?)
-    }
-
-    /// Every violation in the retained trace, as JSON.
-    pub fn violations(&mut self) -> Result<Vec<Value>> {
-        let events = self.0.violations()?;
-        Ok(events.iter().map(|e| json!(e)).collect())
-    }
-}
-
-impl Deref for UntypedControl {
-    type Target = ControlClient;
-
-    fn deref(&self) -> &ControlClient {
-        &self.0
-    }
-}
-
-impl DerefMut for UntypedControl {
-    fn deref_mut(&mut self) -> &mut ControlClient {
-        &mut self.0
-    }
 }

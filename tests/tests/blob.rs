@@ -72,7 +72,6 @@ impl Guest {
 
     fn host(&mut self, res_id: u32) -> Resource {
         self.control
-            .typed()
             .resource(res_id)
             .expect("control query")
             .unwrap_or_else(|| panic!("resource {res_id} not live on the host"))
@@ -115,7 +114,7 @@ fn wait_host(
 ) -> Resource {
     let mut last = None;
     let found = poll_every(Duration::from_millis(50), Duration::from_secs(20), || {
-        last = g.control.typed().resource(res_id).expect("control query");
+        last = g.control.resource(res_id).expect("control query");
         last.clone().filter(&check)
     });
     found.unwrap_or_else(|| panic!("resource {res_id}: {what} never happened; last state {last:?}"))
@@ -297,7 +296,7 @@ fn created_blob_is_shown_with_set_scanout_blob_and_pinned_there() {
         r.is_attached() && r.scanouts == [0] && r.backing_hash == hash
     });
     let generation = res.generation;
-    let trace = g.control.typed().trace(0, Some(b.res_id)).expect("trace");
+    let trace = g.control.trace(0, Some(b.res_id)).expect("trace");
     assert!(
         trace
             .iter()

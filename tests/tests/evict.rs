@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use gpuswap_api::agent::{
+    self, HogReport, Madv, Pattern, RunOutput, ScanMode, Scanned, ShrinkerCounters,
+};
+use gpuswap_api::control::{Backing, DetachReason, Event, EventKind, Resource};
 use gpuswap_harness::{kernel_problems, tail, Images, VmConfig};
 use gpuswap_tests::GuestSession;
 use serde_json::{json, Value};
@@ -43,54 +47,68 @@ impl Guest {
         ))
     }
 
-    fn stats(&mut self) -> BTreeMap<String, u64> {
-        let v = self.req(json!({"op": "shrinker_stats"}));
-        v.as_object()
-            .expect("object")
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-            .collect()
+    fn stats(&mut self) -> ShrinkerCounters {
+        self.req(agent::ShrinkerStats {})
     }
 
-    fn scan(&mut self, mode: &str, pages: u64) -> Value {
-        self.req(json!({"op": "shrinker_scan", "mode": mode, "pages": pages}))
+    fn scan(&mut self, mode: ScanMode, pages: u64) -> Scanned {
+        self.req(agent::ShrinkerScan {
+            pages,
+            mode: Some(mode),
+        })
     }
 
     fn create_2d(&mut self, width: u32, height: u32) -> Bo {
-        let v = self.req(json!({"op": "create_2d", "width": width, "height": height}));
+        let v = self.req(agent::Create2d {
+            width,
+            height,
+            format: None,
+        });
         Bo {
-            handle: v["handle"].as_u64().expect("handle"),
-            res_id: v["res_id"].as_u64().expect("res_id"),
+            handle: v.handle,
+            res_id: v.res_id,
             version: 0,
             hash: String::new(),
         }
     }
 
     /// Writes version `version` of `bo`'s pattern through the mmap.
-    fn write(&mut self, bo: &mut Bo, index: u64, version: u64, pattern: &str) {
-        let v = self.req(json!({"op": "write", "handle": bo.handle, "seed": SEED,
-            "bo": index, "version": version, "pattern": pattern}));
+    fn write(&mut self, bo: &mut Bo, index: u64, version: u64, pattern: Pattern) {
+        let v = self.req(agent::Write {
+            handle: bo.handle,
+            seed: SEED,
+            bo: index,
+            version,
+            pattern: Some(pattern),
+        });
         bo.version = version;
-        bo.hash = v["hash"].as_str().expect("hash").to_string();
+        bo.hash = v.hash;
     }
 
     fn transfer(&mut self, bo: &Bo) {
-        self.req(json!({"op": "transfer_to_host", "handle": bo.handle}));
+        self.req(agent::TransferToHost {
+            handle: bo.handle,
+            ..agent::TransferToHost::default()
+        });
     }
 
     /// The guest's mapping holds exactly version `bo.version`.
-    fn verify(&mut self, bo: &Bo, index: u64, pattern: &str) {
-        let v = self.req(json!({"op": "verify", "handle": bo.handle, "seed": SEED,
-            "bo": index, "version": bo.version, "pattern": pattern}));
-        assert_eq!(
-            v["ok_content"],
-            json!(true),
-            "BO {index} (res {}) lost its content: {v}",
+    fn verify(&mut self, bo: &Bo, index: u64, pattern: Pattern) {
+        let v = self.req(agent::Verify {
+            handle: bo.handle,
+            seed: SEED,
+            bo: index,
+            version: bo.version,
+            pattern: Some(pattern),
+        });
+        assert!(
+            v.ok_content,
+            "BO {index} (res {}) lost its content: {v:?}",
             bo.res_id
         );
     }
 
-    fn host(&mut self, bo: &Bo) -> Value {
+    fn host(&mut self, bo: &Bo) -> Resource {
         self.control
             .resource(bo.res_id)
             .expect("control query")
@@ -101,19 +119,34 @@ impl Guest {
     fn assert_host_copy(&mut self, bo: &Bo) {
         let res = self.host(bo);
         assert_eq!(
-            res["host_hash"],
-            json!(bo.hash),
-            "host copy of resource {} differs from the guest's: {res}",
+            res.host_hash.as_ref(),
+            Some(&bo.hash),
+            "host copy of resource {} differs from the guest's: {res:?}",
             bo.res_id
         );
     }
 
-    fn trace(&mut self, resource: u64) -> Vec<Value> {
+    fn trace(&mut self, resource: u32) -> Vec<Event> {
         self.control.trace(0, Some(resource)).expect("trace")
     }
 
     fn close(&mut self, bo: &Bo) {
-        self.req(json!({"op": "close", "handle": bo.handle}));
+        self.req(agent::Close { handle: bo.handle });
+    }
+
+    /// Runs `argv` in the guest.
+    fn run(&mut self, argv: &[&str]) -> RunOutput {
+        self.req(agent::Run {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+        })
+    }
+
+    fn madvise(&mut self, bo: &Bo, madv: Madv) -> bool {
+        self.req(agent::Madvise {
+            handle: bo.handle,
+            madv,
+        })
+        .retained
     }
 
     fn finish(self) {
@@ -123,23 +156,28 @@ impl Guest {
 
 #[derive(Debug, Clone)]
 struct Bo {
-    handle: u64,
-    res_id: u64,
+    handle: u32,
+    res_id: u32,
     version: u64,
     hash: String,
 }
 
 /// Attach generations of a resource's attach events, in trace order, and
 /// the number of detaches by command.
-fn attaches_and_detaches(trace: &[Value]) -> (Vec<u64>, usize) {
+fn attaches_and_detaches(trace: &[Event]) -> (Vec<u64>, usize) {
     let gens = trace
         .iter()
-        .filter(|e| e["event"] == "attach")
-        .map(|e| e["generation"].as_u64().unwrap_or(0))
+        .filter(|e| matches!(e.kind, EventKind::Attach { .. }))
+        .map(|e| e.generation)
         .collect();
     let detaches = trace
         .iter()
-        .filter(|e| e["event"] == "detach" && e["reason"] == "command")
+        .filter(|e| {
+            e.kind
+                == EventKind::Detach {
+                    reason: DetachReason::Command,
+                }
+        })
         .count();
     (gens, detaches)
 }
@@ -158,61 +196,68 @@ fn forced_eviction_and_restore_keep_content() {
     for bo in &bos {
         let res = g.host(bo);
         assert_eq!(
-            res["backing"], "detached",
-            "attached before first use: {res}"
+            res.backing,
+            Backing::Detached,
+            "attached before first use: {res:?}"
         );
     }
     for (i, bo) in bos.iter_mut().enumerate() {
-        g.write(bo, i as u64, 1, "random");
+        g.write(bo, i as u64, 1, Pattern::Random);
     }
     for bo in &bos {
         g.transfer(bo);
         g.assert_host_copy(bo);
-        assert_eq!(g.host(bo)["backing"], "attached");
+        assert_eq!(g.host(bo).backing, Backing::Attached);
     }
 
     for round in 0..3u64 {
-        let scan = g.scan("evict", 1 << 20);
+        let scan = g.scan(ScanMode::Evict, 1 << 20);
         let stats = g.stats();
-        eprintln!("round {round}: scan {scan} stats {stats:?}");
-        assert!(
-            scan["freed"].as_u64().unwrap_or(0) > 0,
-            "nothing evicted: {scan}"
-        );
+        eprintln!("round {round}: scan {scan:?} stats {stats:?}");
+        assert!(scan.freed > 0, "nothing evicted: {scan:?}");
         for bo in &bos {
             let res = g.host(bo);
-            assert_eq!(res["backing"], "detached", "not evicted: {res}");
+            assert_eq!(res.backing, Backing::Detached, "not evicted: {res:?}");
             // The host copy survives the detach.
-            assert_eq!(res["host_hash"], json!(bo.hash));
+            assert_eq!(res.host_hash.as_ref(), Some(&bo.hash));
         }
         // Fault the pages back in: content intact, host not attached yet.
         for (i, bo) in bos.iter().enumerate() {
-            g.verify(bo, i as u64, "random");
-            assert_eq!(g.host(bo)["backing"], "detached", "fault must not attach");
+            g.verify(bo, i as u64, Pattern::Random);
+            assert_eq!(
+                g.host(bo).backing,
+                Backing::Detached,
+                "fault must not attach"
+            );
         }
         // A new version, transferred: re-attached, host copy updated.
         for (i, bo) in bos.iter_mut().enumerate() {
             if i % 2 == 0 {
-                g.write(bo, i as u64, round + 2, "random");
+                g.write(bo, i as u64, round + 2, Pattern::Random);
             }
             g.transfer(bo);
             g.assert_host_copy(bo);
             let res = g.host(bo);
-            assert_eq!(res["backing"], "attached");
-            assert_eq!(res["backing_hash"], json!(bo.hash), "{res}");
+            assert_eq!(res.backing, Backing::Attached);
+            assert_eq!(res.backing_hash.as_ref(), Some(&bo.hash), "{res:?}");
         }
     }
     // Evict once more and restore through a transfer alone (no fault first).
-    g.scan("evict", 1 << 20);
+    g.scan(ScanMode::Evict, 1 << 20);
     for bo in &bos {
         g.transfer(bo);
         g.assert_host_copy(bo);
     }
 
     let after = g.stats();
-    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0);
-    assert!(delta("evictions") >= 4 * bos.len() as u64, "{after:?}");
-    assert!(delta("restores") >= 4 * bos.len() as u64, "{after:?}");
+    assert!(
+        after.evictions - before.evictions >= 4 * bos.len() as u64,
+        "{after:?}"
+    );
+    assert!(
+        after.restores - before.restores >= 4 * bos.len() as u64,
+        "{after:?}"
+    );
 
     for bo in &bos {
         let (gens, detaches) = attaches_and_detaches(&g.trace(bo.res_id));
@@ -226,18 +271,16 @@ fn forced_eviction_and_restore_keep_content() {
 }
 
 /// Events the daemon recorded for a resource after sequence number `after`.
-fn events_after(g: &mut Guest, resource: u64, after: u64) -> Vec<Value> {
+fn events_after(g: &mut Guest, resource: u32, after: u64) -> Vec<Event> {
     g.control.trace(after, Some(resource)).expect("trace")
 }
 
 fn last_seq(g: &mut Guest) -> u64 {
-    g.control.counters().expect("counters")["last_seq"]
-        .as_u64()
-        .unwrap_or(0)
+    g.control.counters().expect("counters").last_seq
 }
 
 /// Waits until the host no longer has `res_id`.
-fn wait_unref(g: &mut Guest, res_id: u64) {
+fn wait_unref(g: &mut Guest, res_id: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while g.control.resource(res_id).expect("query").is_some() {
         assert!(Instant::now() < deadline, "resource {res_id} still live");
@@ -254,7 +297,7 @@ fn madvise_dontneed_purges() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
     let mut g = Guest::boot("evict-purge", 512, "");
     const EINVAL: i64 = 22;
-    const SIGBUS: i64 = 7;
+    const SIGBUS: i32 = 7;
 
     let mut keep = g.create_2d(256, 256); // WILLNEED throughout
     let mut undo = g.create_2d(256, 256); // DONTNEED, then WILLNEED before a scan
@@ -263,91 +306,104 @@ fn madvise_dontneed_purges() {
     let mut shown = g.create_2d(640, 480); // DONTNEED but on scanout
     let all = [&mut keep, &mut undo, &mut gone, &mut cold, &mut shown];
     for (i, bo) in all.into_iter().enumerate() {
-        g.write(bo, i as u64, 1, "random");
+        g.write(bo, i as u64, 1, Pattern::Random);
         g.transfer(bo);
         g.assert_host_copy(bo);
     }
-    g.req(json!({"op": "scanout", "handle": shown.handle}));
-    g.scan("evict", 1 << 20);
-    assert_eq!(g.host(&cold)["backing"], "detached");
+    g.req(agent::Scanout {
+        handle: shown.handle,
+        ..agent::Scanout::default()
+    });
+    g.scan(ScanMode::Evict, 1 << 20);
+    assert_eq!(g.host(&cold).backing, Backing::Detached);
     // `cold` stays evicted; the others are faulted back in and attached.
     for (i, bo) in [(0, &keep), (1, &undo), (2, &gone), (4, &shown)] {
-        g.verify(bo, i, "random");
+        g.verify(bo, i, Pattern::Random);
         g.transfer(bo);
-        assert_eq!(g.host(bo)["backing"], "attached");
+        assert_eq!(g.host(bo).backing, Backing::Attached);
     }
 
     for bo in [&undo, &gone, &cold, &shown] {
-        let v = g.req(json!({"op": "madvise", "handle": bo.handle, "madv": "dontneed"}));
-        assert_eq!(v["retained"], json!(true));
+        assert!(g.madvise(bo, Madv::Dontneed));
     }
-    let v = g.req(json!({"op": "madvise", "handle": undo.handle, "madv": "willneed"}));
-    assert_eq!(v["retained"], json!(true));
+    assert!(g.madvise(&undo, Madv::Willneed));
     let stats = g.stats();
-    assert!(stats["purgeable_pages"] >= 2 * 64, "{stats:?}");
+    assert!(stats.purgeable_pages >= 2 * 64, "{stats:?}");
 
     let before = g.stats();
     let seq = last_seq(&mut g);
-    let scan = g.scan("purge", 1 << 20);
+    let scan = g.scan(ScanMode::Purge, 1 << 20);
     let after = g.stats();
-    eprintln!("purge scan {scan}: {after:?}");
-    assert_eq!(after["purges"] - before["purges"], 2, "{after:?}");
+    eprintln!("purge scan {scan:?}: {after:?}");
+    assert_eq!(after.purges - before.purges, 2, "{after:?}");
 
     // Purged: retained false, host resource gone (detach then unref).
     for bo in [&gone, &cold] {
-        let v = g.req(json!({"op": "madvise", "handle": bo.handle, "madv": "willneed"}));
-        assert_eq!(v["retained"], json!(false), "res {} not purged", bo.res_id);
+        assert!(
+            !g.madvise(bo, Madv::Willneed),
+            "res {} not purged",
+            bo.res_id
+        );
         wait_unref(&mut g, bo.res_id);
     }
-    let ev: Vec<String> = events_after(&mut g, gone.res_id, seq)
-        .iter()
-        .map(|e| {
-            format!(
-                "{}{}",
-                e["event"].as_str().unwrap_or(""),
-                e["reason"]
-                    .as_str()
-                    .map(|r| format!(":{r}"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect();
-    assert_eq!(ev, ["detach:command", "unref"], "resident purge");
-    let ev: Vec<String> = events_after(&mut g, cold.res_id, seq)
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("").to_string())
+    let ev: Vec<EventKind> = events_after(&mut g, gone.res_id, seq)
+        .into_iter()
+        .map(|e| e.kind)
         .collect();
     assert_eq!(
         ev,
-        ["unref"],
+        [
+            EventKind::Detach {
+                reason: DetachReason::Command
+            },
+            EventKind::Unref
+        ],
+        "resident purge"
+    );
+    let ev: Vec<EventKind> = events_after(&mut g, cold.res_id, seq)
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        ev,
+        [EventKind::Unref],
         "an evicted BO is purged without a second detach"
     );
 
     // Later use fails as documented.
     assert_eq!(
-        g.req_errno(json!({"op": "transfer_to_host", "handle": gone.handle, "barrier": false})),
+        g.req_errno(agent::TransferToHost {
+            handle: gone.handle,
+            barrier: Some(false),
+            ..agent::TransferToHost::default()
+        }),
         Some(EINVAL)
     );
-    let v = g.req(json!({"op": "touch", "handle": gone.handle}));
-    assert_eq!(v["signal"], json!(SIGBUS), "CPU access to a purged BO");
-    let v = g.req(json!({"op": "touch", "handle": cold.handle, "offset": 4096}));
-    assert_eq!(v["signal"], json!(SIGBUS));
+    let v = g.req(agent::Touch {
+        handle: gone.handle,
+        offset: None,
+    });
+    assert_eq!(v.signal, Some(SIGBUS), "CPU access to a purged BO");
+    let v = g.req(agent::Touch {
+        handle: cold.handle,
+        offset: Some(4096),
+    });
+    assert_eq!(v.signal, Some(SIGBUS));
 
     // Not purged: WILLNEED ones and the pinned scanout; all intact.
     for (i, bo) in [(0, &keep), (1, &undo), (4, &shown)] {
-        let v = g.req(json!({"op": "madvise", "handle": bo.handle, "madv": "willneed"}));
-        assert_eq!(v["retained"], json!(true));
-        g.verify(bo, i, "random");
+        assert!(g.madvise(bo, Madv::Willneed));
+        g.verify(bo, i, Pattern::Random);
         g.transfer(bo);
         g.assert_host_copy(bo);
     }
-    assert_eq!(g.host(&shown)["backing"], "attached");
+    assert_eq!(g.host(&shown).backing, Backing::Attached);
 
     // Closing purged BOs sends nothing more for them.
     let seq = last_seq(&mut g);
     g.close(&gone);
     g.close(&cold);
-    g.req(json!({"op": "scanout_off"}));
+    g.req(agent::ScanoutOff {});
     for bo in [&keep, &undo, &shown] {
         g.close(bo);
         wait_unref(&mut g, bo.res_id);
@@ -361,16 +417,13 @@ fn madvise_dontneed_purges() {
         );
     }
     let stats = g.stats();
-    assert_eq!(stats["purgeable_pages"], 0, "{stats:?}");
+    assert_eq!(stats.purgeable_pages, 0, "{stats:?}");
     g.finish();
 }
 
 /// MemTotal of the guest, in bytes.
 fn guest_ram(g: &mut Guest) -> u64 {
-    g.req(json!({"op": "meminfo"}))["MemTotal"]
-        .as_u64()
-        .expect("MemTotal")
-        * 1024
+    g.req(agent::Meminfo {}).get("MemTotal").expect("MemTotal") * 1024
 }
 
 /// Fills `count` 1024x1024 BOs (4 MiB each) with the sparse pattern, each
@@ -379,7 +432,7 @@ fn fill_bos(g: &mut Guest, count: usize, version: u64) -> Vec<Bo> {
     let mut bos = Vec::with_capacity(count);
     for i in 0..count {
         let mut bo = g.create_2d(1024, 1024);
-        g.write(&mut bo, i as u64, version, "sparse");
+        g.write(&mut bo, i as u64, version, Pattern::Sparse);
         g.transfer(&bo);
         g.assert_host_copy(&bo);
         bos.push(bo);
@@ -403,24 +456,24 @@ fn bos_larger_than_guest_ram_survive_real_reclaim() {
     let mid = g.stats();
     eprintln!("after filling: {mid:?}");
     assert!(
-        mid["evictions"] > before["evictions"],
+        mid.evictions > before.evictions,
         "the shrinker evicted nothing: {mid:?}"
     );
 
     // Read everything back (restores), write a new version into half of
     // them and transfer all (re-attach), checking the host copy.
     for (i, bo) in bos.iter_mut().enumerate() {
-        g.verify(bo, i as u64, "sparse");
+        g.verify(bo, i as u64, Pattern::Sparse);
         if i % 2 == 1 {
-            g.write(bo, i as u64, 2, "sparse");
+            g.write(bo, i as u64, 2, Pattern::Sparse);
         }
         g.transfer(bo);
         g.assert_host_copy(bo);
     }
     let after = g.stats();
-    let mem = g.req(json!({"op": "meminfo"}));
-    eprintln!("after verifying: {after:?}\nmeminfo: {mem}");
-    assert!(after["restores"] > mid["restores"], "{after:?}");
+    let mem = g.req(agent::Meminfo {});
+    eprintln!("after verifying: {after:?}\nmeminfo: {mem:?}");
+    assert!(after.restores > mid.restores, "{after:?}");
 
     // Every resource that was evicted and restored shows rising generations.
     let mut cycled = 0;
@@ -451,15 +504,19 @@ fn evictions_race_faults_transfers_closes_and_scanout() {
     let mut bos: Vec<Bo> = (0..6).map(|_| g.create_2d(512, 256)).collect();
     let mut index: Vec<u64> = (0..bos.len() as u64).collect();
     let mut shown = g.create_2d(640, 480);
-    g.write(&mut shown, 1000, 1, "random");
+    g.write(&mut shown, 1000, 1, Pattern::Random);
 
-    g.req(json!({"op": "scan_loop_start", "pages": 1 << 20, "mode": "all"}));
+    g.req(agent::ScanLoopStart {
+        pages: 1 << 20,
+        mode: Some(ScanMode::All),
+        interval_ms: None,
+    });
     for round in 1..=12u64 {
         for (i, bo) in bos.iter_mut().enumerate() {
-            g.write(bo, index[i], round, "random");
+            g.write(bo, index[i], round, Pattern::Random);
             g.transfer(bo);
             g.assert_host_copy(bo);
-            g.verify(bo, index[i], "random");
+            g.verify(bo, index[i], Pattern::Random);
         }
         // Evict vs close: drop one BO (maybe evicted right now), make another.
         let slot = (round as usize) % bos.len();
@@ -467,27 +524,34 @@ fn evictions_race_faults_transfers_closes_and_scanout() {
         bos[slot] = g.create_2d(512, 256);
         index[slot] = 100 + round;
         let (i, bo) = (index[slot], &mut bos[slot]);
-        g.write(bo, i, round, "random");
+        g.write(bo, i, round, Pattern::Random);
         g.transfer(bo);
         g.assert_host_copy(bo);
 
         // Scanout: pinned while shown, evictable again once it is off.
-        g.write(&mut shown, 1000, round, "random");
-        g.req(json!({"op": "scanout", "handle": shown.handle}));
+        g.write(&mut shown, 1000, round, Pattern::Random);
+        g.req(agent::Scanout {
+            handle: shown.handle,
+            ..agent::Scanout::default()
+        });
         g.transfer(&shown);
         g.assert_host_copy(&shown);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(g.host(&shown)["backing"], "attached", "scanout BO evicted");
-        g.verify(&shown, 1000, "random");
-        g.req(json!({"op": "scanout_off"}));
+        assert_eq!(
+            g.host(&shown).backing,
+            Backing::Attached,
+            "scanout BO evicted"
+        );
+        g.verify(&shown, 1000, Pattern::Random);
+        g.req(agent::ScanoutOff {});
     }
-    let looped = g.req(json!({"op": "scan_loop_stop"}));
+    let looped = g.req(agent::ScanLoopStop {});
     let after = g.stats();
-    eprintln!("scan loop {looped}\nstats {after:?}");
-    assert_eq!(looped["errors"], json!(0), "{looped}");
-    assert!(looped["scans"].as_u64().unwrap_or(0) > 10, "{looped}");
-    assert!(after["evictions"] > before["evictions"], "{after:?}");
-    assert!(after["restores"] > before["restores"], "{after:?}");
+    eprintln!("scan loop {looped:?}\nstats {after:?}");
+    assert_eq!(looped.errors, 0, "{looped:?}");
+    assert!(looped.scans > 10, "{looped:?}");
+    assert!(after.evictions > before.evictions, "{after:?}");
+    assert!(after.restores > before.restores, "{after:?}");
 
     for bo in bos.iter().chain([&shown]) {
         let (gens, _) = attaches_and_detaches(&g.trace(bo.res_id));
@@ -518,75 +582,66 @@ fn shrinker_module_reload_under_load() {
         echo 2 > /proc/sys/vm/drop_caches || exit 3; \
         n=$((n+1)); done; echo $n > /tmp/reclaim.done";
     for (name, script) in [("reload", reload), ("reclaim", reclaim)] {
-        let started = g.req(json!({"op": "run", "argv": ["sh", "-c",
-            format!("({script}) >/tmp/{name}.log 2>&1 &")]}));
-        assert_eq!(started["status"], json!(0), "{started}");
+        let started = g.run(&["sh", "-c", &format!("({script}) >/tmp/{name}.log 2>&1 &")]);
+        assert_eq!(started.status, Some(0), "{started:?}");
     }
     let before = g.stats();
 
     let mut bos: Vec<Bo> = (0..8).map(|_| g.create_2d(1024, 512)).collect();
     for round in 1..=6u64 {
         for (i, bo) in bos.iter_mut().enumerate() {
-            g.write(bo, i as u64, round, "random");
+            g.write(bo, i as u64, round, Pattern::Random);
             g.transfer(bo);
             g.assert_host_copy(bo);
         }
         std::thread::sleep(Duration::from_millis(300));
         for (i, bo) in bos.iter().enumerate() {
-            g.verify(bo, i as u64, "random");
+            g.verify(bo, i as u64, Pattern::Random);
         }
     }
 
-    g.req(json!({"op": "run", "argv": ["touch", "/tmp/stop"]}));
+    g.run(&["touch", "/tmp/stop"]);
     let mut loops = BTreeMap::new();
     for name in ["reload", "reclaim"] {
         let deadline = Instant::now() + Duration::from_secs(60);
         let n = loop {
-            let v = g.req(json!({"op": "run", "argv": ["cat", format!("/tmp/{name}.done")]}));
-            if v["status"] == json!(0) {
-                break v["stdout"]
-                    .as_str()
-                    .unwrap_or("")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
+            let v = g.run(&["cat", &format!("/tmp/{name}.done")]);
+            if v.status == Some(0) {
+                break v.stdout.trim().parse::<u64>().unwrap_or(0);
             }
-            let log = g.req(json!({"op": "run", "argv": ["cat", format!("/tmp/{name}.log")]}));
+            let log = g.run(&["cat", &format!("/tmp/{name}.log")]);
             assert!(
                 Instant::now() < deadline,
-                "{name} loop did not finish: {log}"
+                "{name} loop did not finish: {log:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         };
         loops.insert(name, n);
     }
-    let lsmod = g.req(json!({"op": "run", "argv": ["cat", "/proc/modules"]}));
+    let lsmod = g.run(&["cat", "/proc/modules"]);
     let after = g.stats();
     eprintln!("loops {loops:?}; stats {after:?}");
     assert!(loops["reload"] >= 5, "{loops:?}");
     assert!(loops["reclaim"] >= 5, "{loops:?}");
     assert!(
-        lsmod["stdout"]
-            .as_str()
-            .unwrap_or("")
-            .contains("gpuswap_shrinker"),
-        "module not loaded at the end: {lsmod}"
+        lsmod.stdout.contains("gpuswap_shrinker"),
+        "module not loaded at the end: {lsmod:?}"
     );
-    assert!(after["evictions"] > before["evictions"], "{after:?}");
-    assert!(after["restores"] > before["restores"], "{after:?}");
+    assert!(after.evictions > before.evictions, "{after:?}");
+    assert!(after.restores > before.restores, "{after:?}");
 
     // Still working after the last reload: reads restore, reclaim evicts.
     for (i, bo) in bos.iter().enumerate() {
-        g.verify(bo, i as u64, "random");
+        g.verify(bo, i as u64, Pattern::Random);
     }
-    let evictions = g.stats()["evictions"];
-    g.req(json!({"op": "run", "argv": ["sh", "-c", "echo 2 > /proc/sys/vm/drop_caches"]}));
+    let evictions = g.stats().evictions;
+    g.run(&["sh", "-c", "echo 2 > /proc/sys/vm/drop_caches"]);
     assert!(
-        g.stats()["evictions"] > evictions,
+        g.stats().evictions > evictions,
         "no eviction after the last reload"
     );
     for (i, bo) in bos.iter().enumerate() {
-        g.verify(bo, i as u64, "random");
+        g.verify(bo, i as u64, Pattern::Random);
         g.close(bo);
     }
     g.finish();
@@ -602,47 +657,62 @@ fn unbind_with_bos_and_scans_running() {
     let mut g = Guest::boot("evict-unbind", 512, "");
     let mut bos: Vec<Bo> = (0..6).map(|_| g.create_2d(512, 256)).collect();
     for (i, bo) in bos.iter_mut().enumerate() {
-        g.write(bo, i as u64, 1, "random");
+        g.write(bo, i as u64, 1, Pattern::Random);
         g.transfer(bo);
     }
-    g.scan("evict", 1 << 20);
+    g.scan(ScanMode::Evict, 1 << 20);
     for (i, bo) in bos.iter().enumerate().take(3) {
-        g.verify(bo, i as u64, "random");
+        g.verify(bo, i as u64, Pattern::Random);
         g.transfer(bo);
     }
-    let dev = g.req(json!({"op": "run", "argv": ["sh", "-c",
-        "cd /sys/bus/virtio/drivers/virtio_gpu && echo virtio*"]}));
-    let dev = dev["stdout"].as_str().expect("stdout").trim().to_string();
-    g.req(json!({"op": "scan_loop_start", "pages": 1 << 20, "mode": "all", "interval_ms": 1}));
+    let dev = g.run(&[
+        "sh",
+        "-c",
+        "cd /sys/bus/virtio/drivers/virtio_gpu && echo virtio*",
+    ]);
+    let dev = dev.stdout.trim().to_string();
+    g.req(agent::ScanLoopStart {
+        pages: 1 << 20,
+        mode: Some(ScanMode::All),
+        interval_ms: Some(1),
+    });
     std::thread::sleep(Duration::from_millis(300));
-    let unbind = g.req(json!({"op": "run", "argv": ["sh", "-c",
-        format!("echo {dev} > /sys/bus/virtio/drivers/virtio_gpu/unbind")]}));
-    eprintln!("unbind {dev}: {unbind}");
-    assert_eq!(unbind["status"], json!(0), "{unbind}");
+    let unbind = g.run(&[
+        "sh",
+        "-c",
+        &format!("echo {dev} > /sys/bus/virtio/drivers/virtio_gpu/unbind"),
+    ]);
+    eprintln!("unbind {dev}: {unbind:?}");
+    assert_eq!(unbind.status, Some(0), "{unbind:?}");
     std::thread::sleep(Duration::from_millis(300));
-    let looped = g.req(json!({"op": "scan_loop_stop"}));
-    eprintln!("scan loop {looped}");
-    let errors = looped["errors"].as_u64().unwrap_or(0);
-    assert!(looped["scans"].as_u64().unwrap_or(0) > 0, "{looped}");
-    if errors > 0 {
-        let first = looped["first_error"].as_str().unwrap_or("");
+    let looped = g.req(agent::ScanLoopStop {});
+    eprintln!("scan loop {looped:?}");
+    assert!(looped.scans > 0, "{looped:?}");
+    if looped.errors > 0 {
+        let first = looped.first_error.as_deref().unwrap_or("");
         assert!(
             first.contains("os error 19"),
-            "scans after unbind: {looped}"
+            "scans after unbind: {looped:?}"
         );
     }
     // Every ioctl of the unplugged device fails with ENODEV; the BOs go
     // with the DRM file when the agent exits.
     const ENODEV: i64 = 19;
     assert_eq!(
-        g.req_errno(json!({"op": "transfer_to_host", "handle": bos[0].handle, "barrier": false})),
+        g.req_errno(agent::TransferToHost {
+            handle: bos[0].handle,
+            barrier: Some(false),
+            ..agent::TransferToHost::default()
+        }),
         Some(ENODEV)
     );
     assert_eq!(
-        g.req_errno(json!({"op": "close", "handle": bos[0].handle})),
+        g.req_errno(agent::Close {
+            handle: bos[0].handle
+        }),
         Some(ENODEV)
     );
-    let _ = g.agent.request(json!({"op": "exit", "status": 0}));
+    let _ = g.agent.request(agent::Exit { status: Some(0) });
     let vm = g.vm.take().expect("vm");
     let status = vm.wait(GuestSession::EXIT_TIMEOUT).expect("QEMU exits");
     let log = std::fs::read_to_string(&g.serial).expect("serial log");
@@ -698,20 +768,22 @@ fn no_allocation_waits_behind_a_slow_detach() {
     // 48 MiB of idle, attached buffers for the shrinker to take.
     let mut bos: Vec<Bo> = (0..48).map(|_| g.create_2d(512, 512)).collect();
     for (i, bo) in bos.iter_mut().enumerate() {
-        g.write(bo, i as u64, 1, "random");
+        g.write(bo, i as u64, 1, Pattern::Random);
         g.transfer(bo);
     }
     let before = g.stats();
-    let out = g.req(json!({"op": "run", "argv": ["/bin/sh", "-c",
-        "for i in 1 2 3 4; do /bin/gpuswap-guest touch --mib 72 & done; wait"]}));
+    let out = g.run(&[
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3 4; do /bin/gpuswap-guest touch --mib 72 & done; wait",
+    ]);
     let after = g.stats();
-    let runs: Vec<Value> = out["stdout"]
-        .as_str()
-        .unwrap()
+    let runs: Vec<Value> = out
+        .stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}\n{out}")))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}\n{out:?}")))
         .collect();
-    assert_eq!(runs.len(), 4, "every process reports: {out}");
+    assert_eq!(runs.len(), 4, "every process reports: {out:?}");
     eprintln!("first touches: {runs:?}\nshrinker before {before:?} after {after:?}");
     for r in &runs {
         assert_eq!(r["pages"], 72 * 256, "{r}");
@@ -723,11 +795,11 @@ fn no_allocation_waits_behind_a_slow_detach() {
     }
     // The pressure reached the shrinker, whose DETACHes the host delayed.
     assert!(
-        after["evictions"] > before["evictions"] || after["detaching_pages"] > 0,
+        after.evictions > before.evictions || after.other["detaching_pages"] > 0,
         "the shrinker never took a buffer: {after:?}"
     );
     for (i, bo) in bos.iter().enumerate() {
-        g.verify(bo, i as u64, "random");
+        g.verify(bo, i as u64, Pattern::Random);
     }
     for bo in &bos {
         g.close(bo);
@@ -737,9 +809,9 @@ fn no_allocation_waits_behind_a_slow_detach() {
 
 /// Runs a shell command in the guest; its stdout.
 fn sh(g: &mut Guest, script: &str) -> String {
-    let v = g.req(json!({"op": "run", "argv": ["sh", "-c", script]}));
-    assert_eq!(v["status"], 0, "{script}: {v}");
-    v["stdout"].as_str().unwrap_or_default().to_string()
+    let v = g.run(&["sh", "-c", script]);
+    assert_eq!(v.status, Some(0), "{script}: {v:?}");
+    v.stdout
 }
 
 /// The kernel's own shrinker interface (CONFIG_SHRINKER_DEBUG:
@@ -772,7 +844,7 @@ fn the_kernels_shrinker_interface_counts_and_evicts_idle_bos() {
 
     let mut bos: Vec<Bo> = (0..4).map(|_| g.create_2d(512, 512)).collect();
     for (i, bo) in bos.iter_mut().enumerate() {
-        g.write(bo, i as u64, 1, "random");
+        g.write(bo, i as u64, 1, Pattern::Random);
         g.transfer(bo);
         g.assert_host_copy(bo);
     }
@@ -790,7 +862,7 @@ fn the_kernels_shrinker_interface_counts_and_evicts_idle_bos() {
     // scan again until all four are out (at most 8 scans).
     let mut after = before.clone();
     for scan in 0..8 {
-        if after["evictions"] >= before["evictions"] + 4 {
+        if after.evictions >= before.evictions + 4 {
             break;
         }
         sh(&mut g, &format!("echo '0 0 {idle}' > {dir}/scan"));
@@ -798,15 +870,15 @@ fn the_kernels_shrinker_interface_counts_and_evicts_idle_bos() {
         eprintln!("scan {scan}: {after:?}");
     }
     assert!(
-        after["evictions"] >= before["evictions"] + 4,
+        after.evictions >= before.evictions + 4,
         "{before:?} -> {after:?}"
     );
     assert!(count(&mut g) <= idle - pages, "count after the scan");
     for bo in &bos {
-        assert_eq!(g.host(bo)["backing"], "detached");
+        assert_eq!(g.host(bo).backing, Backing::Detached);
     }
     for (i, bo) in bos.iter().enumerate() {
-        g.verify(bo, i as u64, "random");
+        g.verify(bo, i as u64, Pattern::Random);
         g.transfer(bo);
         g.assert_host_copy(bo);
         g.close(bo);
@@ -874,7 +946,7 @@ fn igt_style_shrink(g: &mut Guest, round: ShrinkRound, seed: u64) {
     if round.hog_mib > 0 {
         // The hog (oom_score_adj 1000) is the OOM killer's to take, while
         // it fills (`killed_pid`) or later (`pid`).
-        let hog = g.req(json!({"op": "hog", "mib": round.hog_mib}));
+        let hog = g.req(agent::Hog { mib: round.hog_mib });
         expect_hog_kill(g, &hog);
     }
     let reports_ready = |g: &mut Guest| {
@@ -922,19 +994,19 @@ fn igt_style_shrink(g: &mut Guest, round: ShrinkRound, seed: u64) {
                 if bo["dontneed"] == true {
                     continue;
                 }
-                let res_id = bo["res_id"].as_u64().unwrap();
+                let res_id = u32::try_from(bo["res_id"].as_u64().unwrap()).unwrap();
                 let Some(host) = g.control.resource(res_id).unwrap() else {
                     let story = g.control.trace(0, Some(res_id)).unwrap();
                     panic!("{round:?}: {bo} not on the host; its daemon events: {story:#?}");
                 };
-                assert_eq!(host["host_hash"], bo["hash"], "{round:?}: {host}");
+                assert_eq!(json!(host.host_hash), bo["hash"], "{round:?}: {host:?}");
             }
         }
     }
     if round.hog_mib > 0 {
-        let hog = g.req(json!({"op": "hog", "mib": 0}));
+        let hog = g.req(agent::Hog { mib: 0 });
         expect_hog_kill(g, &hog);
-        eprintln!("{round:?}: hog OOM-killed: {}", hog["oom_killed"]);
+        eprintln!("{round:?}: hog OOM-killed: {}", hog.oom_killed);
     }
     sh(g, "touch /tmp/shrink-go");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -954,18 +1026,15 @@ fn igt_style_shrink(g: &mut Guest, round: ShrinkRound, seed: u64) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let after = g.stats();
-    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0);
+    let evictions = after.evictions - before.evictions;
+    let restores = after.restores - before.restores;
+    let purges = after.purges - before.purges;
     eprintln!(
-        "{round:?}: {} evictions, {} restores, {} purges, {purged} purged seen",
-        delta("evictions"),
-        delta("restores"),
-        delta("purges")
+        "{round:?}: {evictions} evictions, {restores} restores, {purges} purges, \
+         {purged} purged seen"
     );
     // Over-committed: the shrinker had to evict, and buffers came back.
-    assert!(
-        delta("evictions") > 0 && delta("restores") > 0,
-        "{round:?}: {after:?}"
-    );
+    assert!(evictions > 0 && restores > 0, "{round:?}: {after:?}");
     if round.dontneed_share > 0.0 {
         assert!(purged > 0, "{round:?}: nothing purged: {after:?}");
     }
@@ -973,10 +1042,10 @@ fn igt_style_shrink(g: &mut Guest, round: ShrinkRound, seed: u64) {
 
 /// The hog of a `hog` reply may be OOM-killed: its report in the kernel
 /// log is then no problem.
-fn expect_hog_kill(g: &mut Guest, hog: &Value) {
-    for key in ["pid", "killed_pid"] {
-        if let Some(pid) = hog[key].as_u64() {
-            g.0.expected_oom_kills.push(pid as u32);
+fn expect_hog_kill(g: &mut Guest, hog: &HogReport) {
+    for pid in [hog.pid, hog.killed_pid].into_iter().flatten() {
+        if let Ok(pid) = u32::try_from(pid) {
+            g.0.expected_oom_kills.push(pid);
         }
     }
 }

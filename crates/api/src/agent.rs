@@ -26,20 +26,6 @@ pub trait AgentRequest {
     fn into_object(self) -> Map<String, Value>;
 }
 
-/// A request as raw JSON (an object with its own `op`), its reply raw too:
-/// for callers not yet converted to the typed ops (`tests/tests/evict.rs`).
-/// Anything but an object is sent as `{}`, which the agent refuses.
-impl AgentRequest for Value {
-    type Reply = Value;
-
-    fn into_object(self) -> Map<String, Value> {
-        match self {
-            Value::Object(object) => object,
-            _ => Map::new(),
-        }
-    }
-}
-
 impl Request {
     /// The request line's object (see [`AgentRequest::into_object`]).
     pub fn into_object(self) -> Map<String, Value> {
@@ -781,7 +767,5 @@ mod tests {
         .unwrap();
         assert_eq!((stats.evictions, stats.restores, stats.purges), (6, 7, 8));
         assert_eq!(stats.other["detaching_pages"], 5);
-        let raw = Value::Object(serde_json::json!({"op": "hog", "mib": 1}).into_object());
-        assert_eq!(raw["mib"], 1);
     }
 }
