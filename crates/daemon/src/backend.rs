@@ -298,9 +298,10 @@ impl VhostUserGpuBackend {
 fn has_available(vring: &VringRwLock, atomic: &GuestMemoryAtomic<GuestMemory>) -> bool {
     let state = vring.get_ref();
     let queue = state.get_queue();
-    queue
-        .avail_idx(&*atomic.memory(), Ordering::Acquire)
-        .map_or(true, |idx| idx != Wrapping(queue.next_avail()))
+    queue.ready()
+        && queue
+            .avail_idx(&*atomic.memory(), Ordering::Acquire)
+            .map_or(true, |idx| idx != Wrapping(queue.next_avail()))
 }
 
 /// The next available chain, or why the ring cannot be trusted.
@@ -310,6 +311,12 @@ fn next_chain(
 ) -> Result<Option<DescriptorChain<GuestMemoryLoadGuard<GuestMemory>>>, RingError> {
     let mut state = vring.get_mut();
     let queue = state.get_queue_mut();
+    // The frontend may stop the ring (GET_VRING_BASE, RESET_DEVICE) while
+    // the worker drains or polls it: a ring that is not set up has nothing
+    // to take, and nothing in it to distrust.
+    if !queue.ready() {
+        return Ok(None);
+    }
     let size = queue.size();
     // `iter` refuses an available index more than a queue size ahead of
     // the device's (the driver cannot have made that many chains available).
