@@ -1,5 +1,21 @@
 //! The renderer seam: what the device model needs from a 2D renderer, and
 //! its implementation over `rutabaga_gfx`'s 2D component.
+//!
+//! Rutabaga's 2D component keeps each resource's host copy and copies a
+//! rect between it and the resource's iovecs (`transfer_write`,
+//! `transfer_read`); that is what this adapter uses it for. Three things
+//! the device needs it cannot express, and the adapter bridges each in
+//! one place: a transfer whose data starts before the rect's own position
+//! in the image (rutabaga's offset is unsigned and relative to that
+//! position: `UntouchedPad` in front of the backing, for that transfer
+//! only), reading a rect of the host copy into a buffer of the caller's
+//! (rutabaga writes it where it sits in a whole image: row by row through
+//! a scratch row), and writing the host copy from anything but the
+//! backing (fault injection: a scratch image attached for that one
+//! transfer). Rutabaga also allocates the host copy itself, 16 bytes past
+//! a page boundary, which costs every row copy from page-aligned guest
+//! pages (docs/benchmarks.md, "Transfers"). A renderer that owned its host
+//! copies would need none of this; it would also no longer be rutabaga.
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
