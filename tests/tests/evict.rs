@@ -749,7 +749,7 @@ fn unbind_with_bos_and_scans_running() {
 #[test]
 fn no_allocation_waits_behind_a_slow_detach() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
-    let slowdown = if Images::get().kernel_variant().as_deref() == Some("kasan") {
+    let slowdown = if Images::get().kernel_is_kasan() {
         3
     } else {
         1
@@ -911,7 +911,7 @@ const SHRINK_SWAP_MIB: u64 = 256;
 /// ([`gpuswap_tests::KASAN_OVERHEAD_MIB`]), which is not the guest's to fill.
 fn shrink_bos() -> u64 {
     let mut ram_mib = u64::from(SHRINK_RAM_MIB);
-    if Images::get().kernel_variant().as_deref() == Some("kasan") {
+    if Images::get().kernel_is_kasan() {
         ram_mib -= u64::from(gpuswap_tests::KASAN_OVERHEAD_MIB);
     }
     (ram_mib + SHRINK_SWAP_MIB / 4).div_ceil(SHRINK_PROCESSES * SHRINK_BO_MIB)

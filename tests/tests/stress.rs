@@ -22,7 +22,7 @@ fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
     o.memory_mib = 384;
     o.squeeze_mib = 384 * 6 / 10;
     // The same squeeze of the same usable memory on a KASAN kernel.
-    if Images::get().kernel_variant().as_deref() == Some("kasan") {
+    if Images::get().kernel_is_kasan() {
         o.memory_mib += gpuswap_tests::KASAN_OVERHEAD_MIB;
     }
     o.bos = 32;

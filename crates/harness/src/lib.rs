@@ -102,6 +102,13 @@ impl Images {
             .find_map(|l| l.strip_prefix("variant="))
             .map(str::to_string)
     }
+
+    /// Whether the kernel is the KASAN build, which runs reclaim several
+    /// times slower and keeps memory for its shadow and quarantine: tests
+    /// scale their bounds and sizes by it.
+    pub fn kernel_is_kasan(&self) -> bool {
+        self.kernel_variant().as_deref() == Some("kasan")
+    }
 }
 
 /// The directory of one run's sockets and logs,
