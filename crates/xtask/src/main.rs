@@ -123,10 +123,17 @@ fn fuzz_target_dir() -> PathBuf {
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}").replace('"', "");
     eprintln!("\x1b[1m[xtask] {shown}\x1b[0m");
+    let started = Instant::now();
     let status = cmd
         .current_dir(root())
         .status()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    // Where a CI run's time went, step by step.
+    eprintln!(
+        "[xtask] {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        step_name(cmd)
+    );
     if status.success() {
         Ok(())
     } else {
@@ -134,16 +141,36 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// A short name for a step in the timing lines: the program and its
+/// arguments, without the environment.
+fn step_name(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    std::iter::once(program)
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs a command and returns the last line of its stdout (the build
 /// scripts print their output path there).
 fn output_path(cmd: &mut Command) -> Result<PathBuf, String> {
     let shown = format!("{cmd:?}").replace('"', "");
     eprintln!("\x1b[1m[xtask] {shown}\x1b[0m");
+    let started = Instant::now();
     let out = cmd
         .current_dir(root())
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    eprintln!(
+        "[xtask] {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        step_name(cmd)
+    );
     if !out.status.success() {
         return Err(format!("{shown} failed: {}", out.status));
     }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use gpuswap_api::agent;
 use gpuswap_harness::{kernel_problems, run_dir, tail, Daemon, Images, Vm, VmConfig};
 use serde_json::json;
@@ -93,12 +94,22 @@ fn boot(images: &Images, daemon: &mut Daemon, i: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Boots the guest N times on one daemon and prints a failure table by
+/// signature.
+#[derive(Debug, Parser)]
+#[command(name = "gpuswap-boot-loop")]
+struct Args {
+    /// Boots to make.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    boots: u64,
+}
+
 fn main() -> ExitCode {
-    let n: usize = match std::env::args().nth(1).map(|a| a.parse()) {
-        Some(Ok(n)) if n > 0 => n,
-        _ => {
-            eprintln!("usage: gpuswap-boot-loop N");
-            return ExitCode::from(2);
+    let n = match Args::try_parse() {
+        Ok(a) => a.boots as usize,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
     let images = Images::get();

@@ -5,45 +5,34 @@
 //! Markdown table for docs/benchmarks.md.
 //!
 //! usage: gpuswap-guest-bench [--bos N] [--rounds R] [--memory MiB] [--out DIR]
+//! (`--help` says more).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use gpuswap_api::agent;
 use gpuswap_harness::{boot_guest, Images, VmConfig};
 use serde_json::{json, Value};
 
+/// The guest side of reclaim, measured against the kernel's own swap path
+/// in one guest boot.
+#[derive(Debug, Parser)]
+#[command(name = "gpuswap-guest-bench")]
 struct Args {
+    /// Idle 4 MiB BOs evicted and restored per round.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(2..))]
     bos: u32,
+    /// Rounds (each in the same boot); the tables show medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Guest RAM in MiB (zram swap gets as much).
+    #[arg(long = "memory", value_name = "MiB", default_value_t = 512)]
     memory_mib: u32,
-    out: PathBuf,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        bos: 24,
-        rounds: 3,
-        memory_mib: 512,
-        out: gpuswap_harness::root().join("target/bench-guest"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = |v: &str| {
-            v.parse::<u32>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--bos" => a.bos = num(&value)?,
-            "--rounds" => a.rounds = num(&value)?,
-            "--memory" => a.memory_mib = num(&value)?,
-            "--out" => a.out = PathBuf::from(value),
-            _ => return Err(format!("unknown argument {flag}")),
-        }
-    }
-    Ok(a)
+    /// Where guest.json and guest.md go [default: target/bench-guest].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn run(a: &Args) -> Result<Value, String> {
@@ -135,32 +124,36 @@ fn table(v: &Value) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
+    let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("gpuswap-guest-bench: {e}");
-            return ExitCode::from(2);
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| gpuswap_harness::root().join("target/bench-guest"));
     match run(&args) {
         Ok(v) => {
             let md = table(&v);
             print!("{md}");
-            let written = std::fs::create_dir_all(&args.out)
+            let written = std::fs::create_dir_all(&out)
                 .and_then(|()| {
                     std::fs::write(
-                        args.out.join("guest.json"),
+                        out.join("guest.json"),
                         serde_json::to_string_pretty(&v).unwrap_or_default(),
                     )
                 })
-                .and_then(|()| std::fs::write(args.out.join("guest.md"), &md));
+                .and_then(|()| std::fs::write(out.join("guest.md"), &md));
             match written {
                 Ok(()) => {
-                    println!("written: {}", args.out.join("guest.{json,md}").display());
+                    println!("written: {}", out.join("guest.{json,md}").display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("gpuswap-guest-bench: {}: {e}", args.out.display());
+                    eprintln!("gpuswap-guest-bench: {}: {e}", out.display());
                     ExitCode::FAILURE
                 }
             }
