@@ -31,9 +31,20 @@ pub enum BackingError {
     TooShort { needed: u64 },
 }
 
-/// Checks entries for zero lengths and address wrap-around.
+/// Checks entries for zero lengths and address wrap-around; returns the
+/// backing's length.
 pub fn validate(extents: &[GuestExtent]) -> Result<u64, BackingError> {
-    let mut total = 0u64;
+    // One branch-free pass for the usual all-good backing; the first bad
+    // entry is looked for (in a second pass) only if there is one.
+    let (total, bad) = extents.iter().fold((0u64, false), |(total, bad), e| {
+        // An end at or below the start: the length is 0 or the extent
+        // wraps (a `u32` length wraps at most once).
+        let empty_or_wraps = e.addr.wrapping_add(u64::from(e.len)) <= e.addr;
+        (total + u64::from(e.len), bad | empty_or_wraps)
+    });
+    if !bad {
+        return Ok(total);
+    }
     for (index, e) in extents.iter().enumerate() {
         if e.len == 0 {
             return Err(BackingError::EmptyEntry { index });
@@ -45,9 +56,13 @@ pub fn validate(extents: &[GuestExtent]) -> Result<u64, BackingError> {
                 len: e.len,
             });
         }
-        total += u64::from(e.len);
     }
     Ok(total)
+}
+
+/// The size of guest RAM: every region of `mem`.
+pub fn ram_bytes<M: GuestMemoryBackend>(mem: &M) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
 }
 
 /// Resolves extents to host iovecs in `mem`, splitting extents that cross
@@ -57,52 +72,116 @@ pub fn resolve<M: GuestMemoryBackend>(
     extents: &[GuestExtent],
 ) -> Result<Vec<HostIovec>, BackingError> {
     let mut iovecs: Vec<HostIovec> = Vec::with_capacity(extents.len());
-    // The guest start, length and host address of the region of the
-    // previous extent: backings mostly lie in one region, so most extents
-    // cost a bounds check and an addition.
-    let mut last: Option<(u64, u64, *mut u8)> = None;
-    for (index, e) in extents.iter().enumerate() {
+    let mut rest = extents;
+    while let Some(e) = rest.first() {
+        let index = extents.len() - rest.len();
+        rest = &rest[1..];
         if e.len == 0 {
             continue;
         }
-        let end = e.end();
-        let inside = |&(start, len, _): &(u64, u64, *mut u8)| e.addr >= start && end - start <= len;
-        if !last.as_ref().is_some_and(inside) {
-            last = mem.find_region(GuestAddress(e.addr)).and_then(|r| {
-                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
-                Some((r.start_addr().0, r.len(), host))
-            });
-        }
-        // Fast path: the whole extent is in one region. The address is only
-        // computed here (`wrapping_add`, inside the region's mapping), not
-        // dereferenced.
-        if let Some((start, _, host)) = last.filter(inside) {
-            let base = host.wrapping_add((e.addr - start) as usize);
-            push_merged(&mut iovecs, base, e.len as usize);
-            continue;
-        }
-        // An extent crossing regions (or partly outside guest RAM).
-        let outside = || BackingError::OutsideGuestRam {
-            index,
-            addr: e.addr,
-            len: e.len,
-        };
-        let mut covered = 0usize;
-        for slice in mem.get_slices(GuestAddress(e.addr), e.len as usize) {
-            let slice = slice.map_err(|_| outside())?;
-            covered += slice.len();
-            push_merged(&mut iovecs, slice.ptr_guard_mut().as_ptr(), slice.len());
-        }
-        if covered != e.len as usize {
-            return Err(outside());
+        // Backings mostly lie in one region: after a region lookup, the
+        // extents that follow in the same region cost a bounds check and
+        // an addition each.
+        if let Some(region) = resolve_one(mem, index, e, &mut iovecs)? {
+            rest = &rest[region.extend(rest, &mut iovecs)..];
         }
     }
     Ok(iovecs)
 }
 
+/// Appends extent `index`, `e`, to `iovecs` (split where it crosses
+/// regions) and returns the region it lies in, if one holds it whole.
+fn resolve_one<M: GuestMemoryBackend>(
+    mem: &M,
+    index: usize,
+    e: &GuestExtent,
+    iovecs: &mut Vec<HostIovec>,
+) -> Result<Option<HostRegion>, BackingError> {
+    let region = mem.find_region(GuestAddress(e.addr)).and_then(|r| {
+        Some(HostRegion {
+            start: r.start_addr().0,
+            len: r.len(),
+            host: r.get_host_address(MemoryRegionAddress(0)).ok()?,
+        })
+    });
+    if let Some(base) = region.and_then(|r| r.host_address(e)) {
+        push_merged(iovecs, base, e.len as usize);
+        return Ok(region);
+    }
+    // An extent crossing regions (or partly outside guest RAM).
+    let outside = || BackingError::OutsideGuestRam {
+        index,
+        addr: e.addr,
+        len: e.len,
+    };
+    let mut covered = 0usize;
+    for slice in mem.get_slices(GuestAddress(e.addr), e.len as usize) {
+        let slice = slice.map_err(|_| outside())?;
+        covered += slice.len();
+        push_merged(iovecs, slice.ptr_guard_mut().as_ptr(), slice.len());
+    }
+    if covered != e.len as usize {
+        return Err(outside());
+    }
+    Ok(None)
+}
+
+/// A guest memory region: where it starts and ends in guest memory, and
+/// where it is mapped on the host.
+#[derive(Clone, Copy)]
+struct HostRegion {
+    start: u64,
+    len: u64,
+    host: *mut u8,
+}
+
+impl HostRegion {
+    /// The host address of `e` (of nonzero length) if it lies wholly in
+    /// this region. The address is only computed (`wrapping_add`, inside
+    /// the region's mapping), not dereferenced.
+    #[inline(always)]
+    fn host_address(&self, e: &GuestExtent) -> Option<*mut u8> {
+        let inside = e.addr >= self.start && e.end() - self.start <= self.len;
+        inside.then(|| self.host.wrapping_add((e.addr - self.start) as usize))
+    }
+
+    /// Appends the leading extents of `extents` that lie in this region
+    /// (empty ones are skipped) to `iovecs`, merged with its last iovec
+    /// and with each other where contiguous on the host; returns how many
+    /// extents that was. The iovec being extended is kept in a local,
+    /// so merging touches no memory.
+    fn extend(&self, extents: &[GuestExtent], iovecs: &mut Vec<HostIovec>) -> usize {
+        let Some(mut last) = iovecs.pop() else {
+            return 0;
+        };
+        let mut rest = extents;
+        while let [e, tail @ ..] = rest {
+            if e.len != 0 {
+                let Some(base) = self.host_address(e) else {
+                    break;
+                };
+                // Only compares addresses: `wrapping_add` computes the one-
+                // past-the-end address of an iovec inside a mapped region.
+                if last.base.wrapping_add(last.len) == base {
+                    last.len += e.len as usize;
+                } else {
+                    iovecs.push(last);
+                    last = HostIovec {
+                        base,
+                        len: e.len as usize,
+                    };
+                }
+            }
+            rest = tail;
+        }
+        let done = extents.len() - rest.len();
+        iovecs.push(last);
+        done
+    }
+}
+
 /// Appends `len` bytes at `base`, extending the last iovec when `base`
 /// follows it on the host.
-#[inline(always)]
 fn push_merged(iovecs: &mut Vec<HostIovec>, base: *mut u8, len: usize) {
     match iovecs.last_mut() {
         // Only compares addresses: `wrapping_add` computes the one-past-
@@ -250,6 +329,14 @@ fn for_each_word(bits: &mut [u64], first: usize, count: usize, mut f: impl FnMut
     }
 }
 
+/// Notes a page that a claim finds already held: rare (an overlap, or a
+/// page repeated in one backing), so out of the claim loop's way.
+#[cold]
+#[inline(never)]
+fn note_taken(taken: &mut Vec<u64>, page: u64) {
+    taken.push(page);
+}
+
 impl PageOwners {
     /// An empty map covering every region of `mem`.
     pub fn for_memory<M: GuestMemoryBackend>(mem: &M) -> Self {
@@ -328,66 +415,87 @@ impl PageOwners {
         Some((i, r.start, end))
     }
 
-    /// The region index, first slot and page count of `e` when it lies in
-    /// one region's span, which `cached` (the span of the extent before)
-    /// answers without a lookup for most extents: backings mostly lie in
-    /// one region. `None` for an extent across regions or outside them.
+    /// Calls `f(held, start, first slot, count)` for the runs of pages of
+    /// every extent, like [`Self::for_each_run`] but with the region's
+    /// bitmap and first page. Backings mostly lie in one region: the
+    /// extents that follow one in the same region's span are walked in a
+    /// loop that keeps the span and the bitmap at hand, so that each costs
+    /// two comparisons and `f`.
     #[inline(always)]
-    fn locate(
-        regions: &[RegionOwners],
-        cached: &mut Option<(usize, u64, u64)>,
-        e: &GuestExtent,
-    ) -> Option<(usize, usize, usize)> {
-        let page = e.addr & !(PAGE_SIZE - 1);
-        let end = e.end();
-        if !matches!(*cached, Some((_, lo, hi)) if page >= lo && end <= hi) {
-            *cached = Self::span(regions, page);
-        }
-        match *cached {
-            Some((i, lo, hi)) if page >= lo && end <= hi => {
-                let first = ((page - regions[i].start) / PAGE_SIZE) as usize;
-                Some((i, first, (end - page).div_ceil(PAGE_SIZE) as usize))
-            }
-            _ => None,
-        }
-    }
-
-    /// Calls `f(region, first slot, count)` like [`Self::for_each_run`],
-    /// for every extent.
     fn for_each_extent_run(
         regions: &mut [RegionOwners],
         extents: &[GuestExtent],
-        mut f: impl FnMut(&mut RegionOwners, usize, usize),
+        mut f: impl FnMut(&mut [u64], u64, usize, usize),
     ) {
-        let mut cached = None;
-        for e in extents {
-            match Self::locate(regions, &mut cached, e) {
-                Some((i, first, count)) => f(&mut regions[i], first, count),
-                None => Self::for_each_run(regions, e, &mut f),
-            }
+        let mut rest = extents;
+        while let Some(e) = rest.first() {
+            let page = e.addr & !(PAGE_SIZE - 1);
+            let Some((i, lo, hi)) = Self::span(regions, page).filter(|&(_, _, hi)| e.end() <= hi)
+            else {
+                // Across regions or outside them.
+                Self::for_each_run(regions, e, |r, first, count| {
+                    f(&mut r.held, r.start, first, count)
+                });
+                rest = &rest[1..];
+                continue;
+            };
+            // At least `e`, which `walk_span` finds in the span too.
+            let done = Self::walk_span(&mut regions[i].held, lo, hi, rest, &mut f);
+            rest = &rest[done..];
         }
     }
 
-    /// Sets the bits of `count` slots from `first`, appending the pages
-    /// that were already held to `taken`.
+    /// The loop of [`Self::for_each_extent_run`] over the leading extents
+    /// of `extents` that lie in the span `lo..hi` of the region whose
+    /// bitmap is `held`; returns how many there were.
     #[inline(always)]
-    fn mark(region: &mut RegionOwners, first: usize, count: usize, taken: &mut Vec<u64>) {
-        let start = region.start;
+    fn walk_span(
+        held: &mut [u64],
+        lo: u64,
+        hi: u64,
+        extents: &[GuestExtent],
+        f: &mut impl FnMut(&mut [u64], u64, usize, usize),
+    ) -> usize {
+        let mut iter = extents.iter();
+        while let Some(e) = iter.next() {
+            let page = e.addr & !(PAGE_SIZE - 1);
+            let end = e.end();
+            if page < lo || end > hi {
+                return extents.len() - iter.len() - 1;
+            }
+            let first = ((page - lo) / PAGE_SIZE) as usize;
+            // `div_ceil` is 1 exactly when `end - page` is 1..=PAGE_SIZE:
+            // tested first, so the one-page case skips the division.
+            let count = if (end - page).wrapping_sub(1) < PAGE_SIZE {
+                1
+            } else {
+                (end - page).div_ceil(PAGE_SIZE) as usize
+            };
+            f(held, lo, first, count);
+        }
+        extents.len()
+    }
+
+    /// Sets the bits of `count` slots from `first` of a region starting at
+    /// page `start`, appending the pages that were already held to
+    /// `taken`.
+    #[inline(always)]
+    fn mark(held: &mut [u64], start: u64, first: usize, count: usize, taken: &mut Vec<u64>) {
         if count == 1 {
-            let word = &mut region.held[first / 64];
+            let word = &mut held[first / 64];
             let bit = 1u64 << (first % 64);
             if *word & bit != 0 {
-                taken.push(start + first as u64 * PAGE_SIZE);
+                note_taken(taken, start + first as u64 * PAGE_SIZE);
             }
             *word |= bit;
             return;
         }
         let mut word_base = first & !63;
-        for_each_word(&mut region.held, first, count, |word, mask| {
+        for_each_word(held, first, count, |word, mask| {
             let mut hit = *word & mask;
             while hit != 0 {
                 let bit = hit.trailing_zeros() as usize;
-                taken.push(start + (word_base + bit) as u64 * PAGE_SIZE);
+                note_taken(taken, start + (word_base + bit) as u64 * PAGE_SIZE);
                 hit &= hit - 1;
             }
             *word |= mask;
@@ -397,11 +505,11 @@ impl PageOwners {
 
     /// Clears the bits of `count` slots from `first`.
     #[inline(always)]
-    fn unmark(region: &mut RegionOwners, first: usize, count: usize) {
+    fn unmark(held: &mut [u64], first: usize, count: usize) {
         if count == 1 {
-            region.held[first / 64] &= !(1u64 << (first % 64));
+            held[first / 64] &= !(1u64 << (first % 64));
         } else {
-            for_each_word(&mut region.held, first, count, |word, mask| *word &= !mask);
+            for_each_word(held, first, count, |word, mask| *word &= !mask);
         }
     }
 
@@ -415,21 +523,11 @@ impl PageOwners {
         extents: &[GuestExtent],
         backings: impl IntoIterator<Item = (u32, &'a [GuestExtent])>,
     ) -> Vec<u32> {
-        // Pages some backing already covered, in the order met. The loop
-        // is written out (not `for_each_extent_run`) so that the per-extent
-        // work of a 10^5-entry backing inlines.
+        // Pages some backing already covered, in the order met.
         let mut taken = Vec::new();
-        let mut cached = None;
-        for e in extents {
-            match Self::locate(&self.regions, &mut cached, e) {
-                Some((i, first, count)) => {
-                    Self::mark(&mut self.regions[i], first, count, &mut taken)
-                }
-                None => Self::for_each_run(&mut self.regions, e, |region, first, count| {
-                    Self::mark(region, first, count, &mut taken)
-                }),
-            }
-        }
+        Self::for_each_extent_run(&mut self.regions, extents, |held, start, first, count| {
+            Self::mark(held, start, first, count, &mut taken)
+        });
         let conflicts = if taken.is_empty() {
             Vec::new()
         } else {
@@ -521,13 +619,9 @@ impl PageOwners {
                 }
             }
         }
-        let mut cached = None;
-        for e in claimed {
-            match Self::locate(&self.regions, &mut cached, e) {
-                Some((i, first, count)) => Self::unmark(&mut self.regions[i], first, count),
-                None => Self::for_each_run(&mut self.regions, e, Self::unmark),
-            }
-        }
+        Self::for_each_extent_run(&mut self.regions, claimed, |held, _, first, count| {
+            Self::unmark(held, first, count)
+        });
         for &page in &kept {
             let e = GuestExtent {
                 addr: page,
@@ -566,12 +660,10 @@ impl PageOwners {
             .collect();
         let mut holders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for (&id, extents) in expected {
-            Self::for_each_extent_run(&mut regions, extents, |region, first, count| {
+            Self::for_each_extent_run(&mut regions, extents, |held, start, first, count| {
                 for slot in first..first + count {
-                    region.held[slot / 64] |= 1 << (slot % 64);
-                    let ids = holders
-                        .entry(region.start + slot as u64 * PAGE_SIZE)
-                        .or_default();
+                    held[slot / 64] |= 1 << (slot % 64);
+                    let ids = holders.entry(start + slot as u64 * PAGE_SIZE).or_default();
                     if ids.last() != Some(&id) {
                         ids.push(id);
                     }
@@ -658,6 +750,80 @@ mod tests {
             len: 100,
         }];
         assert!(matches!(validate(&wraps), Err(BackingError::Wraps { .. })));
+    }
+
+    /// `validate` and `resolve` against plain per-entry versions, over
+    /// random backings in regions with gaps, adjacent regions and entries
+    /// that are empty, wrap, cross regions or leave guest RAM.
+    #[test]
+    fn validate_and_resolve_match_a_reference() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0x1000), 0x8000),
+            (GuestAddress(0x9000), 0x4000),
+            (GuestAddress(0x20000), 0x3800),
+        ])
+        .unwrap();
+        let reference_validate = |extents: &[GuestExtent]| {
+            let mut total = 0u64;
+            for (index, e) in extents.iter().enumerate() {
+                if e.len == 0 {
+                    return Err(BackingError::EmptyEntry { index });
+                }
+                if e.addr.checked_add(u64::from(e.len)).is_none() {
+                    let (addr, len) = (e.addr, e.len);
+                    return Err(BackingError::Wraps { index, addr, len });
+                }
+                total += u64::from(e.len);
+            }
+            Ok(total)
+        };
+        let reference_resolve = |extents: &[GuestExtent]| {
+            let mut iovecs: Vec<HostIovec> = Vec::new();
+            for (index, e) in extents.iter().enumerate() {
+                let outside = BackingError::OutsideGuestRam {
+                    index,
+                    addr: e.addr,
+                    len: e.len,
+                };
+                let mut covered = 0;
+                for slice in mem.get_slices(GuestAddress(e.addr), e.len as usize) {
+                    let slice = slice.map_err(|_| outside.clone())?;
+                    covered += slice.len();
+                    push_merged(&mut iovecs, slice.ptr_guard_mut().as_ptr(), slice.len());
+                }
+                if covered != e.len as usize {
+                    return Err(outside);
+                }
+            }
+            Ok(iovecs)
+        };
+        let mut rng = gpuswap_testkit::Rng::new(15);
+        for round in 0..2000 {
+            let extents: Vec<GuestExtent> = (0..1 + rng.below(12))
+                .map(|_| {
+                    let addr = match rng.below(40) {
+                        0 => u64::MAX - rng.below(0x2000),
+                        1..=20 => rng.below(0x24000) & !0xfff,
+                        _ => rng.below(0x24000),
+                    };
+                    let len = match rng.below(30) {
+                        0 => 0,
+                        1..=20 => 0x1000,
+                        _ => 1 + rng.below(0x3000) as u32,
+                    };
+                    GuestExtent { addr, len }
+                })
+                .collect();
+            let want = reference_validate(&extents);
+            assert_eq!(validate(&extents), want, "round {round}: {extents:x?}");
+            if want.is_ok() {
+                assert_eq!(
+                    resolve(&mem, &extents),
+                    reference_resolve(&extents),
+                    "round {round}: {extents:x?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -674,6 +674,34 @@ fn entries_outside_guest_ram_are_invalid_parameter() {
 }
 
 #[test]
+fn a_backing_longer_than_guest_ram_is_invalid_parameter() {
+    // 128 KiB of RAM. Repeating a page in one backing is allowed (no
+    // overlap with another resource), but not past the size of RAM: the
+    // page index would walk the same pages without bound.
+    let mut b = Bench::new(DeviceConfig::default(), &[(0, 0x10000), (0x20000, 0x10000)]);
+    b.ok(&create_2d(1, XRGB, 32, 32));
+    b.ok(&create_2d(2, XRGB, 32, 32));
+    let used = b.dev.host_memory_used();
+    b.events();
+    let whole = [(0x0, 0x10000), (0x20000, 0x10000)];
+    let twice: Vec<(u64, u32)> = whole.iter().chain(&whole).copied().collect();
+    assert_eq!(b.send(&attach(1, &twice)), INVALID_PARAMETER);
+    assert_eq!(b.info(1).backing, "detached");
+    assert_eq!(b.dev.host_memory_used(), used);
+    let one_page_over = [(0x0, 0x10000), (0x20000, 0x10000), (0x0, 0x1000)];
+    assert_eq!(b.send(&attach(1, &one_page_over)), INVALID_PARAMETER);
+    assert!(b.events().is_empty(), "no event, no violation");
+    // As long as RAM, repeats included, is a backing.
+    b.ok(&attach(
+        1,
+        &[(0x0, 0x8000), (0x0, 0x8000), (0x20000, 0x10000)],
+    ));
+    assert!(b.violations().is_empty());
+    b.ok(&attach(2, &[(0x21000, 0x1000)]));
+    assert_eq!(b.violations().len(), 1, "overlap with resource 1");
+}
+
+#[test]
 fn entries_crossing_two_memory_regions_transfer_correctly() {
     // Two adjacent regions: contiguous for the guest, not on the host.
     let mut b = Bench::new(DeviceConfig::default(), &[(0, 0x10000), (0x10000, 0x10000)]);

@@ -907,6 +907,10 @@ impl Model {
                 return Err(ErrorCode::InvalidParameter);
             }
         }
+        // Repeated pages are allowed, up to the size of guest RAM.
+        if backing_len(entries) > PAGES * PAGE {
+            return Err(ErrorCode::InvalidParameter);
+        }
         self.charge(entries.len() as u64 * self.budget.entry_overhead)?;
         let others = self.overlapping(id, entries);
         let r = self.res.get_mut(&id).expect("live");

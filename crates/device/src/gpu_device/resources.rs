@@ -304,6 +304,17 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         let Some(mem) = self.mem.clone() else {
             return Err(fail(ErrorCode::Unspec, "no guest memory table yet"));
         };
+        // A real backing's pages are distinct, so it fits in guest RAM. One
+        // longer (an extent repeated over and over) would have the page
+        // index walk the same pages again and again, noting each as taken:
+        // work and memory without bound.
+        let ram = memory::ram_bytes(&*mem);
+        if len > ram {
+            return Err(fail(
+                ErrorCode::InvalidParameter,
+                format!("resource {id}: backing of {len} bytes, guest RAM is {ram}"),
+            ));
+        }
         let iovecs = memory::resolve(&*mem, &extents).map_err(bad)?;
         let entry_bytes = extents.len() as u64 * ENTRY_OVERHEAD;
         self.charge(entry_bytes, &format!("backing of resource {id}"))?;
