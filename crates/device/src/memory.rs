@@ -67,6 +67,9 @@ pub fn ram_bytes<M: GuestMemoryBackend>(mem: &M) -> u64 {
 
 /// Resolves extents to host iovecs in `mem`, splitting extents that cross
 /// memory regions and merging neighbours that are contiguous on the host.
+/// Checks every entry on the way: the error is about the first entry that
+/// is empty, wraps the address space or is not in guest RAM, so success
+/// means [`validate`] passes too, with the iovecs' length.
 pub fn resolve<M: GuestMemoryBackend>(
     mem: &M,
     extents: &[GuestExtent],
@@ -76,9 +79,6 @@ pub fn resolve<M: GuestMemoryBackend>(
     while let Some(e) = rest.first() {
         let index = extents.len() - rest.len();
         rest = &rest[1..];
-        if e.len == 0 {
-            continue;
-        }
         // Backings mostly lie in one region: after a region lookup, the
         // extents that follow in the same region cost a bounds check and
         // an addition each.
@@ -97,10 +97,24 @@ fn resolve_one<M: GuestMemoryBackend>(
     e: &GuestExtent,
     iovecs: &mut Vec<HostIovec>,
 ) -> Result<Option<HostRegion>, BackingError> {
+    if e.len == 0 {
+        return Err(BackingError::EmptyEntry { index });
+    }
+    if e.addr.checked_add(u64::from(e.len)).is_none() {
+        return Err(BackingError::Wraps {
+            index,
+            addr: e.addr,
+            len: e.len,
+        });
+    }
     let region = mem.find_region(GuestAddress(e.addr)).and_then(|r| {
+        let start = r.start_addr().0;
         Some(HostRegion {
-            start: r.start_addr().0,
-            len: r.len(),
+            start,
+            // Short of the address space's last byte, so that an extent
+            // `host_address` takes cannot wrap (one ending there goes the
+            // slow way).
+            len: r.len().min(u64::MAX - start),
             host: r.get_host_address(MemoryRegionAddress(0)).ok()?,
         })
     });
@@ -136,17 +150,22 @@ struct HostRegion {
 }
 
 impl HostRegion {
-    /// The host address of `e` (of nonzero length) if it lies wholly in
-    /// this region. The address is only computed (`wrapping_add`, inside
-    /// the region's mapping), not dereferenced.
+    /// The host address of `e` if it is not empty and lies wholly in this
+    /// region. The address is only computed (`wrapping_add`, inside the
+    /// region's mapping), not dereferenced.
     #[inline(always)]
     fn host_address(&self, e: &GuestExtent) -> Option<*mut u8> {
-        let inside = e.addr >= self.start && e.end() - self.start <= self.len;
-        inside.then(|| self.host.wrapping_add((e.addr - self.start) as usize))
+        // Offsets in the region, wrapping: `e` below the region starts
+        // past `u64::MAX - start`, so beyond `len`; an empty `e` ends where
+        // it starts, and one that wraps ends before it starts.
+        let first = e.addr.wrapping_sub(self.start);
+        let end = first.wrapping_add(u64::from(e.len));
+        let inside = first < end && end <= self.len;
+        inside.then(|| self.host.wrapping_add(first as usize))
     }
 
     /// Appends the leading extents of `extents` that lie in this region
-    /// (empty ones are skipped) to `iovecs`, merged with its last iovec
+    /// (none empty) to `iovecs`, merged with its last iovec
     /// and with each other where contiguous on the host; returns how many
     /// extents that was. The iovec being extended is kept in a local,
     /// so merging touches no memory.
@@ -156,21 +175,19 @@ impl HostRegion {
         };
         let mut rest = extents;
         while let [e, tail @ ..] = rest {
-            if e.len != 0 {
-                let Some(base) = self.host_address(e) else {
-                    break;
+            let Some(base) = self.host_address(e) else {
+                break;
+            };
+            // Only compares addresses: `wrapping_add` computes the one-past-
+            // the-end address of an iovec inside a mapped region.
+            if last.base.wrapping_add(last.len) == base {
+                last.len += e.len as usize;
+            } else {
+                iovecs.push(last);
+                last = HostIovec {
+                    base,
+                    len: e.len as usize,
                 };
-                // Only compares addresses: `wrapping_add` computes the one-
-                // past-the-end address of an iovec inside a mapped region.
-                if last.base.wrapping_add(last.len) == base {
-                    last.len += e.len as usize;
-                } else {
-                    iovecs.push(last);
-                    last = HostIovec {
-                        base,
-                        len: e.len as usize,
-                    };
-                }
             }
             rest = tail;
         }
@@ -329,14 +346,6 @@ fn for_each_word(bits: &mut [u64], first: usize, count: usize, mut f: impl FnMut
     }
 }
 
-/// Notes a page that a claim finds already held: rare (an overlap, or a
-/// page repeated in one backing), so out of the claim loop's way.
-#[cold]
-#[inline(never)]
-fn note_taken(taken: &mut Vec<u64>, page: u64) {
-    taken.push(page);
-}
-
 impl PageOwners {
     /// An empty map covering every region of `mem`.
     pub fn for_memory<M: GuestMemoryBackend>(mem: &M) -> Self {
@@ -419,59 +428,75 @@ impl PageOwners {
     /// every extent, like [`Self::for_each_run`] but with the region's
     /// bitmap and first page. Backings mostly lie in one region: the
     /// extents that follow one in the same region's span are walked in a
-    /// loop that keeps the span and the bitmap at hand, so that each costs
-    /// two comparisons and `f`.
+    /// loop that keeps the span and the bitmap at hand, where a run goes to
+    /// `fast(held, first slot, count)` instead. `fast` either does what `f`
+    /// would and returns true, or changes nothing and returns false to
+    /// leave the run to `f`, outside the loop: `fast` calls nothing, as a
+    /// call in the loop (even one never made) costs it its registers.
     #[inline(always)]
     fn for_each_extent_run(
         regions: &mut [RegionOwners],
         extents: &[GuestExtent],
+        mut fast: impl FnMut(&mut [u64], usize, usize) -> bool,
         mut f: impl FnMut(&mut [u64], u64, usize, usize),
     ) {
         let mut rest = extents;
         while let Some(e) = rest.first() {
             let page = e.addr & !(PAGE_SIZE - 1);
-            let Some((i, lo, hi)) = Self::span(regions, page).filter(|&(_, _, hi)| e.end() <= hi)
-            else {
-                // Across regions or outside them.
-                Self::for_each_run(regions, e, |r, first, count| {
-                    f(&mut r.held, r.start, first, count)
-                });
-                rest = &rest[1..];
-                continue;
+            let span = Self::span(regions, page).filter(|&(_, _, hi)| e.end() <= hi);
+            // `walk_span` takes `e` at least, unless `fast` declines it.
+            let done = match span {
+                Some((i, lo, hi)) => Self::walk_span(&mut regions[i].held, lo, hi, rest, &mut fast),
+                None => 0,
             };
-            // At least `e`, which `walk_span` finds in the span too.
-            let done = Self::walk_span(&mut regions[i].held, lo, hi, rest, &mut f);
-            rest = &rest[done..];
+            if done > 0 {
+                rest = &rest[done..];
+                continue;
+            }
+            // Across regions or outside them, empty, or declined by `fast`.
+            Self::for_each_run(regions, e, |r, first, count| {
+                f(&mut r.held, r.start, first, count)
+            });
+            rest = &rest[1..];
         }
     }
 
-    /// The loop of [`Self::for_each_extent_run`] over the leading extents
-    /// of `extents` that lie in the span `lo..hi` of the region whose
-    /// bitmap is `held`; returns how many there were.
-    #[inline(always)]
+    /// The loop of [`Self::for_each_extent_run`]: hands the runs of pages
+    /// of the leading extents of `extents` that lie in the span `lo..hi` of
+    /// the region whose bitmap is `held` to `fast`; returns how many
+    /// extents it took, stopping at one that `fast` declines. Not inlined:
+    /// on its own, its loop keeps what it needs in registers.
+    #[inline(never)]
     fn walk_span(
         held: &mut [u64],
         lo: u64,
         hi: u64,
         extents: &[GuestExtent],
-        f: &mut impl FnMut(&mut [u64], u64, usize, usize),
+        fast: &mut impl FnMut(&mut [u64], usize, usize) -> bool,
     ) -> usize {
+        let span = hi - lo;
         let mut iter = extents.iter();
         while let Some(e) = iter.next() {
-            let page = e.addr & !(PAGE_SIZE - 1);
-            let end = e.end();
-            if page < lo || end > hi {
-                return extents.len() - iter.len() - 1;
+            // Where the entry's first and last byte are in the span (`lo`
+            // is page-aligned, so their pages are the slots). The offsets
+            // wrap: an entry below the span or wrapping the address space
+            // has its first byte after its last or outside the span; so
+            // does one empty at a page start (one empty inside a page has
+            // that page, as in `for_each_run`).
+            let first_byte = e.addr.wrapping_sub(lo);
+            let last_byte = first_byte.wrapping_add(u64::from(e.len)).wrapping_sub(1);
+            if last_byte < span {
+                let first = (first_byte / PAGE_SIZE) as usize;
+                let last = (last_byte / PAGE_SIZE) as usize;
+                // The usual entry, one page: a count `fast` knows is 1.
+                if first == last && fast(held, first, 1) {
+                    continue;
+                }
+                if first < last && fast(held, first, last - first + 1) {
+                    continue;
+                }
             }
-            let first = ((page - lo) / PAGE_SIZE) as usize;
-            // `div_ceil` is 1 exactly when `end - page` is 1..=PAGE_SIZE:
-            // tested first, so the one-page case skips the division.
-            let count = if (end - page).wrapping_sub(1) < PAGE_SIZE {
-                1
-            } else {
-                (end - page).div_ceil(PAGE_SIZE) as usize
-            };
-            f(held, lo, first, count);
+            return extents.len() - iter.len() - 1;
         }
         extents.len()
     }
@@ -479,28 +504,38 @@ impl PageOwners {
     /// Sets the bits of `count` slots from `first` of a region starting at
     /// page `start`, appending the pages that were already held to
     /// `taken`.
-    #[inline(always)]
     fn mark(held: &mut [u64], start: u64, first: usize, count: usize, taken: &mut Vec<u64>) {
-        if count == 1 {
-            let word = &mut held[first / 64];
-            let bit = 1u64 << (first % 64);
-            if *word & bit != 0 {
-                note_taken(taken, start + first as u64 * PAGE_SIZE);
-            }
-            *word |= bit;
-            return;
-        }
         let mut word_base = first & !63;
         for_each_word(held, first, count, |word, mask| {
             let mut hit = *word & mask;
             while hit != 0 {
                 let bit = hit.trailing_zeros() as usize;
-                note_taken(taken, start + (word_base + bit) as u64 * PAGE_SIZE);
+                taken.push(start + (word_base + bit) as u64 * PAGE_SIZE);
                 hit &= hit - 1;
             }
             *word |= mask;
             word_base += 64;
         });
+    }
+
+    /// Sets the bits of `count` slots from `first` if none of them is set
+    /// yet; returns whether it did.
+    #[inline(always)]
+    fn mark_free(held: &mut [u64], first: usize, count: usize) -> bool {
+        // One page (a constant count in `walk_span`): a word and a bit.
+        if count == 1 {
+            let word = &mut held[first / 64];
+            let bit = 1u64 << (first % 64);
+            let free = *word & bit == 0;
+            *word |= bit;
+            return free;
+        }
+        let mut free = true;
+        for_each_word(held, first, count, |word, mask| free &= *word & mask == 0);
+        if free {
+            for_each_word(held, first, count, |word, mask| *word |= mask);
+        }
+        free
     }
 
     /// Clears the bits of `count` slots from `first`.
@@ -525,9 +560,13 @@ impl PageOwners {
     ) -> Vec<u32> {
         // Pages some backing already covered, in the order met.
         let mut taken = Vec::new();
-        Self::for_each_extent_run(&mut self.regions, extents, |held, start, first, count| {
-            Self::mark(held, start, first, count, &mut taken)
-        });
+        Self::for_each_extent_run(
+            &mut self.regions,
+            extents,
+            // Pages already taken are rare: `mark` notes them.
+            Self::mark_free,
+            |held, start, first, count| Self::mark(held, start, first, count, &mut taken),
+        );
         let conflicts = if taken.is_empty() {
             Vec::new()
         } else {
@@ -619,9 +658,15 @@ impl PageOwners {
                 }
             }
         }
-        Self::for_each_extent_run(&mut self.regions, claimed, |held, _, first, count| {
-            Self::unmark(held, first, count)
-        });
+        Self::for_each_extent_run(
+            &mut self.regions,
+            claimed,
+            |held, first, count| {
+                Self::unmark(held, first, count);
+                true
+            },
+            |held, _, first, count| Self::unmark(held, first, count),
+        );
         for &page in &kept {
             let e = GuestExtent {
                 addr: page,
@@ -660,15 +705,20 @@ impl PageOwners {
             .collect();
         let mut holders: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for (&id, extents) in expected {
-            Self::for_each_extent_run(&mut regions, extents, |held, start, first, count| {
-                for slot in first..first + count {
-                    held[slot / 64] |= 1 << (slot % 64);
-                    let ids = holders.entry(start + slot as u64 * PAGE_SIZE).or_default();
-                    if ids.last() != Some(&id) {
-                        ids.push(id);
+            Self::for_each_extent_run(
+                &mut regions,
+                extents,
+                |_, _, _| false,
+                |held, start, first, count| {
+                    for slot in first..first + count {
+                        held[slot / 64] |= 1 << (slot % 64);
+                        let ids = holders.entry(start + slot as u64 * PAGE_SIZE).or_default();
+                        if ids.last() != Some(&id) {
+                            ids.push(id);
+                        }
                     }
-                }
-            });
+                },
+            );
         }
         for (have, want) in self.regions.iter().zip(&regions) {
             if have.held != want.held {
@@ -780,6 +830,13 @@ mod tests {
         let reference_resolve = |extents: &[GuestExtent]| {
             let mut iovecs: Vec<HostIovec> = Vec::new();
             for (index, e) in extents.iter().enumerate() {
+                reference_validate(std::slice::from_ref(e)).map_err(|e| match e {
+                    BackingError::EmptyEntry { .. } => BackingError::EmptyEntry { index },
+                    BackingError::Wraps { addr, len, .. } => {
+                        BackingError::Wraps { index, addr, len }
+                    }
+                    other => other,
+                })?;
                 let outside = BackingError::OutsideGuestRam {
                     index,
                     addr: e.addr,
@@ -816,12 +873,18 @@ mod tests {
                 .collect();
             let want = reference_validate(&extents);
             assert_eq!(validate(&extents), want, "round {round}: {extents:x?}");
-            if want.is_ok() {
-                assert_eq!(
-                    resolve(&mem, &extents),
-                    reference_resolve(&extents),
-                    "round {round}: {extents:x?}"
-                );
+            // `resolve` checks what `validate` does, in entry order with
+            // entries outside guest RAM; attach takes the backing's length
+            // from its iovecs.
+            let resolved = resolve(&mem, &extents);
+            assert_eq!(
+                resolved,
+                reference_resolve(&extents),
+                "round {round}: {extents:x?}"
+            );
+            if let Ok(iovecs) = &resolved {
+                let len: u64 = iovecs.iter().map(|v| v.len as u64).sum();
+                assert_eq!(Ok(len), want, "round {round}: {extents:x?}");
             }
         }
     }

@@ -292,7 +292,17 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
         let bad = |e: memory::BackingError| {
             fail(ErrorCode::InvalidParameter, format!("resource {id}: {e}"))
         };
-        let len = memory::validate(&extents).map_err(bad)?;
+        // Resolving checks every entry too: when it succeeds, none is empty
+        // or wraps, and the iovecs add up to the backing's length. When it
+        // fails, `validate` finds an entry that is empty or wraps first, as
+        // those are refused before the length checks below, and these
+        // before an entry outside guest RAM.
+        let resolved = (self.mem.as_deref())
+            .map(|mem| (memory::ram_bytes(mem), memory::resolve(mem, &extents)));
+        let len = match &resolved {
+            Some((_, Ok(iovecs))) => iovecs.iter().map(|v| v.len as u64).sum(),
+            _ => memory::validate(&extents).map_err(bad)?,
+        };
         if let ResourceKind::GuestBlob { size, .. } = kind {
             if len < size {
                 return Err(fail(
@@ -301,21 +311,20 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
                 ));
             }
         }
-        let Some(mem) = self.mem.clone() else {
+        let Some((ram, resolved)) = resolved else {
             return Err(fail(ErrorCode::Unspec, "no guest memory table yet"));
         };
         // A real backing's pages are distinct, so it fits in guest RAM. One
         // longer (an extent repeated over and over) would have the page
         // index walk the same pages again and again, noting each as taken:
         // work and memory without bound.
-        let ram = memory::ram_bytes(&*mem);
         if len > ram {
             return Err(fail(
                 ErrorCode::InvalidParameter,
                 format!("resource {id}: backing of {len} bytes, guest RAM is {ram}"),
             ));
         }
-        let iovecs = memory::resolve(&*mem, &extents).map_err(bad)?;
+        let iovecs = resolved.map_err(bad)?;
         let entry_bytes = extents.len() as u64 * ENTRY_OVERHEAD;
         self.charge(entry_bytes, &format!("backing of resource {id}"))?;
         // SAFETY: the iovecs point into `self.mem`, which stays mapped until
@@ -571,5 +580,79 @@ impl<R: Renderer, M: GuestMemoryBackend> GpuDevice<R, M> {
             bytes
         });
         Ok(Response::OkResourceUuid(uuid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::{DeviceConfig, RutabagaRenderer};
+
+    /// Attach resolves a backing before its length checks, yet reports the
+    /// first of several problems in this order: no memory table (unless an
+    /// entry is empty or wraps), an entry that is empty or wraps, a backing
+    /// too short for its blob or longer than guest RAM, an entry outside
+    /// guest RAM.
+    #[test]
+    fn attach_reports_the_first_problem() {
+        let mut dev = GpuDevice::new(DeviceConfig::default(), RutabagaRenderer::new().unwrap());
+        let two_d = wire::ResourceCreate2d {
+            resource_id: 1,
+            format: format::B8G8R8X8_UNORM,
+            width: 16,
+            height: 16,
+        };
+        assert!(dev.create_2d(&two_d).is_ok());
+        let blob = wire::ResourceCreateBlob {
+            resource_id: 2,
+            blob_mem: blob_mem::GUEST,
+            size: 0x2000,
+            ..Default::default()
+        };
+        assert!(dev.create_blob(&blob, 0, Vec::new(), "blob").is_ok());
+        let attach = |dev: &mut GpuDevice<_, _>, id, entries: &[(u64, u32)]| {
+            let extents = entries
+                .iter()
+                .map(|&(addr, len)| GuestExtent { addr, len })
+                .collect();
+            match dev.attach(id, extents, "attach") {
+                Ok(_) => panic!("{entries:x?} attached"),
+                Err(f) => (f.code, f.why),
+            }
+        };
+        let outside = (0x20000, 0x1000);
+        let empty = (0x1000, 0);
+        let (code, why) = attach(&mut dev, 1, &[(0x1000, 0x1000)]);
+        assert_eq!(code, ErrorCode::Unspec, "{why}");
+        let (code, why) = attach(&mut dev, 1, &[(0x1000, 0x1000), empty]);
+        assert_eq!(code, ErrorCode::InvalidParameter);
+        assert!(why.contains("entry 1 has length 0"), "{why}");
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        dev.set_memory(Arc::new(mem));
+        let cases = [
+            (2, vec![outside, empty], "entry 1 has length 0"),
+            (
+                1,
+                vec![outside, (u64::MAX - 0xfff, 0x2000)],
+                "entry 1 (0xfffffffffffff000 + 0x2000) wraps",
+            ),
+            (2, vec![outside], "4096 bytes for a 8192-byte blob"),
+            (
+                1,
+                [vec![outside], vec![(0x1000, 0x1000); 16]].concat(),
+                "guest RAM is 65536",
+            ),
+            (2, vec![(0x1000, 0x2000), outside], "entry 1 (0x20000"),
+        ];
+        for (id, entries, want) in cases {
+            let (code, why) = attach(&mut dev, id, &entries);
+            assert_eq!(code, ErrorCode::InvalidParameter, "{why}");
+            assert!(why.contains(want), "{entries:x?}: {why}, not {want}");
+        }
     }
 }
