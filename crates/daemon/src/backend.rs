@@ -125,11 +125,19 @@ impl VhostUserGpuBackend {
     }
 
     /// Polls each queue's available ring for up to `max` after handling
-    /// it before sleeping (see [`AdaptivePoll`]); zero (the default of a
-    /// new device) never polls.
-    pub fn set_poll_max(&self, max: Duration) {
+    /// it before sleeping, while polling pays or `always` (see
+    /// [`AdaptivePoll`]); zero (the default of a new device) never polls.
+    pub fn set_poll_max(&self, max: Duration, always: bool) {
+        let poll = || {
+            let poll = AdaptivePoll::new(max);
+            if always {
+                poll.always()
+            } else {
+                poll
+            }
+        };
         let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
-        *polls = [AdaptivePoll::new(max), AdaptivePoll::new(max)];
+        *polls = [poll(), poll()];
     }
 
     /// The connection now being served, which a broken ring ends.
@@ -230,9 +238,12 @@ impl VhostUserGpuBackend {
             if event_idx || polling {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            if let Err(error) = self.drain_queue(vring, queue, &atomic)? {
-                self.distrust_ring(queue, error);
-                return Ok(());
+            match self.drain_queue(vring, queue, &atomic)? {
+                Ok(handled) => poll.handled(Instant::now(), handled),
+                Err(error) => {
+                    self.distrust_ring(queue, error);
+                    return Ok(());
+                }
             }
             if poll.poll(|| has_available(vring, &atomic)) {
                 continue;
@@ -245,14 +256,16 @@ impl VhostUserGpuBackend {
         Ok(())
     }
 
-    /// Handles every available chain; the inner error is a ring that can no
-    /// longer be trusted (what was completed before it is signalled).
+    /// Handles every available chain and returns how many; the inner error
+    /// is a ring that can no longer be trusted (what was completed before
+    /// it is signalled).
     fn drain_queue(
         &self,
         vring: &VringRwLock,
         queue: u16,
         atomic: &GuestMemoryAtomic<GuestMemory>,
-    ) -> io::Result<Result<(), RingError>> {
+    ) -> io::Result<Result<u64, RingError>> {
+        let mut handled = 0;
         let mut completed = 0;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mut device = lock(&self.device);
@@ -286,9 +299,10 @@ impl VhostUserGpuBackend {
                 return Ok(Err(RingError::Used { head, error }));
             }
             completed += 1;
+            handled += 1;
         }
         signal(vring, &mut completed)?;
-        Ok(Ok(()))
+        Ok(Ok(handled))
     }
 }
 

@@ -83,10 +83,16 @@ struct Args {
     /// After handling a queue, watch it this many microseconds for the
     /// next request before sleeping until a kick (adaptive: the window
     /// grows while requests come that quickly and shrinks to nothing while
-    /// they do not); 0 never polls.
+    /// they do not, and polling is on only while it measurably gets more
+    /// requests handled than sleeping does); 0 never polls.
     #[arg(long, value_name = "US", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
     poll_us: u64,
+
+    /// Poll within the window whether or not it pays (for hosts where it
+    /// is known to, and for tests of the polling path).
+    #[arg(long)]
+    poll_always: bool,
 
     /// Exit after the first frontend disconnects instead of waiting for the
     /// next one (always so on a connected --fd).
@@ -317,7 +323,7 @@ fn run(args: Args) -> Result<(), String> {
     let backend = Arc::new(
         VhostUserGpuBackend::new(config).map_err(|e| format!("cannot create the device: {e}"))?,
     );
-    backend.set_poll_max(Duration::from_micros(args.poll_us));
+    backend.set_poll_max(Duration::from_micros(args.poll_us), args.poll_always);
     let (faults, delays) = (args.faults(), args.delays());
     let armed = faults.fail_attaches > 0 || faults.corrupt_transfers > 0 || !delays.is_empty();
     if armed {

@@ -10,6 +10,18 @@
 //! keeps sleeping for less than the maximum (requests come quickly enough
 //! for polling to pay), and shrinks, down to not polling at all, while the
 //! sleeps are longer than the maximum (polling would only burn CPU).
+//!
+//! That a request arrives within the window does not mean polling made it
+//! come sooner. A worker spinning on one CPU keeps the frontend's thread
+//! off it, so each completion wakes that thread on another, maybe idle,
+//! CPU: where such a wakeup is dear (an idle vCPU halted in the host), a
+//! closed loop of requests ran 3x slower polling than sleeping (measured,
+//! docs/benchmarks.md), where on another machine of the same kind polling
+//! made it 1.5x faster. So polling has to show that it pays: the worker
+//! starts out sleeping, and while requests keep coming, [`Judge`]
+//! compares how many are handled per unit of busy time with and without
+//! polling, in short epochs of one mode next to the other, and keeps the
+//! faster.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +30,113 @@ const START: Duration = Duration::from_micros(4);
 /// Windows below this are not worth a poll: they become zero.
 const FLOOR: Duration = Duration::from_micros(2);
 
+/// Busy time per epoch of the judge: hundreds of small requests.
+const EPOCH: Duration = Duration::from_millis(4);
+/// A gap between two drains longer than this is idleness, not load: it
+/// counts in no epoch (the guest is not waiting for us, and how fast we
+/// answer does not change when its next request comes).
+const IDLE_GAP: Duration = Duration::from_millis(1);
+/// The other mode must be this much faster to take over (hysteresis).
+const SWITCH_GAIN: f64 = 1.10;
+/// Epochs between two tries of the other mode: the first gap, and the
+/// longest it doubles to while the tries keep losing.
+const PROBE_GAP: u32 = 4;
+const PROBE_GAP_MAX: u32 = 64;
+
+/// Whether polling pays, judged by requests handled per unit of busy time
+/// (the time between drains that follow each other closely).
+#[derive(Debug)]
+struct Judge {
+    /// The mode kept between probes.
+    polling_pays: bool,
+    /// This epoch tries the other mode.
+    probing: bool,
+    /// The first epoch after a change of mode is not judged: the threads
+    /// have yet to settle (a sleeping worker lets the scheduler bring the
+    /// frontend's thread onto its CPU, a polling one pushes it off; either
+    /// takes a few milliseconds).
+    settling: bool,
+    last_drain: Option<Instant>,
+    busy: Duration,
+    requests: u64,
+    /// Requests per busy second of the last epoch in the kept mode.
+    kept_rate: Option<f64>,
+    /// Epochs in the kept mode since the last probe, and how many there
+    /// are to be before the next one.
+    since_probe: u32,
+    gap: u32,
+}
+
+impl Judge {
+    fn new() -> Self {
+        Judge {
+            polling_pays: false,
+            probing: false,
+            settling: false,
+            last_drain: None,
+            busy: Duration::ZERO,
+            requests: 0,
+            kept_rate: None,
+            since_probe: 0,
+            gap: PROBE_GAP,
+        }
+    }
+
+    /// Whether to poll now.
+    fn polls(&self) -> bool {
+        self.polling_pays != self.probing
+    }
+
+    /// A drain handled `n` requests by `now`.
+    fn handled(&mut self, now: Instant, n: u64) {
+        let last = self.last_drain.replace(now);
+        let Some(gap) = last.map(|last| now.saturating_duration_since(last)) else {
+            return;
+        };
+        if gap > IDLE_GAP {
+            return;
+        }
+        self.busy += gap;
+        self.requests += n;
+        if self.busy < EPOCH {
+            return;
+        }
+        let rate = self.requests as f64 / self.busy.as_secs_f64();
+        self.busy = Duration::ZERO;
+        self.requests = 0;
+        if std::mem::take(&mut self.settling) {
+            return;
+        }
+        if !self.probing {
+            self.kept_rate = Some(rate);
+            self.since_probe += 1;
+            if self.since_probe >= self.gap {
+                self.probing = true;
+                self.settling = true;
+            }
+            return;
+        }
+        // A probe compares with the kept mode's last settled epoch before
+        // it, under the same load.
+        self.probing = false;
+        self.since_probe = 0;
+        if self.kept_rate.is_some_and(|kept| rate > kept * SWITCH_GAIN) {
+            self.polling_pays = !self.polling_pays;
+            log::debug!(
+                "polling {}: {rate:.0} requests/s against {:.0}",
+                if self.polling_pays { "on" } else { "off" },
+                self.kept_rate.unwrap_or_default()
+            );
+            self.gap = PROBE_GAP;
+        } else {
+            // Back to the kept mode, which settles again.
+            self.settling = true;
+            self.gap = (self.gap * 2).min(PROBE_GAP_MAX);
+        }
+        self.kept_rate = None;
+    }
+}
+
 /// The window of one queue.
 #[derive(Debug)]
 pub struct AdaptivePoll {
@@ -25,6 +144,9 @@ pub struct AdaptivePoll {
     window: Duration,
     /// When the worker last went to sleep on the kick eventfd.
     slept_at: Option<Instant>,
+    judge: Judge,
+    /// `--poll-always`: no judge.
+    always: bool,
 }
 
 impl AdaptivePoll {
@@ -34,12 +156,32 @@ impl AdaptivePoll {
             max,
             window: Duration::ZERO,
             slept_at: None,
+            judge: Judge::new(),
+            always: false,
         }
     }
 
-    /// The current window.
+    /// Polls within the window without asking the judge.
+    pub fn always(mut self) -> Self {
+        self.always = true;
+        self
+    }
+
+    /// The current window: zero when polling is off, by the maximum, the
+    /// request rate or the judge.
     pub fn window(&self) -> Duration {
-        self.window
+        if self.always || self.judge.polls() {
+            self.window
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// `n` requests were handled by `now` (a drain of the queue).
+    pub fn handled(&mut self, now: Instant, n: u64) {
+        if !self.max.is_zero() && !self.always {
+            self.judge.handled(now, n);
+        }
     }
 
     /// A kick woke the worker at `now`: adapt to how long it slept.
@@ -75,7 +217,8 @@ impl AdaptivePoll {
     /// Spins for at most the window until `ready` says there is work, and
     /// whether it did. The caller has turned notifications off.
     pub fn poll(&mut self, mut ready: impl FnMut() -> bool) -> bool {
-        if self.window.is_zero() {
+        let window = self.window();
+        if window.is_zero() {
             return false;
         }
         let start = Instant::now();
@@ -88,7 +231,7 @@ impl AdaptivePoll {
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= self.window {
+            if start.elapsed() >= window {
                 return false;
             }
         }
@@ -106,11 +249,11 @@ mod tests {
     #[test]
     fn requests_closer_than_the_maximum_grow_the_window_to_it() {
         let mut p = AdaptivePoll::new(us(50));
-        assert_eq!(p.window(), Duration::ZERO, "no polling before a reason to");
+        assert_eq!(p.window, Duration::ZERO, "no polling before a reason to");
         let mut seen = Vec::new();
         for _ in 0..6 {
             p.adapt(us(45));
-            seen.push(p.window().as_micros());
+            seen.push(p.window.as_micros());
         }
         assert_eq!(seen, [4, 8, 16, 32, 50, 50]);
     }
@@ -121,11 +264,11 @@ mod tests {
         for _ in 0..5 {
             p.adapt(us(45));
         }
-        assert_eq!(p.window(), us(50));
+        assert_eq!(p.window, us(50));
         let mut seen = Vec::new();
         for _ in 0..6 {
             p.adapt(Duration::from_millis(5));
-            seen.push(p.window().as_micros());
+            seen.push(p.window.as_micros());
         }
         assert_eq!(seen, [25, 12, 6, 3, 0, 0]);
     }
@@ -136,9 +279,9 @@ mod tests {
         for _ in 0..3 {
             p.adapt(us(10));
         }
-        assert_eq!(p.window(), us(16));
+        assert_eq!(p.window, us(16));
         p.adapt(us(5));
-        assert_eq!(p.window(), us(16));
+        assert_eq!(p.window, us(16));
     }
 
     #[test]
@@ -147,7 +290,7 @@ mod tests {
         let now = Instant::now();
         p.sleeping(now);
         p.woken(now + us(1));
-        assert_eq!(p.window(), Duration::ZERO);
+        assert_eq!(p.window, Duration::ZERO);
         assert!(!p.poll(|| panic!("a disabled poller looked at the ring")));
     }
 
@@ -157,6 +300,8 @@ mod tests {
         for _ in 0..8 {
             p.adapt(us(400));
         }
+        assert_eq!(p.window(), Duration::ZERO, "polling has not shown it pays");
+        p.judge.polling_pays = true;
         assert_eq!(p.window(), us(500));
         let mut calls = 0;
         assert!(p.poll(|| {
@@ -167,5 +312,48 @@ mod tests {
         let start = Instant::now();
         assert!(!p.poll(|| false));
         assert!(start.elapsed() >= us(500));
+    }
+
+    /// Drives a judge with a closed loop of requests, each taking `poll`
+    /// or `sleep` depending on the mode, for `total` of simulated time;
+    /// returns the share of requests handled while polling.
+    fn closed_loop(poll: Duration, sleep: Duration, total: Duration) -> f64 {
+        let mut judge = Judge::new();
+        let start = Instant::now();
+        let mut now = start;
+        let (mut polled, mut all) = (0u32, 0u32);
+        while now - start < total {
+            let polling = judge.polls();
+            now += if polling { poll } else { sleep };
+            judge.handled(now, 1);
+            polled += u32::from(polling);
+            all += 1;
+        }
+        f64::from(polled) / f64::from(all)
+    }
+
+    #[test]
+    fn polling_that_slows_a_closed_loop_down_stays_off() {
+        // This machine: 21 us per request polling, 7 us sleeping.
+        let share = closed_loop(us(21), us(7), Duration::from_secs(2));
+        assert!(share < 0.05, "{share} of requests polled");
+    }
+
+    #[test]
+    fn polling_that_speeds_a_closed_loop_up_takes_over() {
+        // Where wakeups are dear: 14 us polling, 20 us sleeping.
+        let share = closed_loop(us(14), us(20), Duration::from_secs(2));
+        assert!(share > 0.9, "only {share} of requests polled");
+    }
+
+    #[test]
+    fn requests_further_apart_than_an_idle_gap_are_not_judged() {
+        let mut judge = Judge::new();
+        let mut now = Instant::now();
+        for _ in 0..10_000 {
+            now += IDLE_GAP + us(1);
+            judge.handled(now, 1);
+        }
+        assert!(!judge.polls() && !judge.probing && judge.kept_rate.is_none());
     }
 }

@@ -93,7 +93,8 @@ fn reset_device_frees_every_resource() {
 /// one and drop the frontend: within 300 such resets in about 4 runs in 10.)
 #[test]
 fn a_reset_while_the_worker_polls_keeps_the_connection() {
-    let mut d = Daemon::spawn("reset-while-polling", &[]);
+    // Polling whether or not it pays on this host.
+    let mut d = Daemon::spawn("reset-while-polling", &["--poll-always"]);
     let mut gpu = d.connect(FrontendConfig::default());
     for round in 0..1000 {
         // Requests back to back keep the worker polling after each.
