@@ -36,6 +36,8 @@ const EPOCH: Duration = Duration::from_millis(4);
 /// counts in no epoch (the guest is not waiting for us, and how fast we
 /// answer does not change when its next request comes).
 const IDLE_GAP: Duration = Duration::from_millis(1);
+/// Epochs not judged after a change of mode (see `Judge::settling`).
+const SETTLE_EPOCHS: u32 = 2;
 /// The other mode must be this much faster to take over (hysteresis).
 const SWITCH_GAIN: f64 = 1.10;
 /// Epochs between two tries of the other mode: the first gap, and the
@@ -51,11 +53,11 @@ struct Judge {
     polling_pays: bool,
     /// This epoch tries the other mode.
     probing: bool,
-    /// The first epoch after a change of mode is not judged: the threads
-    /// have yet to settle (a sleeping worker lets the scheduler bring the
+    /// Epochs not to judge, after a change of mode: the threads have yet
+    /// to settle (a sleeping worker lets the scheduler bring the
     /// frontend's thread onto its CPU, a polling one pushes it off; either
     /// takes a few milliseconds).
-    settling: bool,
+    settling: u32,
     last_drain: Option<Instant>,
     busy: Duration,
     requests: u64,
@@ -72,7 +74,7 @@ impl Judge {
         Judge {
             polling_pays: false,
             probing: false,
-            settling: false,
+            settling: 0,
             last_drain: None,
             busy: Duration::ZERO,
             requests: 0,
@@ -104,7 +106,8 @@ impl Judge {
         let rate = self.requests as f64 / self.busy.as_secs_f64();
         self.busy = Duration::ZERO;
         self.requests = 0;
-        if std::mem::take(&mut self.settling) {
+        if self.settling > 0 {
+            self.settling -= 1;
             return;
         }
         if !self.probing {
@@ -112,7 +115,7 @@ impl Judge {
             self.since_probe += 1;
             if self.since_probe >= self.gap {
                 self.probing = true;
-                self.settling = true;
+                self.settling = SETTLE_EPOCHS;
             }
             return;
         }
@@ -130,7 +133,7 @@ impl Judge {
             self.gap = PROBE_GAP;
         } else {
             // Back to the kept mode, which settles again.
-            self.settling = true;
+            self.settling = SETTLE_EPOCHS;
             self.gap = (self.gap * 2).min(PROBE_GAP_MAX);
         }
         self.kept_rate = None;
