@@ -66,7 +66,7 @@ struct Judge {
     /// Epochs in the kept mode since the last probe, and how many there
     /// are to be before the next one.
     since_probe: u32,
-    gap: u32,
+    probe_gap: u32,
 }
 
 impl Judge {
@@ -80,7 +80,7 @@ impl Judge {
             requests: 0,
             kept_rate: None,
             since_probe: 0,
-            gap: PROBE_GAP,
+            probe_gap: PROBE_GAP,
         }
     }
 
@@ -113,7 +113,7 @@ impl Judge {
         if !self.probing {
             self.kept_rate = Some(rate);
             self.since_probe += 1;
-            if self.since_probe >= self.gap {
+            if self.since_probe >= self.probe_gap {
                 self.probing = true;
                 self.settling = SETTLE_EPOCHS;
             }
@@ -130,11 +130,11 @@ impl Judge {
                 if self.polling_pays { "on" } else { "off" },
                 self.kept_rate.unwrap_or_default()
             );
-            self.gap = PROBE_GAP;
+            self.probe_gap = PROBE_GAP;
         } else {
             // Back to the kept mode, which settles again.
             self.settling = SETTLE_EPOCHS;
-            self.gap = (self.gap * 2).min(PROBE_GAP_MAX);
+            self.probe_gap = (self.probe_gap * 2).min(PROBE_GAP_MAX);
         }
         self.kept_rate = None;
     }
