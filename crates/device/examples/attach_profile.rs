@@ -24,25 +24,16 @@
 use std::sync::Arc;
 
 use gpuswap_device::{DeviceConfig, GpuDevice, RutabagaRenderer};
-use gpuswap_protocol::wire::ResourceId;
-use gpuswap_protocol::wire::{CtrlHeader, MemEntry, ResourceAttachBacking, ResourceCreate2d};
-use gpuswap_protocol::{ctrl_type as t, format, Request, Response};
+use gpuswap_protocol::{ctrl_type as t, Request, Response};
 use gpuswap_testkit::Rng;
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-const PAGE: u64 = 4096;
+// The device tests' request builders (wire bytes, as the guest writes them).
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{attach, create_2d, detach, PAGE, XRGB};
+
 const RESOURCE: u32 = 1;
-
-/// A control request as the guest puts it on the queue.
-fn request(type_: u32, body: &[u8]) -> Vec<u8> {
-    let hdr = CtrlHeader {
-        type_,
-        ..Default::default()
-    };
-    let mut out = hdr.as_slice().to_vec();
-    out.extend_from_slice(body);
-    out
-}
 
 /// Decodes and processes one request, as the daemon's queue handler does.
 fn send(dev: &mut GpuDevice<RutabagaRenderer, GuestMemoryMmap<()>>, bytes: &[u8], max: u32) {
@@ -93,41 +84,10 @@ fn main() {
     }
     pages.truncate(entries as usize);
 
-    let create = ResourceCreate2d {
-        resource_id: RESOURCE,
-        format: format::B8G8R8X8_UNORM,
-        width: 64,
-        height: 64,
-    };
-    let mut attach_body = ResourceAttachBacking {
-        resource_id: RESOURCE,
-        nr_entries: entries as u32,
-    }
-    .as_slice()
-    .to_vec();
-    for &addr in &pages {
-        let e = MemEntry {
-            addr,
-            length: PAGE as u32,
-            padding: 0,
-        };
-        attach_body.extend_from_slice(e.as_slice());
-    }
-    let attach = request(t::RESOURCE_ATTACH_BACKING, &attach_body);
-    let detach = request(
-        t::RESOURCE_DETACH_BACKING,
-        ResourceId {
-            resource_id: RESOURCE,
-            padding: 0,
-        }
-        .as_slice(),
-    );
-
-    send(
-        &mut dev,
-        &request(t::RESOURCE_CREATE_2D, create.as_slice()),
-        max,
-    );
+    let backing: Vec<(u64, u32)> = pages.iter().map(|&addr| (addr, PAGE as u32)).collect();
+    let attach = attach(RESOURCE, &backing);
+    let detach = detach(RESOURCE);
+    send(&mut dev, &create_2d(RESOURCE, XRGB, 64, 64), max);
     for _ in 0..cycles {
         send(&mut dev, &attach, max);
         send(&mut dev, &detach, max);
