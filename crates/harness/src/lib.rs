@@ -699,6 +699,14 @@ pub fn kernel_problems(log: &str) -> Vec<String> {
 /// (`invoked oom-killer` and its `Call Trace:`, up to `Killed process
 /// <pid>`); anything else logged meanwhile, and a report that killed
 /// another process, stays a problem.
+///
+/// One more report belongs to such a kill: the `page allocation failure`
+/// (and its `Call Trace:`) of a page fault of the victim itself, after it
+/// was killed. A dying OOM victim may dip into part of the reserves, and
+/// when even those are gone the kernel fails its allocation rather than
+/// loop (mm/page_alloc.c, "Avoid allocations with no watermarks from
+/// looping endlessly"): the fault ends the process it was killing anyway.
+/// The same report from a task not killed before is a problem.
 pub fn kernel_problems_but_oom_kills_of(log: &str, expected: &[u32]) -> Vec<String> {
     /// An OOM report being read: who invoked it, its problem lines.
     struct Report {
@@ -729,7 +737,21 @@ pub fn kernel_problems_but_oom_kills_of(log: &str, expected: &[u32]) -> Vec<Stri
     };
     let mut problems = Vec::new();
     let mut report: Option<Report> = None;
+    // Expected victims killed so far, and the one whose allocation
+    // failure report is being read.
+    let mut killed: Vec<u32> = Vec::new();
+    let mut dying: Option<u32> = None;
     for line in log.lines() {
+        if line.contains("page allocation failure") {
+            dying = caller(line).filter(|pid| killed.contains(pid));
+            if dying.is_some() {
+                continue;
+            }
+        } else if line.contains("Call Trace:") && dying.is_some() {
+            if caller(line) == dying.take() {
+                continue;
+            }
+        }
         if line.contains("invoked oom-killer") {
             problems.extend(report.take().map(unnamed).unwrap_or_default());
             report = Some(Report {
@@ -739,7 +761,9 @@ pub fn kernel_problems_but_oom_kills_of(log: &str, expected: &[u32]) -> Vec<Stri
         }
         if let Some(pid) = victim(line) {
             let lines = report.take().map(|r| r.lines).unwrap_or_default();
-            if !expected.contains(&pid) {
+            if expected.contains(&pid) {
+                killed.push(pid);
+            } else {
                 problems.extend(lines);
             }
             continue;
@@ -806,6 +830,37 @@ mod tests {
         // Two reports: the hog's goes, the other's stays.
         let both = format!("{}{}", oom(77), oom(12));
         assert_eq!(kernel_problems_but_oom_kills_of(&both, &[77]).len(), 2);
+    }
+
+    #[test]
+    fn a_killed_victims_own_allocation_failure_belongs_to_its_kill() {
+        let kill = "[ 5.0][  T12] x invoked oom-killer: gfp_mask=0\n\
+                    [ 5.0][  T12] Call Trace:\n\
+                    [ 5.1][  T12] Out of memory: Killed process 77 (hog) total-vm:1kB\n";
+        let failure = |pid: u32| {
+            format!(
+                "[ 5.2][  T{pid}] hog: page allocation failure: order:0, mode:0x140dca\n\
+                 [ 5.2][  T{pid}] CPU: 0 UID: 0 PID: {pid} Comm: hog\n\
+                 [ 5.2][  T{pid}] Call Trace:\n"
+            )
+        };
+        let after_kill = format!("{kill}{}", failure(77));
+        assert!(kernel_problems_but_oom_kills_of(&after_kill, &[77]).is_empty());
+        // Before its kill, or not expected, or another task's: a problem.
+        let before_kill = format!("{}{kill}", failure(77));
+        assert_eq!(
+            kernel_problems_but_oom_kills_of(&before_kill, &[77]).len(),
+            2
+        );
+        assert_eq!(kernel_problems_but_oom_kills_of(&after_kill, &[]).len(), 4);
+        let other = format!("{kill}{}", failure(78));
+        assert_eq!(kernel_problems_but_oom_kills_of(&other, &[77]).len(), 2);
+        // A WARN logged by the dying victim is still a problem.
+        let warn = after_kill.replace(
+            "[ 5.2][  T77] Call Trace:",
+            "[ 5.2][  T77] WARNING: CPU: 0 at x.c:1\n[ 5.2][  T77] Call Trace:",
+        );
+        assert_eq!(kernel_problems_but_oom_kills_of(&warn, &[77]).len(), 1);
     }
 }
 
