@@ -2,6 +2,7 @@
 //! in-process tests reach the queue handler and the control protocol
 //! without a process boundary. The program itself is `main.rs`.
 
+pub mod alloc;
 pub mod backend;
 pub mod config;
 pub mod control;

@@ -22,6 +22,11 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use gpuswap_daemon::backend::{CompletionDelays, VhostUserGpuBackend};
 use gpuswap_daemon::{config, control, relay, seccomp};
 
+/// Large blocks (a 2D resource's host copy) page-aligned, so that a
+/// transfer's row copies from guest pages do not 4K-alias.
+#[global_allocator]
+static ALLOCATOR: gpuswap_daemon::alloc::PageAlignedLarge = gpuswap_daemon::alloc::PageAlignedLarge;
+
 /// The longest `--poll-us`: beyond a millisecond a poll costs more CPU
 /// than any wakeup it saves.
 const MAX_POLL_US: u64 = 1000;
