@@ -747,10 +747,8 @@ pub fn kernel_problems_but_oom_kills_of(log: &str, expected: &[u32]) -> Vec<Stri
             if dying.is_some() {
                 continue;
             }
-        } else if line.contains("Call Trace:") && dying.is_some() {
-            if caller(line) == dying.take() {
-                continue;
-            }
+        } else if line.contains("Call Trace:") && dying.is_some() && caller(line) == dying.take() {
+            continue;
         }
         if line.contains("invoked oom-killer") {
             problems.extend(report.take().map(unnamed).unwrap_or_default());
