@@ -11,7 +11,8 @@
 //! 2. ATTACH + DETACH cycles from 4 KiB to 1 GiB, as scattered 4 KiB
 //!    entries and as 2 MiB contiguous entries;
 //! 3. TRANSFER_TO_HOST_2D of 1080p and 4K frames, next to memcpy;
-//! 4. an evict/restore cycle verified through the display channel.
+//! 4. an evict/restore cycle verified through the display channel;
+//! 5. frames shown through the display channel (transfer, flush, UPDATE).
 //!
 //! [`run`] measures, [`write_outputs`] writes the JSON, the markdown table
 //! and the SVG picture. `cargo xtask bench` is the front door.
@@ -161,6 +162,9 @@ pub fn run_backend(kind: Kind, binary: &Path, w: &Workloads) -> Result<BackendRe
     eprintln!("[bench] {}: evict/restore", kind.label());
     let evict_restore =
         workloads::evict_restore(&mut gpu, w, &cpu).map_err(|e| with_log("evict/restore", e))?;
+    eprintln!("[bench] {}: display frames", kind.label());
+    let display =
+        workloads::display_frames(&mut gpu, w, &cpu).map_err(|e| with_log("display frames", e))?;
     drop(gpu);
     Ok(BackendResults {
         backend: kind.name().to_string(),
@@ -169,6 +173,7 @@ pub fn run_backend(kind: Kind, binary: &Path, w: &Workloads) -> Result<BackendRe
         attach_detach,
         transfers,
         evict_restore,
+        display,
     })
 }
 

@@ -145,7 +145,7 @@ pub struct Target {
 }
 
 /// The performance issue's targets, judged on this run's medians.
-pub fn targets(r: &Results) -> Vec<Target> {
+pub fn targets<'a>(r: &'a Results) -> Vec<Target> {
     let g = find(r, "gpuswap");
     let c = find(r, "qemu-c");
     let depth = g.map_or(0, |b| b.round_trips.pipeline_depth);
@@ -241,7 +241,30 @@ pub fn targets(r: &Results) -> Vec<Target> {
         measured,
         met,
     });
+    let shown = |b: Option<&'a BackendResults>| b?.display.iter().find(|d| d.frame == "1080p");
+    let (measured, met) = match (shown(g), shown(c)) {
+        (Some(gd), Some(cd)) => (
+            format!(
+                "{} ({} vs {} frames/s)",
+                ratios(&gd.frame_time.wall, &cd.frame_time.wall),
+                frames_per_s(&gd.frame_time.wall),
+                frames_per_s(&cd.frame_time.wall)
+            ),
+            Some(speedup(&gd.frame_time.wall, &cd.frame_time.wall) >= 1.2),
+        ),
+        _ => ("not measured".into(), None),
+    };
+    out.push(Target {
+        target: "1080p frames to a display peer (TRANSFER + FLUSH + UPDATE): ≥ 1.2× the C backend"
+            .into(),
+        measured,
+        met,
+    });
     out
+}
+
+fn frames_per_s(s: &Stat) -> String {
+    format!("{:.1}", 1.0 / s.median)
 }
 
 fn evict_4k(b: Option<&BackendResults>) -> Option<&crate::workloads::EvictPoint> {
@@ -482,6 +505,45 @@ pub fn markdown<'a>(r: &'a Results) -> String {
                 ratios(&ge.attach, &ce.attach),
                 ratios(&ge.transfer, &ce.transfer),
                 ratios(&ge.verify, &ce.verify),
+            );
+        }
+    }
+
+    let _ = writeln!(
+        s,
+        "\n## 5. Frames to a display peer (TRANSFER, FLUSH, UPDATE received and hashed)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| frame | backend | per frame | frames/s | CPU | verified |\n\
+         | --- | --- | --- | ---: | --- | ---: |"
+    );
+    let shown: Vec<&str> = g
+        .or(c)
+        .map(|b| b.display.iter().map(|d| d.frame.as_str()).collect())
+        .unwrap_or_default();
+    for frame in shown {
+        let of = |b: Option<&'a BackendResults>| b?.display.iter().find(|d| d.frame == frame);
+        for (b, d) in [(g, of(g)), (c, of(c))] {
+            let (Some(b), Some(d)) = (b, d) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {frame} ({}) | {} | {} | {} | {} | {} |",
+                size(d.bytes),
+                b.backend,
+                min_med(&d.frame_time.wall),
+                frames_per_s(&d.frame_time.wall),
+                cpu(&d.frame_time),
+                d.verified
+            );
+        }
+        if let (Some(gd), Some(cd)) = (of(g), of(c)) {
+            let _ = writeln!(
+                s,
+                "| {frame} | gpuswap/C | {} | | | |",
+                ratios(&gd.frame_time.wall, &cd.frame_time.wall)
             );
         }
     }

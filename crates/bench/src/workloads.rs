@@ -78,9 +78,9 @@ pub struct Workloads {
     pub frames: Vec<Frame>,
     /// Samples per transfer.
     pub transfer_plan: Plan,
-    /// Frames for the evict/restore cycle.
+    /// Frames for the evict/restore cycle and the display frames.
     pub evict_frames: Vec<Frame>,
-    /// Samples per evict/restore cycle.
+    /// Samples per evict/restore cycle and per display frame.
     pub evict_plan: Plan,
 }
 
@@ -235,6 +235,22 @@ pub struct EvictPoint {
     pub verified: usize,
 }
 
+/// Workload 5: frames shown through a display peer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DisplayPoint {
+    /// Frame name.
+    pub frame: String,
+    /// Frame bytes.
+    pub bytes: u64,
+    /// One frame: TRANSFER_TO_HOST_2D of the whole frame, FLUSH of the
+    /// scanout, the display's UPDATE received and hashed; with the
+    /// backend's CPU time.
+    pub frame_time: Timing,
+    /// Frames whose UPDATE matched the guest's pixels (all of them, or
+    /// the run fails).
+    pub verified: usize,
+}
+
 /// Everything measured on one backend.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendResults {
@@ -250,6 +266,8 @@ pub struct BackendResults {
     pub transfers: Vec<TransferPoint>,
     /// Workload 4.
     pub evict_restore: Vec<EvictPoint>,
+    /// Workload 5.
+    pub display: Vec<DisplayPoint>,
 }
 
 /// Response type of a completed request.
@@ -629,47 +647,102 @@ fn update_hash(display: &DisplayHandle, frame: &Frame) -> Result<u64, String> {
     }
 }
 
+/// Resource `SCANOUT_ID`, `frame` sized, with one backing per seed in
+/// guest RAM (not attached), each holding its own pattern.
+struct ScanoutFrame {
+    /// Per seed: its pages, its ATTACH request and its pattern's hash.
+    backings: Vec<(Pages, Vec<u8>, u64)>,
+}
+
+const SCANOUT_ID: u32 = 5;
+
+impl ScanoutFrame {
+    fn create(gpu: &mut GpuFrontend, frame: &Frame, seeds: &[u64]) -> Result<Self, String> {
+        let id = SCANOUT_ID;
+        ok(
+            gpu,
+            &create_2d(id, frame.width, frame.height),
+            "RESOURCE_CREATE_2D",
+        )?;
+        let mut backings = Vec::new();
+        for &seed in seeds {
+            let (pages, entries) = scattered(gpu, frame.bytes())?;
+            let pix = pattern(frame.bytes() as usize, seed);
+            gpu.ram()
+                .write_entries(&entries, 0, &pix)
+                .map_err(|e| format!("writing the frame: {e}"))?;
+            backings.push((
+                pages,
+                attach(id, &entries),
+                xxhash_rust::xxh3::xxh3_64(&pix),
+            ));
+        }
+        Ok(ScanoutFrame { backings })
+    }
+
+    /// Attaches backing `k`, transfers it and shows the resource on
+    /// scanout 0.
+    fn show(&self, gpu: &mut GpuFrontend, frame: &Frame, k: usize) -> Result<(), String> {
+        ok(gpu, &self.backings[k].1, "RESOURCE_ATTACH_BACKING")?;
+        ok(
+            gpu,
+            &transfer(SCANOUT_ID, frame.rect()),
+            "TRANSFER_TO_HOST_2D",
+        )?;
+        ok(
+            gpu,
+            &set_scanout(0, SCANOUT_ID, frame.rect()),
+            "SET_SCANOUT",
+        )
+    }
+
+    /// Takes the resource off the scanout, drops it and frees its pages.
+    fn release(self, gpu: &mut GpuFrontend, display: &DisplayHandle) -> Result<(), String> {
+        let none = Rect {
+            x: 0,
+            y: 0,
+            width: 0,
+            height: 0,
+        };
+        ok(gpu, &set_scanout(0, 0, none), "SET_SCANOUT (disable)")?;
+        ok(
+            gpu,
+            &id_req(t::RESOURCE_UNREF, SCANOUT_ID),
+            "RESOURCE_UNREF",
+        )?;
+        for (pages, _, _) in &self.backings {
+            gpu.ram_mut().free(pages);
+        }
+        display.take_events();
+        Ok(())
+    }
+}
+
+fn display_of(gpu: &GpuFrontend) -> Result<DisplayHandle, String> {
+    Ok(gpu
+        .display()
+        .ok_or("the frontend has no display channel")?
+        .clone())
+}
+
 /// Workload 4.
 pub fn evict_restore(
     gpu: &mut GpuFrontend,
     w: &Workloads,
     cpu: CpuProbe,
 ) -> Result<Vec<EvictPoint>, String> {
-    const ID: u32 = 5;
-    let display = gpu
-        .display()
-        .ok_or("the frontend has no display channel")?
-        .clone();
+    let display = display_of(gpu)?;
     let mut out = Vec::new();
     for frame in &w.evict_frames {
-        let size = frame.bytes() as usize;
-        ok(
-            gpu,
-            &create_2d(ID, frame.width, frame.height),
-            "RESOURCE_CREATE_2D",
-        )?;
-        // Two page sets with different content: each cycle restores the
-        // resource from the set it was not attached to.
-        let mut sets = Vec::new();
-        for seed in [21, 22] {
-            let (pages, entries) = scattered(gpu, frame.bytes())?;
-            let pix = pattern(size, seed);
-            gpu.ram()
-                .write_entries(&entries, 0, &pix)
-                .map_err(|e| format!("writing the frame: {e}"))?;
-            sets.push((
-                pages,
-                attach(ID, &entries),
-                xxhash_rust::xxh3::xxh3_64(&pix),
-            ));
-        }
+        // Two backings with different content: each cycle restores the
+        // resource from the one it was not attached to.
+        let scanout = ScanoutFrame::create(gpu, frame, &[21, 22])?;
+        let sets = &scanout.backings;
         let entries = frame.bytes().div_ceil(PAGE);
-        let detach = id_req(t::RESOURCE_DETACH_BACKING, ID);
-        let tr = transfer(ID, frame.rect());
-        let fl = flush(ID, frame.rect());
-        ok(gpu, &sets[0].1, "RESOURCE_ATTACH_BACKING")?;
-        ok(gpu, &tr, "TRANSFER_TO_HOST_2D")?;
-        ok(gpu, &set_scanout(0, ID, frame.rect()), "SET_SCANOUT")?;
+        let detach = id_req(t::RESOURCE_DETACH_BACKING, SCANOUT_ID);
+        let tr = transfer(SCANOUT_ID, frame.rect());
+        let fl = flush(SCANOUT_ID, frame.rect());
+        scanout.show(gpu, frame, 0)?;
         display.take_events();
         let mut current = 0usize;
         let mut phases: [Vec<f64>; 4] = Default::default();
@@ -703,7 +776,7 @@ pub fn evict_restore(
         let timed = |v: &Vec<f64>| {
             Stat::from_samples(v[v.len() - samples..].to_vec(), 1).ok_or("no samples")
         };
-        let point = EvictPoint {
+        out.push(EvictPoint {
             frame: frame.name.to_string(),
             bytes: frame.bytes(),
             entries,
@@ -713,27 +786,48 @@ pub fn evict_restore(
             verify: timed(&phases[3])?,
             verified: samples,
             cycle,
-        };
-        ok(
-            gpu,
-            &set_scanout(
-                0,
-                0,
-                Rect {
-                    x: 0,
-                    y: 0,
-                    width: 0,
-                    height: 0,
-                },
-            ),
-            "SET_SCANOUT (disable)",
-        )?;
-        ok(gpu, &id_req(t::RESOURCE_UNREF, ID), "RESOURCE_UNREF")?;
-        for (pages, _, _) in &sets {
-            gpu.ram_mut().free(pages);
-        }
+        });
+        scanout.release(gpu, &display)?;
+    }
+    Ok(out)
+}
+
+/// Workload 5: what a display peer gets per frame from a guest that
+/// renders in guest memory (a 2D client): the whole frame transferred,
+/// the scanout flushed, its UPDATE received and hashed by the peer.
+pub fn display_frames(
+    gpu: &mut GpuFrontend,
+    w: &Workloads,
+    cpu: CpuProbe,
+) -> Result<Vec<DisplayPoint>, String> {
+    let display = display_of(gpu)?;
+    let mut out = Vec::new();
+    for frame in &w.evict_frames {
+        let scanout = ScanoutFrame::create(gpu, frame, &[23])?;
+        let written = scanout.backings[0].2;
+        let tr = transfer(SCANOUT_ID, frame.rect());
+        let fl = flush(SCANOUT_ID, frame.rect());
+        scanout.show(gpu, frame, 0)?;
         display.take_events();
-        out.push(point);
+        let frame_time = measure(w.evict_plan, 1, cpu, || {
+            ok(gpu, &tr, "TRANSFER_TO_HOST_2D")?;
+            ok(gpu, &fl, "RESOURCE_FLUSH")?;
+            let hash = update_hash(&display, frame)?;
+            if hash != written {
+                return Err(format!(
+                    "{}: the display shows {hash:016x}, {written:016x} was written",
+                    frame.name
+                ));
+            }
+            Ok(())
+        })?;
+        out.push(DisplayPoint {
+            frame: frame.name.to_string(),
+            bytes: frame.bytes(),
+            verified: frame_time.wall.samples,
+            frame_time,
+        });
+        scanout.release(gpu, &display)?;
     }
     Ok(out)
 }
@@ -783,6 +877,15 @@ impl BackendResults {
                     q.verified += p.verified;
                 }
                 None => self.evict_restore.push(p),
+            }
+        }
+        for p in other.display {
+            match self.display.iter_mut().find(|q| q.frame == p.frame) {
+                Some(q) => {
+                    q.frame_time = q.frame_time.merged(&p.frame_time);
+                    q.verified += p.verified;
+                }
+                None => self.display.push(p),
             }
         }
     }

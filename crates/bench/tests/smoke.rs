@@ -128,6 +128,14 @@ fn check(r: &Results, with_c: bool) {
                 "{n}: every cycle verified"
             );
         }
+        assert_eq!(b.display.len(), w.evict_frames.len());
+        for d in &b.display {
+            check_timing(&format!("{n} display {}", d.frame), &d.frame_time);
+            assert_eq!(
+                d.verified, d.frame_time.wall.samples,
+                "{n}: every frame verified"
+            );
+        }
     }
 }
 
@@ -168,6 +176,7 @@ fn smoke_benchmark_against_both_backends_is_well_formed() {
         "## 2. ATTACH + DETACH, 2 MiB contiguous entries",
         "## 3. TRANSFER_TO_HOST_2D",
         "## 4. Evict/restore cycle",
+        "## 5. Frames to a display peer",
     ] {
         assert!(md.contains(heading), "no {heading:?} in\n{md}");
     }
@@ -177,6 +186,8 @@ fn smoke_benchmark_against_both_backends_is_well_formed() {
             .unwrap_or_else(|| panic!("no row {prefix:?} in\n{md}"))
             .to_string()
     };
+    let shown = row("| 1080p (7.9 MiB) | gpuswap |");
+    assert!(shown.contains("ms"), "{shown}");
     let flush = row("| RESOURCE_FLUSH, one at a time |");
     assert!(flush.contains("µs"), "{flush}");
     if with_c {
