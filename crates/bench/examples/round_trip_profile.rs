@@ -53,7 +53,7 @@ fn main() -> Result<(), String> {
     w.ram_bytes = 256 << 20;
     w.rt_plan = Plan {
         warmup: 1,
-        samples: usize::MAX,
+        samples: 100_000,
         min_samples: 1,
         budget: Duration::from_secs(seconds),
     };

@@ -16,9 +16,9 @@ pub const C_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
 pub enum Kind {
     /// `gpuswap-daemon`.
     Gpuswap,
-    /// `gpuswap-daemon --poll-us 0`: what adaptive polling buys, in the
+    /// `gpuswap-daemon --poll-us 50`: what adaptive polling buys, in the
     /// same run.
-    GpuswapNoPoll,
+    GpuswapPolling,
     /// QEMU's `vhost-user-gpu`.
     QemuC,
 }
@@ -28,7 +28,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Gpuswap => "gpuswap",
-            Kind::GpuswapNoPoll => "gpuswap-nopoll",
+            Kind::GpuswapPolling => "gpuswap-poll50",
             Kind::QemuC => "qemu-c",
         }
     }
@@ -37,7 +37,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Gpuswap => "gpuswap",
-            Kind::GpuswapNoPoll => "gpuswap --poll-us 0",
+            Kind::GpuswapPolling => "gpuswap --poll-us 50",
             Kind::QemuC => "QEMU C backend",
         }
     }
@@ -69,12 +69,12 @@ impl Backend {
         let log = dir.join("backend.log");
         let mut cmd = Command::new(binary);
         match kind {
-            Kind::Gpuswap | Kind::GpuswapNoPoll => {
+            Kind::Gpuswap | Kind::GpuswapPolling => {
                 // Warnings only: per-request logging would be measured too.
                 cmd.arg("--socket-path").arg(&socket).arg("--once");
                 cmd.env("RUST_LOG", "warn");
-                if kind == Kind::GpuswapNoPoll {
-                    cmd.args(["--poll-us", "0"]);
+                if kind == Kind::GpuswapPolling {
+                    cmd.args(["--poll-us", "50"]);
                 }
             }
             Kind::QemuC => {

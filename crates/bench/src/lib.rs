@@ -191,7 +191,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     let mut notes = Vec::new();
     let mut kinds = vec![
         (Kind::Gpuswap, opts.daemon.clone()),
-        (Kind::GpuswapNoPoll, opts.daemon.clone()),
+        (Kind::GpuswapPolling, opts.daemon.clone()),
     ];
     match &opts.c_backend {
         Some(c) if c.exists() => kinds.push((Kind::QemuC, c.clone())),

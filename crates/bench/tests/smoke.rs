@@ -85,9 +85,9 @@ fn check(r: &Results, with_c: bool) {
     assert_eq!(
         names,
         if with_c {
-            vec!["gpuswap", "gpuswap-nopoll", "qemu-c"]
+            vec!["gpuswap", "gpuswap-poll50", "qemu-c"]
         } else {
-            vec!["gpuswap", "gpuswap-nopoll"]
+            vec!["gpuswap", "gpuswap-poll50"]
         }
     );
     for b in &r.backends {

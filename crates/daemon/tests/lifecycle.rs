@@ -94,7 +94,7 @@ fn reset_device_frees_every_resource() {
 #[test]
 fn a_reset_while_the_worker_polls_keeps_the_connection() {
     // Polling whether or not it pays on this host.
-    let mut d = Daemon::spawn("reset-while-polling", &["--poll-always"]);
+    let mut d = Daemon::spawn("reset-while-polling", &["--poll-us", "50", "--poll-always"]);
     let mut gpu = d.connect(FrontendConfig::default());
     for round in 0..1000 {
         // Requests back to back keep the worker polling after each.
