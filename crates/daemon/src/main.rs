@@ -91,7 +91,7 @@ struct Args {
     /// they do not, and polling is on only while it measurably gets more
     /// requests handled than sleeping does); 0, the default, never polls:
     /// on the 2-vCPU machines measured, polling never paid and at times
-    /// made a closed loop of requests 2.6x slower (docs/benchmarks.md).
+    /// made a closed loop of requests about 3x slower (docs/benchmarks.md).
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
     poll_us: u64,
