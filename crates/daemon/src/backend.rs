@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gpuswap_device::log_limit::LogLimit;
 use gpuswap_device::{limited_warn, DeviceConfig, GpuDevice, RutabagaRenderer};
@@ -227,7 +227,7 @@ impl VhostUserGpuBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
         let poll = &mut polls[usize::from(queue == CURSOR_QUEUE)];
-        poll.woken(Instant::now());
+        poll.woken();
         let polling = !poll.window().is_zero();
         loop {
             if self.ring_broken.load(Ordering::Acquire) {
@@ -239,7 +239,7 @@ impl VhostUserGpuBackend {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
             match self.drain_queue(vring, queue, &atomic)? {
-                Ok(handled) => poll.handled(Instant::now(), handled),
+                Ok(handled) => poll.handled(handled),
                 Err(error) => {
                     self.distrust_ring(queue, error);
                     return Ok(());
@@ -248,7 +248,7 @@ impl VhostUserGpuBackend {
             if poll.poll(|| has_available(vring, &atomic)) {
                 continue;
             }
-            poll.sleeping(Instant::now());
+            poll.sleeping();
             if !(event_idx || polling) || !vring.enable_notification().map_err(io::Error::other)? {
                 break;
             }

@@ -180,23 +180,27 @@ impl AdaptivePoll {
         }
     }
 
-    /// `n` requests were handled by `now` (a drain of the queue).
-    pub fn handled(&mut self, now: Instant, n: u64) {
+    /// A drain of the queue handled `n` requests. The clock is read only
+    /// when polling is possible: a worker that never polls (the default)
+    /// pays nothing per wakeup for the poller.
+    pub fn handled(&mut self, n: u64) {
         if !self.max.is_zero() && !self.always {
-            self.judge.handled(now, n);
+            self.judge.handled(Instant::now(), n);
         }
     }
 
-    /// A kick woke the worker at `now`: adapt to how long it slept.
-    pub fn woken(&mut self, now: Instant) {
+    /// A kick woke the worker: adapt to how long it slept.
+    pub fn woken(&mut self) {
         if let Some(slept_at) = self.slept_at.take() {
-            self.adapt(now.saturating_duration_since(slept_at));
+            self.adapt(Instant::now().saturating_duration_since(slept_at));
         }
     }
 
-    /// The worker goes to sleep at `now`, after a poll that found nothing.
-    pub fn sleeping(&mut self, now: Instant) {
-        self.slept_at = Some(now);
+    /// The worker goes to sleep, after a poll that found nothing.
+    pub fn sleeping(&mut self) {
+        if !self.max.is_zero() {
+            self.slept_at = Some(Instant::now());
+        }
     }
 
     /// Adapts to one interval from going idle to the next request (`idle`).
@@ -290,9 +294,9 @@ mod tests {
     #[test]
     fn zero_maximum_never_polls() {
         let mut p = AdaptivePoll::new(Duration::ZERO);
-        let now = Instant::now();
-        p.sleeping(now);
-        p.woken(now + us(1));
+        p.sleeping();
+        assert_eq!(p.slept_at, None, "a disabled poller reads no clock");
+        p.woken();
         assert_eq!(p.window, Duration::ZERO);
         assert!(!p.poll(|| panic!("a disabled poller looked at the ring")));
     }
