@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{Stat, Timing};
-use crate::workloads::{AttachPoint, BackendResults, Layout};
+use crate::workloads::{AttachPoint, BackendResults, DisplayPoint, Layout};
 use crate::Results;
 
 /// `1.23 ms`, `45.6 µs`, three significant digits.
@@ -145,7 +145,7 @@ pub struct Target {
 }
 
 /// The performance issue's targets, judged on this run's medians.
-pub fn targets<'a>(r: &'a Results) -> Vec<Target> {
+pub fn targets(r: &Results) -> Vec<Target> {
     let g = find(r, "gpuswap");
     let c = find(r, "qemu-c");
     let depth = g.map_or(0, |b| b.round_trips.pipeline_depth);
@@ -241,8 +241,7 @@ pub fn targets<'a>(r: &'a Results) -> Vec<Target> {
         measured,
         met,
     });
-    let shown = |b: Option<&'a BackendResults>| b?.display.iter().find(|d| d.frame == "1080p");
-    let (measured, met) = match (shown(g), shown(c)) {
+    let (measured, met) = match (display(g, "1080p"), display(c, "1080p")) {
         (Some(gd), Some(cd)) => (
             format!(
                 "{} ({} vs {} frames/s)",
@@ -265,6 +264,11 @@ pub fn targets<'a>(r: &'a Results) -> Vec<Target> {
 
 fn frames_per_s(s: &Stat) -> String {
     format!("{:.1}", 1.0 / s.median)
+}
+
+/// Backend `b`'s display frames of size `frame`.
+fn display<'a>(b: Option<&'a BackendResults>, frame: &str) -> Option<&'a DisplayPoint> {
+    b?.display.iter().find(|d| d.frame == frame)
 }
 
 fn evict_4k(b: Option<&BackendResults>) -> Option<&crate::workloads::EvictPoint> {
@@ -523,8 +527,7 @@ pub fn markdown<'a>(r: &'a Results) -> String {
         .map(|b| b.display.iter().map(|d| d.frame.as_str()).collect())
         .unwrap_or_default();
     for frame in shown {
-        let of = |b: Option<&'a BackendResults>| b?.display.iter().find(|d| d.frame == frame);
-        for (b, d) in [(g, of(g)), (c, of(c))] {
+        for (b, d) in [(g, display(g, frame)), (c, display(c, frame))] {
             let (Some(b), Some(d)) = (b, d) else {
                 continue;
             };
@@ -539,7 +542,7 @@ pub fn markdown<'a>(r: &'a Results) -> String {
                 d.verified
             );
         }
-        if let (Some(gd), Some(cd)) = (of(g), of(c)) {
+        if let (Some(gd), Some(cd)) = (display(g, frame), display(c, frame)) {
             let _ = writeln!(
                 s,
                 "| {frame} | gpuswap/C | {} | | | |",
