@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gpuswap_api::agent::{self, ScanMode, ShrinkerCounters};
-use gpuswap_api::control::{Backing, EventKind, Resource, ResourceKind};
+use gpuswap_api::control::{Backing, EventKind, Fault, Resource, ResourceKind};
 use gpuswap_harness::{poll_every, root, VmConfig};
 use gpuswap_tests::GuestSession;
 
@@ -402,5 +402,105 @@ fn dumb_blobs_attach_on_scanout_and_survive_eviction() {
         }
     }
     g.req(agent::Close { handle });
+    g.finish();
+}
+
+/// The host refuses one ATTACH_BACKING (the daemon's fault injection, as a
+/// host out of memory would): the guest's use that needed it fails with EIO
+/// and nothing else does. A 2D buffer's transfer fails once, the buffer
+/// keeps its content and the next transfer attaches it; a blob's mmap fault
+/// maps the pages anyway (the CPU does not need the host), and the next
+/// restore attaches it. Both sides count each refusal once, the host never
+/// sees a DETACH for a backing it refused, and the guest log stays clean.
+#[test]
+fn a_refused_attach_fails_that_use_alone_and_the_next_use_attaches() {
+    const EIO: i64 = 5;
+    let _guest = gpuswap_tests::one_guest_at_a_time();
+    let config = VmConfig {
+        qemu: Some(patched_qemu()),
+        ..VmConfig::default()
+    };
+    let session =
+        GuestSession::boot_with_daemon("refused-attach", &config, &["--allow-fault-injection"]);
+    let mut g = Guest(session);
+    let refuse_next_attach = |g: &mut Guest| {
+        let armed = g
+            .control
+            .fault(Fault {
+                fail_attaches: Some(1),
+                ..Fault::default()
+            })
+            .expect("arm a refused attach");
+        assert_eq!(armed.fail_attaches, 1);
+    };
+
+    // A 2D buffer, written, transferred (attached), evicted.
+    let v = g.req(agent::Create2d {
+        width: 256,
+        height: 256,
+        format: None,
+    });
+    let (handle, res_id) = (v.handle, v.res_id);
+    let hash = g.req(write(handle, 7, 1)).hash;
+    let transfer = agent::TransferToHost {
+        handle,
+        ..agent::TransferToHost::default()
+    };
+    assert_eq!(g.req_errno(transfer.clone()), None);
+    g.evict_all();
+    assert_eq!(g.host(res_id).backing, Backing::Detached);
+
+    refuse_next_attach(&mut g);
+    assert_eq!(
+        g.req_errno(transfer.clone()),
+        Some(EIO),
+        "the refused attach's use"
+    );
+    assert_eq!(g.host(res_id).backing, Backing::Detached);
+    assert_eq!(g.stats().attach_failures, 1);
+    let v = g.req(verify(handle, 7, 1));
+    assert!(v.ok_content, "lost content after a refused attach: {v:?}");
+    assert_eq!(g.req_errno(transfer.clone()), None, "the next use");
+    let res = g.host(res_id);
+    assert_eq!(res.backing, Backing::Attached);
+    assert_eq!(res.backing_hash.as_ref(), Some(&hash), "{res:?}");
+    assert_eq!(res.host_hash.as_ref(), Some(&hash), "{res:?}");
+
+    // A one-page blob (one fault): its fault attaches it; refused, the
+    // fault still maps it. (Each fault of an unattached blob attaches.)
+    let mut blobs = create_blobs(&mut g);
+    let blob = &mut blobs[0];
+    assert_eq!(blob.size, 4096);
+    write_blob(&mut g, blob, 1);
+    g.evict_all();
+    assert_eq!(g.host(blob.res_id).backing, Backing::Detached);
+    refuse_next_attach(&mut g);
+    verify_blob(&mut g, blob);
+    assert_eq!(g.host(blob.res_id).backing, Backing::Detached);
+    assert_eq!(g.stats().attach_failures, 2);
+    // Unattached pages go without a DETACH; the next fault attaches them.
+    g.evict_all();
+    verify_blob(&mut g, blob);
+    let res = g.host(blob.res_id);
+    assert_eq!(res.backing, Backing::Attached, "{res:?}");
+    assert_eq!(res.backing_hash.as_ref(), Some(&blob.hash), "{res:?}");
+
+    let counters = g.control.counters().expect("counters").counters;
+    assert_eq!(counters.faults_injected, 2);
+    assert_eq!(counters.errors.get("resource_attach_backing"), Some(&2));
+    assert_eq!(g.stats().attach_failures, 2);
+    let blob_res_id = blob.res_id;
+    for id in [res_id, blob_res_id] {
+        let refused = g.control.trace(0, Some(id)).expect("trace");
+        let faults = refused
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Fault { .. }))
+            .count();
+        assert_eq!(faults, 1, "resource {id}: {refused:?}");
+    }
+    g.req(agent::Close { handle });
+    for b in &blobs {
+        g.req(agent::Close { handle: b.handle });
+    }
     g.finish();
 }

@@ -1,9 +1,9 @@
 //! Short boot-and-stress runs of the main job (`gpuswap-run`) in the test
-//! suite: one that must pass with every check; one whose daemon corrupts a
-//! transfer on purpose, which the checks must catch and name; one against
-//! a host that completes DETACHes 3 s late, which must not freeze the
-//! guest; and one whose transfers complete 6 s late, which must fail the
-//! responsiveness check.
+//! suite: one that must pass with every check while the daemon refuses an
+//! ATTACH now and then; one whose daemon corrupts a transfer on purpose,
+//! which the checks must catch and name; one against a host that completes
+//! DETACHes 3 s late, which must not freeze the guest; and one whose
+//! transfers complete 6 s late, which must fail the responsiveness check.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,10 +37,13 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
     &report["checks"][name]
 }
 
+/// With the daemon refusing an ATTACH every 5 s: each refused use fails
+/// with EIO in the guest and the next one attaches, so every check passes.
 #[test]
-fn short_sawtooth_run_passes_every_check() {
+fn short_sawtooth_run_with_refused_attaches_passes_every_check() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
-    let o = short(Scenario::Sawtooth, "sawtooth", 75);
+    let mut o = short(Scenario::Sawtooth, "sawtooth", 75);
+    o.fail_attach_every = Some(Duration::from_secs(5));
     let outcome = stress::run(&o).expect("the run starts");
     let r = &outcome.report;
     assert_eq!(r["qemu"]["blob_negotiated"], true, "{}", r["qemu"]);
@@ -71,6 +74,9 @@ fn short_sawtooth_run_passes_every_check() {
             "{name}: {r}"
         );
     }
+    let refused = &r["daemon_counters"]["counters"]["errors"]["resource_attach_backing"];
+    assert!(refused.as_u64().unwrap_or(0) > 0, "nothing refused: {r}");
+    assert_eq!(refused, &r["guest_shrinker"]["attach_failures"]);
     let svg = std::fs::read_to_string(&outcome.picture_path).expect("picture");
     assert!(svg.starts_with("<svg"), "not an SVG");
     assert!(r["timeline"]["samples"].as_array().unwrap().len() > 30);

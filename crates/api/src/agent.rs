@@ -555,6 +555,10 @@ pub struct ShrinkerCounters {
     pub restores: u64,
     #[serde(default)]
     pub purges: u64,
+    /// ATTACH_BACKINGs the host refused (the use failed with EIO, or a
+    /// blob's fault mapped the pages without the host having them).
+    #[serde(default)]
+    pub attach_failures: u64,
     /// The others the file has (`detaching_pages`, ...).
     #[serde(flatten)]
     pub other: BTreeMap<String, u64>,

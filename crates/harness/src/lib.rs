@@ -489,11 +489,20 @@ impl Agent {
     /// the guest reported (-1 for a failure without one). Only a broken
     /// channel is an error.
     pub fn request_errno<R: AgentRequest>(&mut self, request: R) -> Result<Option<i64>> {
+        Ok(self.request_errno_with_line(request)?.0)
+    }
+
+    /// [`Agent::request_errno`], and the reply line as it came.
+    pub fn request_errno_with_line<R: AgentRequest>(
+        &mut self,
+        request: R,
+    ) -> Result<(Option<i64>, Value)> {
         let line = self.call(request.into_object())?;
         if line["ok"] == json!(true) {
-            return Ok(None);
+            return Ok((None, line));
         }
-        Ok(Some(line["errno"].as_i64().unwrap_or(-1)))
+        let errno = line["errno"].as_i64().unwrap_or(-1);
+        Ok((Some(errno), line))
     }
 
     /// Sends `request` without waiting; returns its id for

@@ -7,6 +7,7 @@
 
 mod checks;
 mod daemon_memory;
+mod faults;
 pub mod junit;
 mod options;
 mod pressure;
@@ -80,6 +81,7 @@ struct Run {
     hog_oom_kills: u64,
     next_drop_caches: Instant,
     next_forced_scan: Instant,
+    next_refused_attach: Instant,
     started: Instant,
     /// When the run began, boot included.
     began: Instant,
@@ -113,7 +115,10 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         qemu: o.qemu.clone(),
         ..VmConfig::default()
     };
-    let faults: Vec<&str> = o.daemon_faults.iter().map(String::as_str).collect();
+    let mut faults: Vec<&str> = o.daemon_faults.iter().map(String::as_str).collect();
+    if o.fail_attach_every.is_some() {
+        faults.push("--allow-fault-injection");
+    }
     eprintln!(
         "[gpuswap-run] {} for {} s: booting a {} MiB guest on gpuswap-daemon",
         o.scenario,
@@ -189,6 +194,7 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         hog_oom_kills: 0,
         next_drop_caches: Instant::now(),
         next_forced_scan: Instant::now(),
+        next_refused_attach: Instant::now(),
         started: Instant::now(),
         began,
         sampling: Value::Null,
@@ -216,6 +222,7 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
         "workload_completed",
         "guest_stayed_responsive",
         "daemon_memory_bounded",
+        "refused_attaches_seen_by_guest",
     ] {
         run.checks.expect(name);
     }
@@ -255,6 +262,7 @@ pub fn run(o: &Options) -> crate::Result<Outcome> {
             );
             json!({"lines": problems, "hint": hint, "serial": serial})
         });
+    run.check_refused_attaches(&shrinker);
     let violations = run.control.violations().unwrap_or_default();
     run.checks.record(
         "no_protocol_violation",
@@ -329,6 +337,7 @@ impl Run {
             }
             self.apply_pressure(level)?;
             self.periodic_pressure()?;
+            self.periodic_faults()?;
             if Instant::now() >= next_sample {
                 self.check_scanout()?;
                 let line = self.progress_line(name);
@@ -342,6 +351,7 @@ impl Run {
         }
         // Release the pressure, then look at every buffer once more.
         self.apply_pressure(0.0)?;
+        self.disarm_faults()?;
         self.final_pass()?;
         Ok(())
     }

@@ -89,6 +89,9 @@ pub struct Options {
     pub zram_mib: u32,
     /// Fault flags for the daemon (`--fault-...`, passed through).
     pub daemon_faults: Vec<String>,
+    /// Arm one refused ATTACH_BACKING this often, through the control
+    /// socket (`--fail-attach-every`).
+    pub fail_attach_every: Option<Duration>,
     /// QEMU binary; `None`: the launcher's choice (the blob-capable build
     /// when present).
     pub qemu: Option<PathBuf>,
@@ -180,6 +183,12 @@ struct Cli {
     /// late (passed through to gpuswap-daemon)
     #[arg(long, value_name = "CMD=MS", allow_hyphen_values = true)]
     fault_delay: Vec<String>,
+    /// have the daemon refuse one ATTACH_BACKING every S seconds of the
+    /// workload (armed through its control socket once the last one
+    /// fired): the guest must fail that use with EIO and attach again on
+    /// the next
+    #[arg(long, value_name = "S", allow_hyphen_values = true, value_parser = period)]
+    fail_attach_every: Option<Duration>,
     /// QEMU binary (default: the launcher's choice)
     #[arg(long, value_name = "PATH", allow_hyphen_values = true, value_parser = path)]
     qemu: Option<PathBuf>,
@@ -244,6 +253,7 @@ impl Options {
             squeeze_mib: memory_mib * 6 / 10,
             zram_mib: 512,
             daemon_faults: Vec::new(),
+            fail_attach_every: None,
             qemu: None,
             report: crate::root().join("target/gpuswap-report.json"),
             picture: None,
@@ -313,6 +323,7 @@ impl Options {
             .into_iter()
             .flat_map(|(_, flag, value)| [flag.to_string(), value])
             .collect();
+        o.fail_attach_every = cli.fail_attach_every;
         o.qemu = cli.qemu;
         o.report = cli.report.unwrap_or(o.report);
         o.picture = cli.picture;
@@ -375,6 +386,9 @@ impl Options {
         for f in &self.daemon_faults {
             cmd.push(' ');
             cmd.push_str(f);
+        }
+        if let Some(every) = self.fail_attach_every {
+            cmd.push_str(&format!(" --fail-attach-every {}", every.as_secs()));
         }
         if let Some(q) = &self.qemu {
             cmd.push_str(&format!(" --qemu {}", q.display()));
@@ -444,6 +458,13 @@ fn share(v: &str) -> Result<f64, String> {
     }
 }
 
+fn period(v: &str) -> Result<Duration, String> {
+    match whole(v)? {
+        s @ 1..=3600 => Ok(Duration::from_secs(s)),
+        _ => Err("whole seconds in 1..=3600".into()),
+    }
+}
+
 fn max_stall(v: &str) -> Result<Duration, String> {
     v.parse::<f64>()
         .ok()
@@ -505,7 +526,7 @@ mod tests {
             "sawtooth --duration 30 --cycles 2 --memory 384 --bos 10 --sizes 64x64,128x32 \
              --blob-share 0.5 --madvise-share 0 --seed 77 --pressure hog,scan --squeeze 100 \
              --zram 128 --fault-delay resource_detach_backing=20 --fault-fail-attaches 1 \
-             --max-stall 2.5 --qemu /usr/bin/qemu-system-x86_64",
+             --fail-attach-every 30 --max-stall 2.5 --qemu /usr/bin/qemu-system-x86_64",
         )
         .unwrap();
         let again = o.reproduce_command();
@@ -579,6 +600,7 @@ mod tests {
             ("--max-stall 0", "seconds in (0, 3600]"),
             ("--frobnicate", "unexpected argument '--frobnicate'"),
             ("--repeat 0", "at least 1"),
+            ("--fail-attach-every 0", "1..=3600"),
         ] {
             let err = parse_args(line.split_whitespace()).unwrap_err();
             // What gpuswap-run prints on stderr before it exits 2.
@@ -615,6 +637,7 @@ mod tests {
             "--fault-fail-attaches <N>",
             "--fault-corrupt-transfers <N>",
             "--fault-delay <CMD=MS>",
+            "--fail-attach-every <S>",
             "--qemu <PATH>",
             "--report <PATH>",
             "--picture <PATH>",

@@ -135,6 +135,7 @@ impl Run {
                 "squeeze_mib": self.o.squeeze_mib,
                 "zram_mib": self.o.zram_mib,
                 "daemon_faults": self.o.daemon_faults,
+                "fail_attach_every_s": self.o.fail_attach_every.map(|d| d.as_secs()),
             },
             "qemu": self.qemu,
             "daemon_status": status,
@@ -328,6 +329,15 @@ fn print_summary(
         "  guest shrinker: {} evictions, {} restores, {} purges; hog OOM-killed {} times",
         g["evictions"], g["restores"], g["purges"], report["hog_oom_kills"]
     );
+    let refused = report["daemon_counters"]["counters"]["errors"]["resource_attach_backing"]
+        .as_u64()
+        .unwrap_or(0);
+    if refused > 0 || g["attach_failures"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  refused attaches: {} by the daemon, {} seen by the guest kernel, {} uses failed with EIO (each attached on a later use)",
+            refused, g["attach_failures"], w["refused_uses"]
+        );
+    }
     let r = &report["guest_reclaim"];
     let f = &r["refaults"];
     if f["evictions"].as_u64().unwrap_or(0) > 0 {

@@ -16,13 +16,14 @@ use crate::{poll_every, Result};
 
 /// Harness-side history kept per buffer for failure reports.
 const HISTORY: usize = 24;
-/// How long the host may take to see a blob's new backing (ATTACH is
-/// queued by the guest's fault and processed asynchronously).
+/// How long to keep asking for a host copy that a restore changed while
+/// the daemon hashed it.
 const HOST_SETTLE: Duration = Duration::from_secs(3);
 
 /// The scanout buffer's size: one of the display's modes.
 const SCANOUT_SIZE: (u32, u32) = (1024, 768);
 
+const EIO: i64 = 5;
 const EINVAL: i64 = 22;
 const SIGBUS: i32 = 7;
 
@@ -114,6 +115,8 @@ pub struct Totals {
     pub recreated: u64,
     pub scanout_flips: u64,
     pub bytes_written: u64,
+    /// Uses that failed with EIO because the host refused the backing.
+    pub refused_uses: u64,
 }
 
 impl Run {
@@ -215,18 +218,39 @@ impl Run {
         bo.version = version;
         bo.hash = Some(written.hash);
         bo.note("write", json!({"hash": bo.hash}));
-        match bo.kind {
-            BoKind::TwoD => {
-                let handle = bo.handle;
-                let (_, transfer) = self.agent.request_with_line(agent::TransferToHost {
-                    handle,
-                    ..Default::default()
-                })?;
-                self.totals.transfers += 1;
-                self.bos[slot].note("transfer_to_host", transfer);
-                self.check_host(slot, true)
-            }
+        let kind = bo.kind;
+        match kind {
             BoKind::Blob => self.check_host(slot, false),
+            BoKind::TwoD if self.transfer_to_host(slot)? => self.check_host(slot, true),
+            // Refused: the host keeps the last version it was given.
+            BoKind::TwoD => Ok(()),
+        }
+    }
+
+    /// TRANSFER_TO_HOST of the whole buffer: whether it went through. EIO
+    /// means the host refused the backing (`--fail-attach-every`); the
+    /// guest keeps the content and the next use attaches again.
+    fn transfer_to_host(&mut self, slot: usize) -> Result<bool> {
+        let handle = self.bos[slot].handle;
+        let request = agent::TransferToHost {
+            handle,
+            ..Default::default()
+        };
+        let (errno, line) = self.agent.request_errno_with_line(request)?;
+        match errno {
+            None => {
+                self.totals.transfers += 1;
+                self.bos[slot].note("transfer_to_host", line);
+                Ok(true)
+            }
+            Some(EIO) => {
+                self.totals.refused_uses += 1;
+                self.bos[slot].note("transfer_to_host_refused", line);
+                Ok(false)
+            }
+            Some(_) => Err(format!(
+                "transfer to host of buffer {handle} failed: {line}"
+            )),
         }
     }
 
@@ -237,20 +261,17 @@ impl Run {
         let (res_id, hash) = (self.bos[slot].res_id, self.bos[slot].hash.clone());
         let mut host = None;
         let mut error = None;
+        // The guest waits for its ATTACH's answer, and a transfer is done
+        // when the agent answers: the daemon's view is final, unless the
+        // host copy changed while the daemon hashed it (the guest restored
+        // it meanwhile), which leaves no hash to compare.
         poll_every(Duration::from_millis(20), HOST_SETTLE, || {
             match self.control.resource(res_id) {
                 Err(e) => error = Some(e),
                 Ok(resource) => host = resource,
             }
-            let settled = host
-                .as_ref()
-                .is_some_and(|h| h.is_attached() && h.backing_hash == hash);
-            // The host copy changed while the daemon hashed it (the guest
-            // restored it meanwhile): that reply has no hash to compare.
             let torn = host.as_ref().is_some_and(|h| h.host_changed);
-            // A 2D transfer is complete when the agent answers; a blob's
-            // ATTACH may still be on its way.
-            (error.is_some() || (transferred && !torn) || settled).then_some(())
+            (error.is_some() || !torn).then_some(())
         });
         if let Some(e) = error {
             return Err(e.into());
@@ -368,15 +389,27 @@ impl Run {
             height: blob.then_some(bo.height),
             stride: None,
         };
-        let (_, r) = self.agent.request_with_line(scanout)?;
-        self.totals.scanout_flips += 1;
-        self.bos[0].note("scanout", r);
-        self.check_scanout()
+        let (errno, r) = self.agent.request_errno_with_line(scanout)?;
+        match errno {
+            None => {
+                self.totals.scanout_flips += 1;
+                self.bos[0].note("scanout", r);
+                self.check_scanout()
+            }
+            // Pinning attaches it; the host refused the backing, and the
+            // last flip stays on screen.
+            Some(EIO) => {
+                self.totals.refused_uses += 1;
+                self.bos[0].note("scanout_refused", r);
+                Ok(())
+            }
+            Some(_) => Err(format!("scanout flip failed: {r}")),
+        }
     }
 
     /// The scanout buffer is attached and shown (checked at every sample).
     pub(super) fn check_scanout(&mut self) -> Result<()> {
-        if self.bos[0].version == 0 {
+        if self.totals.scanout_flips == 0 {
             return Ok(());
         }
         let host = self.control.resource(self.bos[0].res_id)?;
@@ -450,13 +483,9 @@ impl Run {
             // The host's view of the restored pages: re-attached by this
             // transfer (2D) or by the verify's fault (blob).
             if self.bos[slot].kind == BoKind::TwoD {
-                let handle = self.bos[slot].handle;
-                self.agent.request(agent::TransferToHost {
-                    handle,
-                    ..Default::default()
-                })?;
-                self.totals.transfers += 1;
-                self.check_host(slot, true)?;
+                if self.transfer_to_host(slot)? {
+                    self.check_host(slot, true)?;
+                }
             } else {
                 self.check_host(slot, false)?;
             }
