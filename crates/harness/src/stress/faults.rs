@@ -14,7 +14,7 @@ use crate::Result;
 
 /// The daemon's counter name for refused ATTACH_BACKINGs (its `errors` by
 /// request type).
-const ATTACH: &str = "resource_attach_backing";
+pub(super) const ATTACH: &str = "resource_attach_backing";
 
 impl Run {
     /// Arms one refused ATTACH when it is time and the last one has fired

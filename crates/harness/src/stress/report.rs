@@ -329,7 +329,7 @@ fn print_summary(
         "  guest shrinker: {} evictions, {} restores, {} purges; hog OOM-killed {} times",
         g["evictions"], g["restores"], g["purges"], report["hog_oom_kills"]
     );
-    let refused = report["daemon_counters"]["counters"]["errors"]["resource_attach_backing"]
+    let refused = report["daemon_counters"]["counters"]["errors"][super::faults::ATTACH]
         .as_u64()
         .unwrap_or(0);
     if refused > 0 || g["attach_failures"].as_u64().unwrap_or(0) > 0 {
