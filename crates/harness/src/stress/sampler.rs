@@ -21,8 +21,11 @@
 //! bound (`--max-stall`): the sampler's request, or the workload's request
 //! in flight (seen through [`InFlightSlot`]). Each is kept with what was
 //! going on: the request in flight, the shrinker's counters before and
-//! after, and the daemon's events in the span.
+//! after, and the daemon's events in the span. A stall is found a bound
+//! after it began, so both threads keep their last bound's worth of
+//! samples ([`Recent`]) to say how things stood when it began.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -57,8 +60,9 @@ struct Shared {
     /// What the host asks of the guest, set by the workload thread.
     pressure: Pressure,
     balloon_actual_mib: Option<f64>,
-    /// The daemon's last event sequence number, as last sampled.
-    daemon_seq: u64,
+    /// The daemon's last event sequence number, as sampled over the last
+    /// stall bound.
+    daemon_seq: Recent<u64>,
     stalls: Vec<Value>,
     /// Sampler answers within the bound.
     answered: u64,
@@ -154,9 +158,13 @@ impl Sampler {
         timeline: Timeline,
     ) -> std::io::Result<Sampler> {
         let streaming = kernel_trace_streams(&channels.kernel_trace);
+        // A stall is found up to a bound after it began, or two when a
+        // kernel trace read (which may take a bound) came in between.
+        let look_back = 2 * max_stall + 2 * period + POLL;
         let shared = Arc::new(Mutex::new(Shared {
             timeline,
             kernel: channels.kernel_trace.take().unwrap_or_default(),
+            daemon_seq: Recent::new(look_back),
             ..Shared::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -180,6 +188,7 @@ impl Sampler {
                 max_stall,
                 epoch,
                 kernel_trace: streaming,
+                shrinker: Recent::new(look_back),
             };
             std::thread::Builder::new()
                 .name("sampler-guest".into())
@@ -258,12 +267,49 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Values sampled over the last `keep`, with when each was taken.
+#[derive(Default)]
+struct Recent<T> {
+    samples: VecDeque<(Instant, T)>,
+    keep: Duration,
+}
+
+impl<T: Clone> Recent<T> {
+    fn new(keep: Duration) -> Self {
+        Recent {
+            samples: VecDeque::new(),
+            keep,
+        }
+    }
+
+    /// Adds the value sampled `at`; forgets the ones no longer needed to
+    /// answer [`Recent::at`] for any time in the last `keep`.
+    fn push(&mut self, at: Instant, value: T) {
+        self.samples.push_back((at, value));
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|&(next, _)| at.saturating_duration_since(next) > self.keep)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The last value sampled at or before `t`, if one was.
+    fn at(&self, t: Instant) -> Option<T> {
+        let before = self.samples.partition_point(|&(at, _)| at <= t);
+        let last = before.checked_sub(1)?;
+        self.samples.get(last).map(|(_, v)| v.clone())
+    }
+}
+
 /// A stall seen while it lasts, finished when the guest answers again.
 struct OpenStall {
     start: Instant,
     /// A workload request, not the sampler's, went unanswered.
     workload: bool,
     what: String,
+    /// The shrinker's counters and the daemon's last event when it began.
     shrinker_before: Value,
     daemon_seq: u64,
     in_flight: Option<(String, f64)>,
@@ -279,6 +325,8 @@ struct GuestThread {
     max_stall: Duration,
     epoch: Instant,
     kernel_trace: bool,
+    /// The shrinker's counters as the sampler's answers brought them.
+    shrinker: Recent<Value>,
 }
 
 impl GuestThread {
@@ -301,7 +349,7 @@ impl GuestThread {
                 }
                 self.watch_workload(&mut workload_stall, &last_shrinker);
                 if sampler_stall.is_none() && sent.elapsed() > self.max_stall {
-                    sampler_stall = Some(self.open(sent, false, "sampler".into(), &last_shrinker));
+                    sampler_stall = Some(self.open(sent, false, "sampler".into()));
                 }
                 if self.stop.load(Ordering::Relaxed) {
                     break None;
@@ -328,6 +376,7 @@ impl GuestThread {
                 }
             }
             self.record(&sample);
+            self.shrinker.push(Instant::now(), shrinker.clone());
             last_shrinker = shrinker;
             if self.kernel_trace && !self.read_kernel_trace(false) {
                 return;
@@ -421,7 +470,7 @@ impl GuestThread {
             .clone();
         match (&open, in_flight) {
             (None, Some(r)) if r.since.elapsed() > self.max_stall => {
-                *open = Some(self.open(r.since, true, format!("agent request {}", r.op), shrinker));
+                *open = Some(self.open(r.since, true, format!("agent request {}", r.op)));
             }
             (Some(stall), current) => {
                 // Still the same request: still stalled.
@@ -445,13 +494,8 @@ impl GuestThread {
         }
     }
 
-    fn open(
-        &mut self,
-        start: Instant,
-        workload: bool,
-        what: String,
-        shrinker: &Value,
-    ) -> OpenStall {
+    /// A stall that began at `start` (a bound ago, or more).
+    fn open(&mut self, start: Instant, workload: bool, what: String) -> OpenStall {
         let in_flight = self
             .in_flight
             .lock()
@@ -462,8 +506,9 @@ impl GuestThread {
             start,
             workload,
             what,
-            shrinker_before: shrinker.clone(),
-            daemon_seq: lock(&self.shared).daemon_seq,
+            shrinker_before: self.shrinker.at(start).unwrap_or(Value::Null),
+            // Not sampled yet: every event the daemon still has.
+            daemon_seq: lock(&self.shared).daemon_seq.at(start).unwrap_or(0),
             in_flight,
         }
     }
@@ -583,7 +628,7 @@ fn host_loop(
         });
         let c = &counters.counters;
         let mut s = lock(shared);
-        s.daemon_seq = counters.last_seq;
+        s.daemon_seq.push(Instant::now(), counters.last_seq);
         s.balloon_actual_mib = actual;
         s.timeline.daemon.push(DaemonSample {
             t_s: epoch.elapsed().as_secs_f64(),
@@ -693,6 +738,39 @@ mod tests {
             Some("trace") => json!({"ok": true, "events": [{"seq": 8, "time_us": 1,
                 "event": "detach", "resource_id": 5, "generation": 1, "reason": "command"}]}),
             _ => json!({"ok": false, "error": "unexpected"}),
+        });
+    }
+
+    /// A daemon stand-in with one event every `tick` since it started
+    /// (sequence number n at n ticks), each a detach stamped with its time.
+    fn ticking_daemon(path: &Path, tick: Duration) {
+        use gpuswap_api::control::Counters;
+        let (born, born_us) = (Instant::now(), crate::unix_us());
+        let tick_us = tick.as_micros() as u64;
+        serve(path, move |r| {
+            let last = born.elapsed().as_micros() as u64 / tick_us;
+            match r["cmd"].as_str() {
+                Some("counters") => {
+                    let mut reply = json!(Counters {
+                        last_seq: last,
+                        ..Counters::default()
+                    });
+                    reply["ok"] = json!(true);
+                    reply
+                }
+                Some("trace") => {
+                    let after = r["after"].as_u64().unwrap();
+                    let events: Vec<Value> = (after + 1..=last)
+                        .map(|seq| {
+                            json!({"seq": seq, "time_us": born_us + seq * tick_us,
+                            "event": "detach", "resource_id": 5, "generation": 1,
+                            "reason": "command"})
+                        })
+                        .collect();
+                    json!({"ok": true, "events": events})
+                }
+                _ => json!({"ok": false, "error": "unexpected"}),
+            }
         });
     }
 
@@ -811,6 +889,33 @@ mod tests {
         let daemon = &sampled.timeline.daemon;
         assert!(daemon.len() >= 30, "{}", daemon.len());
         assert!(daemon.windows(2).all(|w| w[1].t_s - w[0].t_s < 0.5));
+    }
+
+    /// A stall is found a bound after it began; what it reports (the
+    /// daemon's events, the shrinker before) starts when it began.
+    #[test]
+    fn a_stall_reports_from_when_it_began() {
+        let dir = temp_dir("look-back");
+        fake_guest(&dir.join("guest.sock"), 0, Duration::ZERO);
+        let tick = Duration::from_millis(50);
+        ticking_daemon(&dir.join("daemon.sock"), tick);
+        let slot = InFlightSlot::default();
+        let sampler = start(dir.path(), &slot, 100);
+        std::thread::sleep(Duration::from_millis(1000));
+        hold_request(&slot, "transfer_to_host", Duration::from_millis(1500));
+        let sampled = sampler.finish();
+
+        assert!(sampled.errors.is_empty(), "{:?}", sampled.errors);
+        assert_eq!(sampled.stalls.len(), 1, "{:?}", sampled.stalls);
+        let stall = &sampled.stalls[0];
+        // 30 ticks in the 1.5 s span; counted from the daemon sampler's
+        // last look before it (a period, 2 ticks, at most), to the sampler
+        // seeing it end (a poll, 2 ticks). From when the stall was found,
+        // a bound (10 ticks) later, would miss a third; from the run's
+        // start (20 ticks earlier) would blame the stall for too much.
+        let events = stall["daemon_events_in_span"].as_u64().unwrap();
+        assert!((30..=36).contains(&events), "{events} events: {stall}");
+        assert_eq!(stall["shrinker_before"]["evictions"], 3, "{stall}");
     }
 
     /// A guest that answers in time, and requests that finish in time, make
