@@ -910,11 +910,12 @@ mod tests {
         let stall = &sampled.stalls[0];
         // 30 ticks in the 1.5 s span; counted from the daemon sampler's
         // last look before it (a period, 2 ticks, at most), to the sampler
-        // seeing it end (a poll, 2 ticks). From when the stall was found,
-        // a bound (10 ticks) later, would miss a third; from the run's
-        // start (20 ticks earlier) would blame the stall for too much.
+        // seeing it end (a poll, 2 ticks), with room for a busy machine's
+        // late wake-ups. From when the stall was found, a bound (10 ticks)
+        // later, would miss a third; from the run's start (20 ticks
+        // earlier) would blame the stall for 50.
         let events = stall["daemon_events_in_span"].as_u64().unwrap();
-        assert!((30..=36).contains(&events), "{events} events: {stall}");
+        assert!((30..45).contains(&events), "{events} events: {stall}");
         assert_eq!(stall["shrinker_before"]["evictions"], 3, "{stall}");
     }
 
