@@ -605,7 +605,7 @@ fn hostile_control_clients_are_bounded() {
         let asked = writeln!(c, "{{\"cmd\":\"status\"}}")
             .and_then(|()| BufReader::new(&c).read_line(&mut line));
         last = match asked {
-            Ok(_) => serde_json::from_str(&line).unwrap_or(json!({ "unreadable": line })),
+            Ok(_) => serde_json::from_str(&line).unwrap_or_else(|_| json!({ "unreadable": line })),
             Err(e) => json!({ "turned away": e.to_string() }),
         };
         (last["ok"] == true).then_some(())

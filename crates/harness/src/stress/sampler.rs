@@ -295,6 +295,11 @@ impl<T: Clone> Recent<T> {
         }
     }
 
+    /// The last value sampled, if one was.
+    fn latest(&self) -> Option<T> {
+        self.samples.back().map(|(_, v)| v.clone())
+    }
+
     /// The last value sampled at or before `t`, if one was.
     fn at(&self, t: Instant) -> Option<T> {
         let before = self.samples.partition_point(|&(at, _)| at <= t);
@@ -331,7 +336,6 @@ struct GuestThread {
 
 impl GuestThread {
     fn run(&mut self) {
-        let mut last_shrinker = Value::Null;
         let mut workload_stall: Option<OpenStall> = None;
         let mut next = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
@@ -347,7 +351,7 @@ impl GuestThread {
                     Ok(None) => {}
                     Err(e) => return self.fail(format!("guest sampler: {e}")),
                 }
-                self.watch_workload(&mut workload_stall, &last_shrinker);
+                self.watch_workload(&mut workload_stall);
                 if sampler_stall.is_none() && sent.elapsed() > self.max_stall {
                     sampler_stall = Some(self.open(sent, false, "sampler".into()));
                 }
@@ -376,8 +380,7 @@ impl GuestThread {
                 }
             }
             self.record(&sample);
-            self.shrinker.push(Instant::now(), shrinker.clone());
-            last_shrinker = shrinker;
+            self.shrinker.push(Instant::now(), shrinker);
             if self.kernel_trace && !self.read_kernel_trace(false) {
                 return;
             }
@@ -390,12 +393,13 @@ impl GuestThread {
                 next = now;
             }
             while Instant::now() < next && !self.stop.load(Ordering::Relaxed) {
-                self.watch_workload(&mut workload_stall, &last_shrinker);
+                self.watch_workload(&mut workload_stall);
                 std::thread::sleep(POLL.min(next.saturating_duration_since(Instant::now())));
             }
         }
         if let Some(stall) = workload_stall {
-            self.close(stall, &last_shrinker, true);
+            let last = self.shrinker.latest().unwrap_or(Value::Null);
+            self.close(stall, &last, true);
         }
         if self.kernel_trace {
             self.read_kernel_trace(true);
@@ -462,7 +466,7 @@ impl GuestThread {
     }
 
     /// Opens or closes a stall of the workload's request in flight.
-    fn watch_workload(&mut self, open: &mut Option<OpenStall>, shrinker: &Value) {
+    fn watch_workload(&mut self, open: &mut Option<OpenStall>) {
         let in_flight = self
             .in_flight
             .lock()
@@ -478,7 +482,8 @@ impl GuestThread {
                     return;
                 }
                 if let Some(stall) = open.take() {
-                    self.close(stall, shrinker, false);
+                    let after = self.shrinker.latest().unwrap_or(Value::Null);
+                    self.close(stall, &after, false);
                 }
             }
             _ => {}
