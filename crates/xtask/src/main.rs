@@ -301,9 +301,10 @@ fn test() -> Result<(), String> {
 /// tests of them that do not: the first two check the harness, not the
 /// kernel; the slow-host stress run checks wall-clock bounds of a scenario
 /// timed for a guest at the debug kernel's speed (each workload request
-/// within 5 s, evictions within 40 s of a host that takes 3 s per DETACH),
-/// which a KASAN guest, several times slower at everything reclaim does,
-/// misses by its speed alone (a request spanning two DETACHes: 7.7 s).
+/// within 5 s, evictions within 40 s of a host that takes 1.5 s per
+/// DETACH), which a KASAN guest, slower at everything reclaim does, misses
+/// by its speed alone (a request spanning two DETACHes took 7.7 s there
+/// when they took 3 s each).
 /// The slow-DETACH path still runs on KASAN in the stall test
 /// (`evict.rs`, its delay and bound scaled together).
 const KASAN_TESTS: &[&str] = &["evict", "blob", "stress"];
