@@ -70,9 +70,9 @@ fn repeat(options: &Options) -> u8 {
         (now ^ u64::from(std::process::id()) << 20) % 1_000_000
     };
     let mut rows = Vec::new();
-    let header = format!(
-        "{:>4}  {:>7}  {:<12}  {:>7}  {:>9}  {:>8}  failed checks",
-        "run", "seed", "result", "time s", "evictions", "restores"
+    let header = table_row(
+        ["run", "seed", "result", "time s", "evictions", "restores"].map(String::from),
+        "failed checks",
     );
     for i in 0..options.repeat {
         let mut o = options.clone();
@@ -108,15 +108,18 @@ fn repeat(options: &Options) -> u8 {
             _ => "could not run",
         };
         let shrinker = &report["guest_shrinker"];
-        rows.push(format!(
-            "{:>4}  {:>7}  {:<12}  {:>7.0}  {:>9}  {:>8}  {}",
-            i + 1,
-            o.seed,
-            result,
-            started.elapsed().as_secs_f64(),
-            shrinker["evictions"],
-            shrinker["restores"],
-            failed.join(", ")
+        // A run that could not start has no counters.
+        let count = |v: &Value| v.as_u64().map_or_else(|| "-".into(), |n| n.to_string());
+        rows.push(table_row(
+            [
+                (i + 1).to_string(),
+                o.seed.to_string(),
+                result.to_string(),
+                format!("{:.0}", started.elapsed().as_secs_f64()),
+                count(&shrinker["evictions"]),
+                count(&shrinker["restores"]),
+            ],
+            &failed.join(", "),
         ));
         println!("\n{header}");
         for row in &rows {
@@ -137,6 +140,18 @@ fn repeat(options: &Options) -> u8 {
     PASSED
 }
 
+/// One line of the `--repeat` table: run, seed, result, seconds,
+/// evictions, restores, then the failed checks. Every cell is text, so
+/// that the widths apply to all of them alike (a JSON number ignores them).
+fn table_row(cells: [String; 6], failed: &str) -> String {
+    let [run, seed, result, seconds, evictions, restores] = cells;
+    format!(
+        "{run:>4}  {seed:>7}  {result:<12}  {seconds:>7}  {evictions:>9}  {restores:>8}  {failed}"
+    )
+    .trim_end()
+    .to_string()
+}
+
 /// `dir/name.ext` as `dir/name-runN.ext` (N from 1).
 fn numbered(path: &Path, i: u32) -> PathBuf {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
@@ -145,4 +160,27 @@ fn numbered(path: &Path, i: u32) -> PathBuf {
         None => format!("{stem}-run{}", i + 1),
     };
     path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_table_columns_line_up_under_their_headers() {
+        let header = table_row(
+            ["run", "seed", "result", "time s", "evictions", "restores"].map(String::from),
+            "failed checks",
+        );
+        let row = table_row(
+            ["3", "28229", "FAILED", "65", "150", "146"].map(String::from),
+            "guest_kernel_log_clean",
+        );
+        // Right-aligned columns end where their header ends.
+        for (head, cell) in [("seed", "28229"), ("evictions", "150"), ("restores", "146")] {
+            let end = |line: &str, word: &str| line.find(word).unwrap() + word.len();
+            assert_eq!(end(&header, head), end(&row, cell), "{header}\n{row}");
+        }
+        assert_eq!(header.find("failed"), row.find("guest_kernel"));
+    }
 }
