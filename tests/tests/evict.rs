@@ -742,7 +742,7 @@ fn unbind_with_bos_and_scans_running() {
 /// while one batch was out, 2.0-2.1 s; 0012 waiting once per batch, 0.9 s.
 ///
 /// A KASAN kernel keeps RAM for itself ([`gpuswap_tests::KASAN_OVERHEAD_MIB`]),
-/// which its guest gets on top, so the processes over-commit the same
+/// which its guest gets on top, so the processes over-commit about the same
 /// usable RAM on both kernels (in a 384 MiB KASAN guest zram's compressed
 /// copies filled what was left, and with init's 16 MiB reserve for zram one
 /// process was OOM-killed). KASAN is also slower at everything reclaim does
@@ -757,7 +757,7 @@ fn no_allocation_waits_behind_a_slow_detach() {
     let slowdown = if kasan { 3 } else { 1 };
     let (delay_ms, bound_ms) = (5000 * slowdown, 2000 * slowdown);
     let delay = format!("resource_detach_backing={delay_ms}");
-    // The same over-commit of the same usable RAM on both kernels.
+    // The same over-commit of about the same usable RAM on both kernels.
     let mut memory_mib = 384;
     if kasan {
         memory_mib += gpuswap_tests::KASAN_OVERHEAD_MIB;
