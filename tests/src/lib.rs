@@ -18,8 +18,19 @@ pub mod libvirt;
 /// Guest RAM a KASAN kernel takes for itself before anyone else gets any:
 /// its shadow (an eighth of RAM), quarantine and larger image (measured:
 /// 376 of 512 MiB left, against 481 with the debug kernel). Tests that
-/// squeeze the guest add it, so the squeeze means the same on both.
+/// squeeze the guest add it ([`squeezed_guest_mib`]), so the squeeze means
+/// the same on both.
 pub const KASAN_OVERHEAD_MIB: u32 = 128;
+
+/// RAM for a guest that a test squeezes, sized `mib` for the debug kernel:
+/// on a KASAN kernel, plus what KASAN keeps for itself.
+pub fn squeezed_guest_mib(mib: u32) -> u32 {
+    if Images::get().kernel_is_kasan() {
+        mib + KASAN_OVERHEAD_MIB
+    } else {
+        mib
+    }
+}
 
 /// Serialises guest boots within one test binary: two TCG guests on a
 /// two-core machine would only slow each other into timeouts.

@@ -741,7 +741,7 @@ fn unbind_with_bos_and_scans_running() {
 /// DETACHes under the registry mutex); 0012 waiting 20 ms in every scan
 /// while one batch was out, 2.0-2.1 s; 0012 waiting once per batch, 0.9 s.
 ///
-/// A KASAN kernel keeps RAM for itself ([`gpuswap_tests::KASAN_OVERHEAD_MIB`]),
+/// A KASAN kernel keeps RAM for itself ([`gpuswap_tests::squeezed_guest_mib`]),
 /// which its guest gets on top, so the processes over-commit about the same
 /// usable RAM on both kernels (in a 384 MiB KASAN guest zram's compressed
 /// copies filled what was left, and with init's 16 MiB reserve for zram one
@@ -753,19 +753,18 @@ fn unbind_with_bos_and_scans_running() {
 #[test]
 fn no_allocation_waits_behind_a_slow_detach() {
     let _guest = gpuswap_tests::one_guest_at_a_time();
-    let kasan = Images::get().kernel_is_kasan();
-    let slowdown = if kasan { 3 } else { 1 };
+    let slowdown = if Images::get().kernel_is_kasan() {
+        3
+    } else {
+        1
+    };
     let (delay_ms, bound_ms) = (5000 * slowdown, 2000 * slowdown);
     let delay = format!("resource_detach_backing={delay_ms}");
-    // The same over-commit of about the same usable RAM on both kernels.
-    let mut memory_mib = 384;
-    if kasan {
-        memory_mib += gpuswap_tests::KASAN_OVERHEAD_MIB;
-    }
     let mut g = Guest(GuestSession::boot_with_daemon(
         "evict-slow-host",
         &VmConfig {
-            memory_mib,
+            // The same over-commit of about the same usable RAM on both.
+            memory_mib: gpuswap_tests::squeezed_guest_mib(384),
             append: "gpuswap.cmd=agent gpuswap.zram=768M".into(),
             ..VmConfig::default()
         },

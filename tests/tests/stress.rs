@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gpuswap_harness::stress::{self, Options, Scenario};
-use gpuswap_harness::{trace_file, Images};
+use gpuswap_harness::trace_file;
 use serde_json::Value;
 
 /// Debian's QEMU 10, which hides blob resources from the guest.
@@ -19,12 +19,9 @@ fn short(scenario: Scenario, name: &str, seconds: u64) -> Options {
     let mut o = Options::new(scenario);
     o.duration = Duration::from_secs(seconds);
     o.cycles = 2;
-    o.memory_mib = 384;
-    o.squeeze_mib = 384 * 6 / 10;
     // The same squeeze of the same usable memory on a KASAN kernel.
-    if Images::get().kernel_is_kasan() {
-        o.memory_mib += gpuswap_tests::KASAN_OVERHEAD_MIB;
-    }
+    o.memory_mib = gpuswap_tests::squeezed_guest_mib(384);
+    o.squeeze_mib = 384 * 6 / 10;
     o.bos = 32;
     o.seed = 11;
     o.progress = Some(true);
